@@ -1,0 +1,294 @@
+"""Checkpoints: our self-describing format, BrainSegFounder's released formats, plain MONAI.
+
+Every file is read with ``torch.load(weights_only=True)``: a file that needs arbitrary Python
+objects unpickled (e.g. a whole saved model) is refused, never executed. Loading is strict:
+a key or shape mismatch is an error that names the keys.
+
+Formats recognised:
+
+* ours: ``{"format": "brainsegfounder", "format_version": 1, "state_dict", "meta"}``;
+* BrainSegFounder fine-tuned: ``{"state_dict"}`` or ``{"epoch", "best_acc", "state_dict"}``
+  with plain SwinUNETR keys;
+* BrainSegFounder self-supervised: ``{"global_step", "epoch", "state_dict", "optimizer"}``
+  with ``module.swinViT.*`` plus the SSL head keys (encoder only);
+* a plain MONAI SwinUNETR state dict (optionally under "model" or "net").
+
+Where no metadata exists the architecture is inferred from the keys.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from .atomic import atomic_path
+from .errors import UserError
+from .networks import PRESETS, NetworkConfig, build_network
+
+FORMAT = "brainsegfounder"
+FORMAT_VERSION = 1
+ENCODER_PREFIX = "swinViT."
+SSL_HEAD_PREFIXES = ("rotation_head.", "contrastive_head.", "conv.")
+
+
+@dataclass
+class ModelMeta:
+    """What a checkpoint says about itself (the ``meta`` block of our format)."""
+
+    network: NetworkConfig
+    modalities: Tuple[str, ...]
+    label_schema: str
+    name: str = "unnamed"
+    version: str = "0"
+    task: str = ""
+    normalization: str = "zscore_nonzero"
+    roi_size: Tuple[int, int, int] = (128, 128, 128)
+    orientation: str = "LPS"
+    provenance: Dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "version": self.version, "task": self.task,
+            "network": self.network.to_dict(), "modalities": list(self.modalities),
+            "label_schema": self.label_schema, "normalization": self.normalization,
+            "roi_size": list(self.roi_size), "orientation": self.orientation, "provenance": dict(self.provenance),
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelMeta":
+        try:
+            return cls(
+                network=NetworkConfig.from_dict(data["network"]),
+                modalities=tuple(data["modalities"]),
+                label_schema=data["label_schema"],
+                name=data.get("name", "unnamed"), version=str(data.get("version", "0")),
+                task=data.get("task", ""), normalization=data.get("normalization", "zscore_nonzero"),
+                roi_size=tuple(int(v) for v in data.get("roi_size", (128, 128, 128))),
+                orientation=data.get("orientation", "LPS"),
+                provenance=dict(data.get("provenance", {})), description=data.get("description", ""),
+            )
+        except (KeyError, TypeError) as error:
+            raise UserError(f"checkpoint metadata is incomplete (missing {error}); "
+                            "re-save the model with brainsegfounder") from None
+
+    @classmethod
+    def for_preset(cls, preset: str, network: NetworkConfig, **kwargs) -> "ModelMeta":
+        task = PRESETS[preset]
+        return cls(network=network, modalities=task.modalities, label_schema=task.label_schema,
+                   task=preset, roi_size=task.roi_size, orientation=task.orientation, **kwargs)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A read checkpoint: its weights, metadata (given or inferred) and what kind it is."""
+
+    path: Path
+    kind: str  # "brainsegfounder", "finetuned", "ssl", "monai"
+    state_dict: Dict[str, "torch.Tensor"]
+    meta: Optional[ModelMeta]
+    network: NetworkConfig
+
+    @property
+    def is_encoder_only(self) -> bool:
+        return self.kind == "ssl"
+
+
+def read_checkpoint_file(path: os.PathLike) -> dict:
+    """``torch.load`` with ``weights_only=True`` and one clear error per failure mode."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; give the path of a .pt/.pth file or a model name")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"refused to load {path}: it holds pickled Python objects (e.g. a whole saved "
+                        "model), which could run arbitrary code; save its state_dict() instead") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        raise UserError(f"cannot read checkpoint {path}: the file is truncated or not a PyTorch "
+                        f"checkpoint ({type(error).__name__}); download or copy it again") from None
+
+
+def _tensor_dict(obj) -> bool:
+    import torch
+
+    return isinstance(obj, dict) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _strip_module_prefix(state: Dict[str, "torch.Tensor"]) -> Dict[str, "torch.Tensor"]:
+    if all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def infer_network(state: Dict[str, "torch.Tensor"]) -> NetworkConfig:
+    """Architecture from SwinUNETR keys: depths from block indices, heads from the relative
+    position tables, feature size / in-channels / patch from the patch embedding, out-channels
+    from the output conv (encoder-only files get out_channels=0)."""
+    try:
+        embed = state[ENCODER_PREFIX + "patch_embed.proj.weight"]
+    except KeyError:
+        raise UserError("the checkpoint has no 'swinViT.patch_embed.proj.weight': it is not a "
+                        "SwinUNETR / BrainSegFounder model") from None
+    if embed.ndim != 5:
+        raise UserError("the checkpoint's patch embedding is not 3D: it is not a 3D SwinUNETR model")
+    feature_size, in_channels, patch = int(embed.shape[0]), int(embed.shape[1]), int(embed.shape[2])
+    depths, heads, window = [], [], None
+    for stage in range(1, 5):
+        pattern = re.compile(rf"^{re.escape(ENCODER_PREFIX)}layers{stage}\.0\.blocks\.(\d+)\.")
+        blocks = {int(m.group(1)) for k in state if (m := pattern.match(k))}
+        if not blocks:
+            raise UserError(f"the checkpoint has no blocks for Swin stage {stage}: not a 4-stage SwinUNETR")
+        depths.append(max(blocks) + 1)
+        table = state[f"{ENCODER_PREFIX}layers{stage}.0.blocks.0.attn.relative_position_bias_table"]
+        heads.append(int(table.shape[1]))
+        side = round(table.shape[0] ** (1 / 3))
+        window = (side + 1) // 2
+    out = state.get("out.conv.conv.weight")
+    return NetworkConfig(
+        in_channels=in_channels, out_channels=int(out.shape[0]) if out is not None else 0,
+        depths=tuple(depths), num_heads=tuple(heads), feature_size=feature_size,
+        patch_size=patch, window_size=int(window),
+        use_v2=any(k.startswith(ENCODER_PREFIX + "layers1c.") for k in state),
+    )
+
+
+def load_checkpoint(path: os.PathLike) -> LoadedCheckpoint:
+    """Read any supported checkpoint; the weights are not yet put in a network."""
+    path = Path(path)
+    obj = read_checkpoint_file(path)
+    meta = None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+            raise UserError(f"{path} was written by a newer brainsegfounder (format "
+                            f"{obj['format_version']}); upgrade brainsegfounder")
+        meta = ModelMeta.from_dict(obj.get("meta", {}))
+        state, kind = obj.get("state_dict"), "brainsegfounder"
+    elif isinstance(obj, dict) and _tensor_dict(obj.get("state_dict")):
+        state, kind = obj["state_dict"], "finetuned"
+    elif isinstance(obj, dict) and (_tensor_dict(obj.get("model")) or _tensor_dict(obj.get("net"))):
+        state, kind = obj.get("model") or obj.get("net"), "monai"
+    elif _tensor_dict(obj):
+        state, kind = obj, "monai"
+    else:
+        raise UserError(f"{path} holds no model weights (no state_dict of tensors); "
+                        "give a BrainSegFounder, MONAI SwinUNETR or brainsegfounder checkpoint")
+    if not _tensor_dict(state):
+        raise UserError(f"{path} has an empty or invalid state_dict; the file is damaged")
+    state = _strip_module_prefix(state)
+    if any(k.startswith(SSL_HEAD_PREFIXES) for k in state) and not any(k.startswith("decoder1.") for k in state):
+        kind = "ssl"
+    network = meta.network if meta is not None else infer_network(state)
+    return LoadedCheckpoint(path=path, kind=kind, state_dict=state, meta=meta, network=network)
+
+
+def _mismatch_message(expected: Dict[str, "torch.Tensor"], given: Dict[str, "torch.Tensor"]) -> Optional[str]:
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape))
+
+    def names(keys: List[str]) -> str:
+        head = ", ".join(keys[:3])
+        return head + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({names(unexpected)})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} with other shapes (e.g. {k}: file {tuple(given[k].shape)}, "
+                     f"model {tuple(expected[k].shape)})")
+    return "; ".join(parts) or None
+
+
+def load_strict(module, state: Dict[str, "torch.Tensor"], what: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the offending keys."""
+    problem = _mismatch_message(module.state_dict(), state)
+    if problem:
+        raise UserError(f"{what} does not match the model: keys {problem}")
+    module.load_state_dict(state, strict=True)
+
+
+def network_from_checkpoint(ckpt: LoadedCheckpoint, **build_kwargs):
+    """A SwinUNETR with all the checkpoint's weights, loaded strictly. Encoder-only (SSL)
+    checkpoints are refused here: they have no decoder to segment with."""
+    if ckpt.is_encoder_only:
+        raise UserError(f"{ckpt.path} is a self-supervised encoder checkpoint without a segmentation "
+                        "decoder; fine-tune it first (brainsegfounder finetune) and segment with the result")
+    if ckpt.network.out_channels < 1:
+        raise UserError(f"{ckpt.path} has no output layer ('out.conv.conv.weight'); it cannot segment")
+    model = build_network(ckpt.network, **build_kwargs)
+    load_strict(model, ckpt.state_dict, f"checkpoint {ckpt.path.name}")
+    return model
+
+
+def encoder_state(ckpt: LoadedCheckpoint) -> Dict[str, "torch.Tensor"]:
+    """The Swin encoder's weights (``swinViT.*`` without the prefix) of any checkpoint."""
+    state = {k[len(ENCODER_PREFIX):]: v for k, v in ckpt.state_dict.items() if k.startswith(ENCODER_PREFIX)}
+    if not state:
+        raise UserError(f"{ckpt.path} has no Swin encoder weights (swinViT.*)")
+    return state
+
+
+def load_encoder(model, ckpt: LoadedCheckpoint) -> int:
+    """Load a checkpoint's encoder strictly into ``model.swinViT``; returns the tensor count."""
+    state = encoder_state(ckpt)
+    load_strict(model.swinViT, state, f"encoder of {ckpt.path.name}")
+    return len(state)
+
+
+def resolve_meta(ckpt: LoadedCheckpoint, task: Optional[str] = None) -> ModelMeta:
+    """Metadata for any checkpoint: its own, or the task preset that fits its channels."""
+    if ckpt.meta is not None:
+        if task and ckpt.meta.task and task != ckpt.meta.task:
+            raise UserError(f"model {ckpt.meta.name} is for task {ckpt.meta.task!r}, not {task!r}; "
+                            "drop --task or choose another model")
+        return ckpt.meta
+    from .labels import schema
+
+    if task and task not in PRESETS:
+        raise UserError(f"unknown task {task!r}; choose one of {', '.join(PRESETS)}")
+    net = ckpt.network
+    candidates = [task] if task else [
+        name for name, p in PRESETS.items()
+        if len(p.modalities) == net.in_channels and schema(p.label_schema).num_channels == net.out_channels]
+    if len(candidates) != 1:
+        raise UserError(f"{ckpt.path.name} has {net.in_channels} input and {net.out_channels} output channels "
+                        f"and no metadata; say which task it is with --task ({'/'.join(PRESETS)})")
+    preset = PRESETS[candidates[0]]
+    if len(preset.modalities) != net.in_channels or schema(preset.label_schema).num_channels != net.out_channels:
+        raise UserError(f"{ckpt.path.name} has {net.in_channels} inputs / {net.out_channels} outputs, but task "
+                        f"{preset.name!r} needs {len(preset.modalities)} / {schema(preset.label_schema).num_channels}")
+    return ModelMeta.for_preset(preset.name, net, name=ckpt.path.stem, version=ckpt.kind,
+                                provenance={"source": f"{ckpt.kind} checkpoint {ckpt.path.name}"})
+
+
+def save_checkpoint(path: os.PathLike, model, meta: ModelMeta) -> Path:
+    """Write our self-describing checkpoint atomically."""
+    import torch
+
+    path = Path(path)
+    provenance = dict(meta.provenance)
+    provenance.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    from . import __version__
+
+    provenance.setdefault("brainsegfounder", __version__)
+    meta.provenance = provenance
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta.to_dict(), "state_dict": state}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".tmp") as tmp:
+        torch.save(payload, tmp)
+    return path

@@ -1,0 +1,112 @@
+"""Label schemas: what the network's sigmoid channels mean, and the label maps written from them.
+
+``brats_regions``: three overlapping regions [TC, WT, ET] as BrainSegFounder predicts them,
+written as BraTS labels the way BrainSegFounder does: WT -> edema, then TC -> necrotic core,
+then ET -> enhancing (later overrides earlier). BraTS 2021 numbers ET 4, BraTS 2023 numbers
+it 3. ``lesion``: one channel, lesion = 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from .errors import UserError
+
+LABEL_CONVENTIONS = ("brats2021", "brats2023")
+
+_MORPH = ["SCT", "49755003", "Morphologically Altered Structure"]
+_BRAIN = ["SCT", "12738006", "Brain"]
+
+
+def _terminology(code: List[str]) -> dict:
+    return {
+        "contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
+        "category": _MORPH,
+        "type": code,
+        "anatomicContextName": "Anatomic codes - DICOM master list",
+        "anatomicRegion": _BRAIN,
+    }
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One label value of a written label map, with its display name, colour and SNOMED code."""
+
+    key: str
+    name: str
+    color: Tuple[float, float, float]
+    snomed: Tuple[str, str, str]
+
+    @property
+    def terminology(self) -> dict:
+        return _terminology(list(self.snomed))
+
+
+NCR = Segment("NCR", "Necrotic tumor core", (0.85, 0.15, 0.15), ("SCT", "6574001", "Necrosis"))
+ED = Segment("ED", "Peritumoral edema", (0.30, 0.75, 0.30), ("SCT", "79654002", "Edema"))
+ET = Segment("ET", "Enhancing tumor", (0.95, 0.85, 0.20), ("SCT", "86049000", "Neoplasm, Primary"))
+LESION = Segment("lesion", "Stroke lesion", (0.90, 0.45, 0.10), ("SCT", "55641003", "Infarct"))
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    name: str
+    channels: Tuple[str, ...]  # sigmoid output channels, in order
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels)
+
+    def label_values(self, convention: str = "brats2021") -> Dict[int, Segment]:
+        """Label value -> segment of the written label map."""
+        if self.name == "brats_regions":
+            return {1: NCR, 2: ED, et_label(convention): ET}
+        return {1: LESION}
+
+    def regions_to_labels(self, regions: np.ndarray, convention: str = "brats2021") -> np.ndarray:
+        """Binary region channels (C, ...) -> label map (...), uint8."""
+        regions = np.asarray(regions).astype(bool)
+        if regions.shape[0] != self.num_channels:
+            raise ValueError(f"expected {self.num_channels} region channels, got {regions.shape[0]}")
+        labels = np.zeros(regions.shape[1:], dtype=np.uint8)
+        if self.name == "brats_regions":
+            tc, wt, et = regions
+            labels[wt] = 2
+            labels[tc] = 1
+            labels[et] = et_label(convention)
+        else:
+            labels[regions[0]] = 1
+        return labels
+
+    def labels_to_regions(self, labels: np.ndarray, convention: str = "brats2021") -> np.ndarray:
+        """Label map (...) -> binary region channels (C, ...), the network's training target."""
+        labels = np.asarray(labels)
+        if self.name == "brats_regions":
+            from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
+
+            return np.asarray(ConvertToMultiChannelBasedOnBratsClasses(et_label(convention))(labels))
+        return (labels > 0)[None]
+
+    def region_names(self) -> Tuple[str, ...]:
+        return self.channels
+
+
+SCHEMAS: Dict[str, LabelSchema] = {
+    "brats_regions": LabelSchema("brats_regions", ("TC", "WT", "ET")),
+    "lesion": LabelSchema("lesion", ("lesion",)),
+}
+
+
+def schema(name: str) -> LabelSchema:
+    if name not in SCHEMAS:
+        raise UserError(f"unknown label schema {name!r}; known: {', '.join(SCHEMAS)}")
+    return SCHEMAS[name]
+
+
+def et_label(convention: str) -> int:
+    if convention not in LABEL_CONVENTIONS:
+        raise UserError(f"unknown label convention {convention!r}; use brats2021 (ET=4) or brats2023 (ET=3)")
+    return 4 if convention == "brats2021" else 3

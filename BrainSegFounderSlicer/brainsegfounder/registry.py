@@ -1,0 +1,46 @@
+"""Where named models live: ``--model NAME`` looks in the local model folder.
+
+The folder is ``$BRAINSEGFOUNDER_HOME/models`` (default ``~/.brainsegfounder/models``), kept
+outside any Slicer or Python installation so models survive upgrades. A model is a checkpoint
+file ``NAME.pt`` there; a path to any checkpoint works as well.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict
+
+from .errors import UserError
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def home() -> Path:
+    return Path(os.environ.get("BRAINSEGFOUNDER_HOME") or Path.home() / ".brainsegfounder")
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def local_models() -> Dict[str, Path]:
+    folder = models_dir()
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()}
+
+
+def resolve_model(name_or_path: str) -> Path:
+    """A checkpoint path for a path or a local model name."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    models = local_models()
+    if name_or_path in models:
+        return models[name_or_path]
+    if path.suffix in CHECKPOINT_SUFFIXES or os.sep in name_or_path:
+        raise UserError(f"model file {name_or_path} does not exist; check the path")
+    known = ", ".join(models) or "none yet"
+    raise UserError(f"unknown model {name_or_path!r}; give a checkpoint path or one of the models in "
+                    f"{models_dir()} ({known})")

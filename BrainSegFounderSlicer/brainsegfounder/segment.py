@@ -1,0 +1,169 @@
+"""The segmentation pipeline: files in, label map / seg.nrrd / summary out.
+
+read & check inputs -> resample onto the reference modality's grid -> orient as the network
+was trained -> crop to the brain -> z-score -> sliding window -> threshold -> labels ->
+paste back -> the reference grid exactly -> write all outputs atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .checkpoints import LoadedCheckpoint, ModelMeta, load_checkpoint, network_from_checkpoint, resolve_meta
+from .errors import UserError
+from .geometry import orientation_code, reorient, resample_to, voxel_volume_ml
+from .imageio import read_volume
+from .inference import InferenceSettings, predict_probabilities, resolve_device
+from .labels import et_label, schema
+from .modalities import match_inputs
+from .outputs import check_output_paths, write_outputs
+from .preprocess import BrainBox, normalize
+from .progress import CancelToken, ProgressCallback, null_progress
+from .registry import resolve_model
+
+
+def load_inputs(paths: Dict[str, str], progress: ProgressCallback = null_progress):
+    """Read inputs in model order; all land on the first one's grid. Returns (images, resampled)."""
+    images, resampled = [], {}
+    names = list(paths)
+    for i, name in enumerate(names):
+        progress("read", i, len(names), f"reading {name}")
+        image = read_volume(paths[name], label=f"input {name}")
+        if images:
+            image, resampled[name] = resample_to(image, images[0], label=f"input {name}")
+        else:
+            resampled[name] = False
+        images.append(image)
+    progress("read", len(names), len(names))
+    return images, resampled
+
+
+def to_network_array(images: Sequence[sitk.Image], orientation: str) -> np.ndarray:
+    """(C, i, j, k) float32 with the index axes oriented as the network was trained."""
+    oriented = [reorient(image, orientation) for image in images]
+    return np.stack([sitk.GetArrayFromImage(im).transpose(2, 1, 0) for im in oriented]).astype(np.float32)
+
+
+def from_network_labels(labels: np.ndarray, reference: sitk.Image, orientation: str) -> sitk.Image:
+    """Label array (i, j, k) in network orientation -> image on exactly ``reference``'s grid."""
+    oriented_ref = reorient(reference, orientation)
+    image = sitk.GetImageFromArray(labels.transpose(2, 1, 0))
+    image.CopyInformation(oriented_ref)
+    image = reorient(image, orientation_code(reference))
+    if image.GetSize() != reference.GetSize():
+        raise AssertionError("reorientation changed the grid size")
+    image.CopyInformation(reference)  # identical up to float round-off after the axis permutation
+    return image
+
+
+class Segmenter:
+    """A loaded model, ready to segment volumes. Reusable across cases."""
+
+    def __init__(self, model: str, task: Optional[str] = None, device: str = "auto",
+                 settings: Optional[InferenceSettings] = None):
+        self.settings = settings or InferenceSettings()
+        self.settings.validate()
+        self.device = resolve_device(device)
+        self.checkpoint: LoadedCheckpoint = load_checkpoint(resolve_model(model))
+        self.meta: ModelMeta = resolve_meta(self.checkpoint, task)
+        self.schema = schema(self.meta.label_schema)
+        if self.schema.num_channels != self.checkpoint.network.out_channels:
+            raise UserError(f"model {self.meta.name} has {self.checkpoint.network.out_channels} outputs but its "
+                            f"label schema {self.schema.name} needs {self.schema.num_channels}")
+        self.network = network_from_checkpoint(self.checkpoint, use_flash_attention=True).eval()
+
+    @property
+    def roi(self) -> Tuple[int, int, int]:
+        return tuple(self.settings.roi_size or self.meta.roi_size)
+
+    def probabilities(self, images: Sequence[sitk.Image], progress: ProgressCallback = null_progress,
+                      cancel: Optional[CancelToken] = None):
+        """Region probabilities (C, i, j, k) in network orientation, plus run facts."""
+        volume = to_network_array(images, self.meta.orientation)
+        box = BrainBox.of(volume)
+        cropped = normalize(box.crop(volume), self.meta.normalization)
+        probs, report = predict_probabilities(self.network, cropped, self.roi, self.settings, self.device,
+                                              progress, cancel)
+        return box.paste(probs), box, report
+
+    def label_image(self, images: Sequence[sitk.Image], convention: str = "brats2021",
+                    progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):
+        probs, box, report = self.probabilities(images, progress, cancel)
+        regions = probs > self.settings.threshold
+        labels = self.schema.regions_to_labels(regions, convention)
+        return from_network_labels(labels, images[0], self.meta.orientation), box, report
+
+
+def region_volumes(labels: sitk.Image, segmenter: Segmenter, convention: str) -> Dict[str, dict]:
+    """Volumes in mL of each written label and of each predicted region."""
+    array = sitk.GetArrayViewFromImage(labels)
+    ml = voxel_volume_ml(labels)
+    result = {}
+    for value, segment in segmenter.schema.label_values(convention).items():
+        result[segment.key] = {"name": segment.name, "label": value,
+                               "volume_ml": round(float(np.count_nonzero(array == value)) * ml, 3)}
+    regions = segmenter.schema.labels_to_regions(np.asarray(array), convention)
+    for name, mask in zip(segmenter.schema.channels, regions):
+        if name not in result:
+            result[name] = {"name": name, "volume_ml": round(float(np.count_nonzero(mask)) * ml, 3)}
+    return result
+
+
+def segment_files(model: str, inputs: Sequence[Tuple[str, str]], output: os.PathLike,
+                  seg_nrrd: Optional[os.PathLike] = None, summary_path: Optional[os.PathLike] = None,
+                  labels: str = "brats2021", device: str = "auto", task: Optional[str] = None,
+                  settings: Optional[InferenceSettings] = None, progress: ProgressCallback = null_progress,
+                  cancel: Optional[CancelToken] = None, segmenter: Optional[Segmenter] = None) -> dict:
+    """Segment one case from files; returns the summary (also written to ``summary_path``)."""
+    timings = {}
+    start = t0 = time.perf_counter()
+    et_label(labels)  # validates the convention before any work
+    check_output_paths(output, seg_nrrd, summary_path)
+    progress("load_model", 0, 1, "loading model")
+    segmenter = segmenter or Segmenter(model, task=task, device=device, settings=settings)
+    timings["load_model_s"] = time.perf_counter() - t0
+    paths = match_inputs(inputs, segmenter.meta.modalities)
+    progress("load_model", 1, 1)
+
+    t0 = time.perf_counter()
+    images, resampled = load_inputs(paths, progress)
+    timings["read_inputs_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    label_image, box, report = segmenter.label_image(images, labels, progress, cancel)
+    timings["inference_s"] = time.perf_counter() - t0
+
+    reference = images[0]
+    summary = {
+        "model": {"name": segmenter.meta.name, "version": segmenter.meta.version,
+                  "task": segmenter.meta.task, "checkpoint": str(segmenter.checkpoint.path),
+                  "format": segmenter.checkpoint.kind},
+        "inputs": {name: {"path": str(p), "resampled_to_reference": resampled[name]} for name, p in paths.items()},
+        "reference": {"modality": next(iter(paths)), "size": list(reference.GetSize()),
+                      "spacing_mm": list(reference.GetSpacing()), "origin_mm": list(reference.GetOrigin()),
+                      "direction": list(reference.GetDirection())},
+        "label_convention": labels if segmenter.schema.name == "brats_regions" else "lesion=1",
+        "regions": region_volumes(label_image, segmenter, labels),
+        "inference": {**asdict(segmenter.settings), "roi_size": list(segmenter.roi), "device": report.device,
+                      "windows": report.windows, "sw_batch_size": report.sw_batch_size,
+                      "brain_box_fraction": round(box.fraction, 3)},
+        "notes": report.notes,
+        "timings_s": timings,
+    }
+    # The summary file holds the timings up to writing; the returned one adds the write.
+    timings["total_before_write_s"] = time.perf_counter() - start
+    timings.update({k: round(v, 3) for k, v in timings.items()})
+    progress("write", 0, 1, f"writing {output}")
+    t0 = time.perf_counter()
+    write_outputs(label_image, output, segmenter.schema.label_values(labels), seg_nrrd,
+                  summary, summary_path)
+    timings["write_s"] = round(time.perf_counter() - t0, 3)
+    progress("write", 1, 1)
+    return summary
