@@ -134,22 +134,31 @@ def _sliding_probabilities(model, volume, roi, settings, sw_batch_size, device, 
     return (probs / len(flips))[0].cpu().numpy(), windows
 
 
+def fallback_plan(device, sw_batch_size: int):
+    """(device, windows per batch) to try in turn when memory runs out: fewer windows per
+    batch first, then (from a GPU) the CPU."""
+    import torch
+
+    plan = [(device, sw_batch_size)]
+    if sw_batch_size > 1:
+        plan.append((device, 1))
+    if device.type == "cuda":
+        plan.append((torch.device("cpu"), 1))
+    return plan
+
+
 def predict_probabilities(model, volume: np.ndarray, roi: Sequence[int], settings: InferenceSettings,
                           device, progress: ProgressCallback = null_progress,
                           cancel: Optional[CancelToken] = None) -> Tuple[np.ndarray, InferenceReport]:
     """Sigmoid probabilities (C_out, ...) for a normalised volume (C_in, ...).
 
-    On CUDA out-of-memory: retry with one window per batch, then on the CPU, saying so.
+    On out-of-memory: retry as :func:`fallback_plan` says, reporting each step.
     """
     import torch
 
     cancel = cancel or CancelToken()
     flips = flip_sets(settings.tta)
-    attempts = [(device, settings.sw_batch_size)]
-    if device.type == "cuda":
-        if settings.sw_batch_size > 1:
-            attempts.append((device, 1))
-        attempts.append((torch.device("cpu"), 1))
+    attempts = fallback_plan(device, settings.sw_batch_size)
     notes: List[str] = []
     for i, (dev, batch) in enumerate(attempts):
         try:
@@ -161,10 +170,11 @@ def predict_probabilities(model, volume: np.ndarray, roi: Sequence[int], setting
                 raise UserError("out of memory even on the CPU; close other programs or use a smaller "
                                 "--roi") from None
             next_dev, next_batch = attempts[i + 1]
-            note = (f"GPU out of memory with {batch} windows per batch; retrying on {next_dev} "
+            note = (f"out of memory on {dev} with {batch} windows per batch; retrying on {next_dev} "
                     f"with {next_batch} window per batch")
             notes.append(note)
             progress("inference", 0, 0, note)
             model.to("cpu")
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     raise AssertionError("unreachable")

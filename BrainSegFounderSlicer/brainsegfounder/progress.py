@@ -99,7 +99,7 @@ class TextReporter:
         if message:
             self._end_line()
             self.stream.write(f"{stage}: {message}\n")
-        if total > 0:
+        if total > 1:
             filled = int(self.width * min(done, total) / total)
             eta_text = "" if eta is None else f" eta {eta:5.1f}s"
             bar = "#" * filled + "." * (self.width - filled)

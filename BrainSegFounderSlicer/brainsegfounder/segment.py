@@ -96,7 +96,9 @@ class Segmenter:
     def label_image(self, images: Sequence[sitk.Image], convention: str = "brats2021",
                     progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):
         probs, box, report = self.probabilities(images, progress, cancel)
-        regions = probs > self.settings.threshold
+        # Voxels where every input is zero (outside a skull-stripped brain) hold no tissue.
+        tissue = np.any(to_network_array(images, self.meta.orientation) != 0, axis=0)
+        regions = (probs > self.settings.threshold) & tissue
         labels = self.schema.regions_to_labels(regions, convention)
         return from_network_labels(labels, images[0], self.meta.orientation), box, report
 

@@ -1,0 +1,263 @@
+"""The ``brainsegfounder`` command.
+
+Every subcommand reports progress through the protocol of :mod:`brainsegfounder.progress`
+and turns a :class:`~brainsegfounder.errors.UserError` into one line on stderr and exit 2
+(a traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from . import __version__
+from .errors import Cancelled, UserError
+from .progress import CancelToken, JsonLinesReporter, TextReporter
+
+
+def _input_pair(text: str) -> Tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected MODALITY=PATH (e.g. flair=case_flair.nii.gz), got {text!r}")
+    return name, path
+
+
+def _roi(text: str) -> Tuple[int, int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = tuple(int(p) for p in parts if p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ROI must be N or NxNxN, got {text!r}") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"ROI must be N or NxNxN, got {text!r}")
+    return values
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("text", "json", "none"), default="text",
+                        help="progress as a text bar on stderr, JSON lines on stdout, or nothing")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainsegfounder", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"brainsegfounder {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment one case")
+    seg.add_argument("--model", required=True, help="checkpoint path or local model name")
+    seg.add_argument("--input", dest="inputs", action="append", type=_input_pair, default=[],
+                     metavar="MODALITY=PATH", help="an input image (file or DICOM folder), named by modality")
+    seg.add_argument("--output", required=True, help="label map (.nii.gz, .nii, .nrrd, .mha)")
+    seg.add_argument("--seg-nrrd", help="also write a Slicer segmentation (.seg.nrrd)")
+    seg.add_argument("--summary", help="also write a JSON summary (volumes, model, timings)")
+    seg.add_argument("--preview", help="also write a PNG of a few slices with the labels overlaid")
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    seg.add_argument("--labels", default="brats2021", choices=("brats2021", "brats2023"),
+                     help="BraTS label numbers: brats2021 ET=4 (default), brats2023 ET=3")
+    seg.add_argument("--task", help="task preset for checkpoints without metadata (brats, atlas)")
+    seg.add_argument("--roi", type=_roi, help="sliding-window size, default the model's training ROI")
+    seg.add_argument("--overlap", type=float, default=0.5, help="window overlap (default 0.5)")
+    seg.add_argument("--blend", default="gaussian", choices=("gaussian", "constant"))
+    seg.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward pass (default 2)")
+    seg.add_argument("--tta", action="store_true", help="average over the 8 mirror flips (8x slower)")
+    _add_common(seg)
+
+    syn = sub.add_parser("synth", help="write a synthetic cohort on real anatomy")
+    syn.add_argument("--out", required=True, help="data set folder")
+    syn.add_argument("--kind", default="brats", choices=("brats", "stroke", "healthy"))
+    syn.add_argument("--layout", help="brats2021 / brats2023 (brats), atlas (stroke), ukb (healthy)")
+    syn.add_argument("--n", type=int, default=5, help="number of cases (default 5)")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm (default 1)")
+    syn.add_argument("--folds", type=int, default=5, help="folds in datalist.json (default 5)")
+    syn.add_argument("--start", type=int, default=0, help="index of the first case (to add to a cohort)")
+    syn.add_argument("--preview", action="store_true", help="write a PNG of each case into OUT/previews")
+    _add_common(syn)
+
+    mod = sub.add_parser("models", help="list, inspect or create models")
+    mod_sub = mod.add_subparsers(dest="models_command", required=True)
+    lst = mod_sub.add_parser("list", help="task presets, sizes and local models")
+    _add_common(lst)
+    ins = mod_sub.add_parser("inspect", help="print what a checkpoint holds")
+    ins.add_argument("checkpoint")
+    ins.add_argument("--task", help="task preset for checkpoints without metadata")
+    _add_common(ins)
+    ini = mod_sub.add_parser("init", help="write a randomly initialised, self-describing model")
+    ini.add_argument("--size", default="tiny", help="62M, 64M, 70M, 277M, small or tiny")
+    ini.add_argument("--task", default="brats", help="brats or atlas")
+    ini.add_argument("--output", required=True)
+    ini.add_argument("--seed", type=int, default=0)
+    ini.add_argument("--name", help="model name (default: the file name)")
+    ini.add_argument("--roi", type=_roi, help="ROI stored with the model (default the task's)")
+    _add_common(ini)
+
+    demo = sub.add_parser("demo", help="segment a synthetic case end to end (built-in default)")
+    demo.add_argument("--out", default="demo_output", help="output folder (default ./demo_output)")
+    demo.add_argument("--spacing", type=float, default=2.0, help="voxel size of the synthetic case (mm)")
+    demo.add_argument("--seed", type=int, default=2026)
+    demo.add_argument("--device", default="auto")
+    _add_common(demo)
+    return parser
+
+
+def _reporter(mode: str):
+    if mode == "json":
+        return JsonLinesReporter(sys.stdout)
+    if mode == "text":
+        return TextReporter(sys.stderr)
+    return None
+
+
+def cmd_segment(args, report, cancel) -> dict:
+    from .inference import InferenceSettings
+    from .segment import segment_files
+
+    if not args.inputs:
+        raise UserError("no inputs given; add one --input MODALITY=PATH per modality the model needs")
+    settings = InferenceSettings(roi_size=args.roi, overlap=args.overlap, blend=args.blend,
+                                 sw_batch_size=args.sw_batch_size, tta=args.tta)
+    summary = segment_files(args.model, args.inputs, args.output, seg_nrrd=args.seg_nrrd,
+                            summary_path=args.summary, labels=args.labels, device=args.device,
+                            task=args.task, settings=settings, progress=report, cancel=cancel)
+    if args.preview:
+        _write_preview(args.inputs, args.output, args.preview)
+    volumes = ", ".join(f"{k} {v['volume_ml']:.1f} mL" for k, v in summary["regions"].items())
+    return {"output": str(args.output), "message": f"wrote {args.output} ({volumes})"}
+
+
+def _write_preview(inputs, output, preview) -> None:
+    from .imageio import read_volume
+    from .preview import save_preview
+
+    images = {name: read_volume(path, f"input {name}") for name, path in inputs}
+    labels = read_volume(output, "labels") if output else None
+    save_preview(images, preview, labels)
+
+
+def cmd_synth(args, report, cancel) -> dict:
+    from .synth.cohort import write_cohort
+
+    root = write_cohort(args.out, kind=args.kind, n=args.n, seed=args.seed, spacing=args.spacing,
+                        layout=args.layout, folds=args.folds, start=args.start, progress=report)
+    if args.preview:
+        from .synth.cohort import case_files, LAYOUTS
+        from .imageio import read_volume
+        from .preview import save_preview
+
+        layout = args.layout or LAYOUTS[args.kind][0]
+        (root / "previews").mkdir(exist_ok=True)
+        for index in range(args.start, args.start + args.n):
+            folder, images, label = case_files(layout, index)
+            loaded = {m: read_volume(root / p, m) for m, p in images.items()}
+            labels = read_volume(root / label, "labels") if label else None
+            save_preview(loaded, root / "previews" / f"{folder}.png", labels)
+    return {"output": str(root), "message": f"wrote {args.n} {args.kind} cases and datalist.json to {root}"}
+
+
+def cmd_models(args, report, cancel) -> dict:
+    from .networks import PRESETS, SIZES
+
+    if args.models_command == "list":
+        from .registry import local_models, models_dir
+
+        lines = ["task presets:"]
+        lines += [f"  {p.name:8s} inputs {','.join(p.modalities)} -> {p.description}" for p in PRESETS.values()]
+        lines += ["sizes: " + ", ".join(SIZES), f"local models ({models_dir()}):"]
+        lines += [f"  {name}: {path}" for name, path in local_models().items()] or ["  none"]
+        print("\n".join(lines))
+        return {"message": ""}
+    if args.models_command == "inspect":
+        from .checkpoints import load_checkpoint, resolve_meta
+        from .networks import build_network, count_parameters
+
+        ckpt = load_checkpoint(args.checkpoint)
+        info = {"path": str(ckpt.path), "format": ckpt.kind, "network": ckpt.network.to_dict(),
+                "tensors": len(ckpt.state_dict)}
+        if not ckpt.is_encoder_only:
+            info["meta"] = resolve_meta(ckpt, args.task).to_dict()
+            info["parameters"] = count_parameters(build_network(ckpt.network))
+        print(json.dumps(info, indent=2))
+        return {"message": ""}
+    return {"output": str(init_model(args.output, args.size, args.task, args.seed, args.name, args.roi)),
+            "message": f"wrote {args.output}"}
+
+
+def init_model(output, size: str, task: str, seed: int = 0, name: Optional[str] = None, roi=None) -> Path:
+    """A randomly initialised, self-describing checkpoint (deterministic by seed)."""
+    import torch
+
+    from .atomic import ensure_writable_dir
+    from .checkpoints import ModelMeta, save_checkpoint
+    from .networks import build_network, network_config
+
+    config = network_config(size, task)
+    ensure_writable_dir(Path(output).parent)
+    torch.manual_seed(seed)
+    model = build_network(config)
+    meta = ModelMeta.for_preset(task, config, name=name or Path(output).name.split(".")[0], version="0-untrained",
+                                provenance={"base": "random initialisation", "seed": str(seed), "size": size},
+                                description="untrained: its output is not meaningful")
+    if roi:
+        meta.roi_size = tuple(roi)
+    return save_checkpoint(output, model, meta)
+
+
+def cmd_demo(args, report, cancel) -> dict:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), spacing=args.spacing, seed=args.seed, device=args.device,
+                    progress=report, cancel=cancel)
+
+
+COMMANDS = {"segment": cmd_segment, "synth": cmd_synth, "models": cmd_models, "demo": cmd_demo}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    reporter = _reporter(args.progress)
+    cancel = CancelToken()
+    cancel.install_signal_handlers()
+    report = reporter or (lambda *a, **k: None)
+    try:
+        result = COMMANDS[args.command](args, report, cancel)
+    except UserError as error:
+        if args.debug:
+            raise
+        _finish(reporter, "error", str(error))
+        return error.exit_code
+    except Cancelled as error:
+        _finish(reporter, "cancelled", "cancelled: nothing was written")
+        return error.exit_code
+    except Exception as error:  # an unexpected failure: still one line unless --debug
+        if args.debug:
+            raise
+        _finish(reporter, "error", f"internal error: {type(error).__name__}: {error} (run again with --debug "
+                                   "and report the traceback)")
+        return 1
+    message = result.pop("message", "")
+    if isinstance(reporter, JsonLinesReporter):
+        reporter.finish("ok", message, **result)
+    elif message:
+        if reporter:
+            reporter.finish("ok")
+        print(message)
+    return 0
+
+
+def _finish(reporter, status: str, message: str) -> None:
+    """The final protocol line (JSON mode) and, always, the one line for people on stderr."""
+    if isinstance(reporter, JsonLinesReporter):
+        reporter.finish(status, message)
+    elif reporter:
+        reporter.finish(status)
+    print(f"error: {message}" if status == "error" else message, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Model factory and checkpoint formats: ours, BrainSegFounder's released ones, plain MONAI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import SwinUNETR
+
+from brainsegfounder.checkpoints import (ModelMeta, encoder_state, infer_network, load_checkpoint, load_encoder,
+                                         network_from_checkpoint, resolve_meta, save_checkpoint)
+from brainsegfounder.errors import UserError
+from brainsegfounder.networks import NetworkConfig, SIZES, build_network, count_parameters, network_config
+
+
+@pytest.mark.parametrize("size,params", [("62M", 62_191_941), ("64M", 64_076_853), ("70M", 69_731_589)])
+def test_brainsegfounder_sizes_have_the_published_parameter_counts(size, params):
+    assert count_parameters(build_network(network_config(size, "brats"))) == params
+
+
+def test_presets_set_channels():
+    assert network_config("tiny", "brats").in_channels == 4
+    assert network_config("tiny", "brats").out_channels == 3
+    assert network_config("tiny", "atlas").in_channels == 1
+    assert network_config("tiny", "atlas").out_channels == 1
+    with pytest.raises(UserError, match="unknown model size"):
+        network_config("5M", "brats")
+
+
+def monai_swinunetr(in_ch=4, out_ch=3, depths=(2, 2, 2, 2), heads=(3, 6, 12, 24), feature=12, seed=0):
+    """A network built with MONAI directly, as BrainSegFounder's code builds it."""
+    torch.manual_seed(seed)
+    return SwinUNETR(in_channels=in_ch, out_channels=out_ch, depths=depths, num_heads=heads, feature_size=feature,
+                     norm_name="instance", use_v2=False, downsample="merging").eval()
+
+
+def outputs_equal(a, b, in_ch=4):
+    torch.manual_seed(1)
+    x = torch.randn(1, in_ch, 64, 64, 64)
+    with torch.inference_mode():
+        return torch.allclose(a.eval()(x), b.eval()(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["state_dict", "epoch_best_acc", "module_prefix", "plain", "monai_model_key"])
+def test_released_finetuned_formats_load_strictly_and_match_monai(tmp_path, layout):
+    reference = monai_swinunetr(depths=(2, 2, 6, 2))
+    state = reference.state_dict()
+    payload = {
+        "state_dict": {"state_dict": state},
+        "epoch_best_acc": {"epoch": 120, "best_acc": 0.91, "state_dict": state},
+        "module_prefix": {"state_dict": {f"module.{k}": v for k, v in state.items()}},
+        "plain": state,
+        "monai_model_key": {"model": state},
+    }[layout]
+    path = tmp_path / "released.pt"
+    torch.save(payload, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.network.depths == (2, 2, 6, 2)
+    assert (ckpt.network.feature_size, ckpt.network.in_channels, ckpt.network.out_channels) == (12, 4, 3)
+    meta = resolve_meta(ckpt)
+    assert meta.task == "brats" and meta.modalities == ("flair", "t1ce", "t1", "t2")
+    assert outputs_equal(network_from_checkpoint(ckpt), reference)
+
+
+def test_architecture_inferred_for_other_heads_and_channels():
+    state = monai_swinunetr(in_ch=1, out_ch=1, depths=(2, 2, 18, 2), heads=(4, 8, 16, 32), feature=12).state_dict()
+    config = infer_network(state)
+    assert config == NetworkConfig(in_channels=1, out_channels=1, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
+                                   feature_size=12)
+
+
+def ssl_checkpoint(path, in_ch=1):
+    """Laid out like BrainSegFounder's SSL release: module.swinViT.* plus the 16 head keys."""
+    encoder = monai_swinunetr(in_ch=in_ch, seed=5).swinViT.state_dict()
+    bottleneck = 16 * 12
+    state = {f"module.swinViT.{k}": v for k, v in encoder.items()}
+    state["module.rotation_head.weight"] = torch.randn(4, bottleneck)
+    state["module.rotation_head.bias"] = torch.randn(4)
+    state["module.contrastive_head.weight"] = torch.randn(512, bottleneck)
+    state["module.contrastive_head.bias"] = torch.randn(512)
+    channels = [bottleneck, bottleneck // 2, bottleneck // 4, bottleneck // 8, bottleneck // 16, bottleneck // 16]
+    for i, idx in enumerate((0, 4, 8, 12, 16)):
+        state[f"module.conv.{idx}.weight"] = torch.randn(channels[i + 1], channels[i], 3, 3, 3)
+        state[f"module.conv.{idx}.bias"] = torch.randn(channels[i + 1])
+    state["module.conv.20.weight"] = torch.randn(in_ch, channels[-1], 1, 1, 1)
+    state["module.conv.20.bias"] = torch.randn(in_ch)
+    torch.save({"global_step": 1000, "epoch": 3, "state_dict": state, "optimizer": {}}, path)
+    return encoder
+
+
+def test_ssl_checkpoint_loads_encoder_only(tmp_path):
+    encoder = ssl_checkpoint(tmp_path / "ssl.pt")
+    ckpt = load_checkpoint(tmp_path / "ssl.pt")
+    assert ckpt.kind == "ssl" and ckpt.is_encoder_only
+    assert ckpt.network.in_channels == 1 and ckpt.network.out_channels == 0
+    model = build_network(NetworkConfig(in_channels=1, out_channels=1, feature_size=12))
+    assert load_encoder(model, ckpt) == len(encoder)
+    for key, value in encoder.items():
+        assert torch.equal(model.swinViT.state_dict()[key], value)
+    with pytest.raises(UserError, match="self-supervised encoder checkpoint"):
+        network_from_checkpoint(ckpt)
+
+
+def test_our_checkpoint_round_trip(tmp_path):
+    config = network_config("tiny", "atlas")
+    torch.manual_seed(0)
+    model = build_network(config)
+    meta = ModelMeta.for_preset("atlas", config, name="stroke-tiny", version="1.2",
+                                provenance={"data": "synthetic"})
+    save_checkpoint(tmp_path / "m.pt", model, meta)
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert ckpt.kind == "brainsegfounder"
+    assert ckpt.meta.name == "stroke-tiny" and ckpt.meta.version == "1.2"
+    assert ckpt.meta.orientation == "RAS" and ckpt.meta.modalities == ("t1",)
+    assert ckpt.meta.provenance["data"] == "synthetic" and "date" in ckpt.meta.provenance
+    assert outputs_equal(network_from_checkpoint(ckpt), model, in_ch=1)
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_missing_keys_are_named(tmp_path):
+    state = monai_swinunetr().state_dict()
+    del state["decoder1.conv_block.conv1.conv.weight"]
+    torch.save({"state_dict": state}, tmp_path / "broken.pt")
+    with pytest.raises(UserError, match=r"1 missing \(decoder1\.conv_block\.conv1\.conv\.weight\)"):
+        network_from_checkpoint(load_checkpoint(tmp_path / "broken.pt"))
+
+
+def test_declared_config_that_does_not_fit_the_weights_is_named(tmp_path):
+    config = network_config("tiny", "brats")
+    model = build_network(config)
+    meta = ModelMeta.for_preset("brats", NetworkConfig(4, 3, depths=(2, 2, 6, 2), feature_size=12))
+    save_checkpoint(tmp_path / "m.pt", model, meta)
+    with pytest.raises(UserError, match="missing .*swinViT.layers3.0.blocks.2"):
+        network_from_checkpoint(load_checkpoint(tmp_path / "m.pt"))
+
+
+class _Payload:
+    """Unpickling this would create a file: proves refused checkpoints are never unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickled_objects_are_refused_never_unpickled(tmp_path):
+    marker = tmp_path / "was_unpickled"
+    torch.save({"state_dict": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="refused to load"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    torch.save(monai_swinunetr(), tmp_path / "whole.pt")
+    with pytest.raises(UserError, match="pickled Python objects"):
+        load_checkpoint(tmp_path / "whole.pt")
+
+
+def test_truncated_and_foreign_checkpoints(tmp_path):
+    torch.save({"state_dict": monai_swinunetr().state_dict()}, tmp_path / "ok.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated"):
+        load_checkpoint(tmp_path / "cut.pt")
+    from monai.networks.nets import UNet
+
+    unet = UNet(spatial_dims=3, in_channels=4, out_channels=3, channels=(8, 16), strides=(2,))
+    torch.save(unet.state_dict(), tmp_path / "unet.pt")
+    with pytest.raises(UserError, match="not a SwinUNETR"):
+        load_checkpoint(tmp_path / "unet.pt")
