@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,11 +31,34 @@ def brats_inputs(brats_root):
     return [(m, str(brats_root / p)) for m, p in images.items()], brats_root / label
 
 
-@pytest.fixture(scope="session")
-def brats_model(tmp_path_factory):
-    from brainsegfounder.cli import init_model
+def balanced_model(path, task, seed, inputs):
+    """A random tiny model whose output bias is set so about half the brain is labelled on
+    ``inputs``: random weights alone may label nothing, which would let label tests pass vacuously."""
+    import torch
 
-    return init_model(tmp_path_factory.mktemp("model") / "tiny-brats.pt", "tiny", "brats", seed=3, roi=TEST_ROI)
+    from brainsegfounder.checkpoints import load_checkpoint, network_from_checkpoint, save_checkpoint
+    from brainsegfounder.cli import init_model
+    from brainsegfounder.imageio import read_volume
+    from brainsegfounder.preprocess import BrainBox, normalize
+    from brainsegfounder.segment import to_network_array
+
+    init_model(path, "tiny", task, seed=seed, roi=TEST_ROI)
+    ckpt = load_checkpoint(path)
+    model = network_from_checkpoint(ckpt).eval()
+    volume = to_network_array([read_volume(p) for _, p in inputs], ckpt.meta.orientation)
+    box = BrainBox.of(volume)
+    x = normalize(box.crop(volume))[(slice(None),) + tuple(slice(0, 64) for _ in range(3))]
+    pad = [(0, 0)] + [(0, 64 - n) for n in x.shape[1:]]
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(np.pad(x, pad))[None])[0]
+        median = logits.flatten(1).median(dim=1).values
+        model.out.conv.conv.bias -= median
+    return save_checkpoint(path, model, ckpt.meta)
+
+
+@pytest.fixture(scope="session")
+def brats_model(tmp_path_factory, brats_inputs):
+    return balanced_model(tmp_path_factory.mktemp("model") / "tiny-brats.pt", "brats", 3, brats_inputs[0])
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,9 @@ class BrainBox:
 
         spatial = volume.shape[1:]
         start, end = generate_spatial_bounding_box(volume, select_fn=lambda x: x != 0, margin=margin)
+        # MONAI does not clip the margin to the volume
+        start = [max(0, int(s)) for s in start]
+        end = [min(n, int(e)) for e, n in zip(end, spatial)]
         if any(e <= s for s, e in zip(start, end)):  # nothing nonzero: keep everything
             start, end = [0] * len(spatial), list(spatial)
         return cls(tuple(int(s) for s in start), tuple(int(e) for e in end), tuple(spatial))
