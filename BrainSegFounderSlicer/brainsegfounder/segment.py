@@ -72,12 +72,12 @@ class Segmenter:
         self.settings.validate()
         self.device = resolve_device(device)
         self.checkpoint: LoadedCheckpoint = load_checkpoint(resolve_model(model))
+        self.network = network_from_checkpoint(self.checkpoint, use_flash_attention=True).eval()
         self.meta: ModelMeta = resolve_meta(self.checkpoint, task)
         self.schema = schema(self.meta.label_schema)
         if self.schema.num_channels != self.checkpoint.network.out_channels:
             raise UserError(f"model {self.meta.name} has {self.checkpoint.network.out_channels} outputs but its "
                             f"label schema {self.schema.name} needs {self.schema.num_channels}")
-        self.network = network_from_checkpoint(self.checkpoint, use_flash_attention=True).eval()
 
     @property
     def roi(self) -> Tuple[int, int, int]:

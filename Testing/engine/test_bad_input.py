@@ -1,0 +1,216 @@
+"""Bad input: one clear 'error:' line, exit code 2, and no output file written."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import run_cli, segment_args
+
+
+def expect_clean_failure(capsys, args, out_dir, pattern):
+    code, stdout, stderr = run_cli(args, capsys)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in stderr
+    written = [p for p in out_dir.rglob("*") if p.name.startswith(("out", ".out"))]
+    assert written == [], f"partial output left behind: {written}"
+    return lines[0]
+
+
+def replace_input(inputs, modality, path):
+    return [(m, str(path) if m == modality else p) for m, p in inputs]
+
+
+def write_array(path, array, like=None):
+    image = sitk.GetImageFromArray(array)
+    if like is not None and array.ndim == 3:
+        image.CopyInformation(like)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture
+def case(tmp_path, brats_inputs, brats_model):
+    inputs, _ = brats_inputs
+    return inputs, brats_model, tmp_path, sitk.ReadImage(inputs[1][1])
+
+
+def test_missing_file(capsys, case):
+    inputs, model, tmp, _ = case
+    args = segment_args(model, replace_input(inputs, "t2", tmp / "nope.nii.gz"), tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"input t2: .*nope\.nii\.gz does not exist")
+
+
+def test_modality_absent(capsys, case):
+    inputs, model, tmp, _ = case
+    args = segment_args(model, inputs[:3], tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"missing input for t2; .*--input flair=PATH")
+
+
+def test_modality_given_twice_also_through_an_alias(capsys, case):
+    inputs, model, tmp, _ = case
+    args = segment_args(model, inputs + [("t2f", inputs[0][1])], tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"modality flair is given twice")
+
+
+def test_unknown_modality(capsys, case):
+    inputs, model, tmp, _ = case
+    args = segment_args(model, inputs + [("dwi", inputs[0][1])], tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"unknown modality 'dwi'; this model takes flair, t1ce, t1, t2")
+
+
+def test_2d_image(capsys, case):
+    inputs, model, tmp, _ = case
+    path = write_array(tmp / "slice.nii.gz", np.ones((1, 40, 40), np.float32))
+    args = segment_args(model, replace_input(inputs, "t1", path), tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"2D slice rather than a 3D volume")
+
+
+def test_4d_image(capsys, case):
+    inputs, model, tmp, _ = case
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 20, 4), np.float32), np.eye(4)), str(tmp / "four.nii.gz"))
+    args = segment_args(model, replace_input(inputs, "t1", tmp / "four.nii.gz"), tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"is 4D; give a 3D volume")
+
+
+def test_vector_image(capsys, case):
+    inputs, model, tmp, _ = case
+    path = write_array(tmp / "vec.nrrd", np.ones((20, 20, 20, 3), np.float32))
+    args = segment_args(model, replace_input(inputs, "t1", path), tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"3 components per voxel")
+
+
+@pytest.mark.parametrize("suffix,bad", [(".nii.gz", np.nan), (".nii.gz", np.inf), (".nrrd", np.nan)])
+def test_non_finite_voxels(capsys, case, suffix, bad):
+    inputs, model, tmp, like = case
+    array = sitk.GetArrayFromImage(like).astype(np.float32)
+    array[10, 20, 30] = bad
+    if suffix == ".nii.gz":  # SimpleITK would read these as 0 without a word; write with nibabel
+        import nibabel as nib
+
+        nib.save(nib.Nifti1Image(array.transpose(2, 1, 0), np.eye(4)), str(tmp / f"bad{suffix}"))
+    else:
+        write_array(tmp / f"bad{suffix}", array, like)
+    args = segment_args(model, replace_input(inputs, "t1ce", tmp / f"bad{suffix}"), tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"1 NaN/inf voxels")
+
+
+def test_all_zero_image(capsys, case):
+    inputs, model, tmp, like = case
+    path = write_array(tmp / "zero.nii.gz", np.zeros(like.GetSize()[::-1], np.float32), like)
+    args = segment_args(model, replace_input(inputs, "t1ce", path), tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"is empty \(all voxels are zero\)")
+
+
+def test_inputs_that_do_not_overlap(capsys, case):
+    inputs, model, tmp, like = case
+    far = sitk.Image(like)
+    far.SetOrigin(tuple(np.array(like.GetOrigin()) + 1000.0))
+    sitk.WriteImage(far, str(tmp / "far.nii.gz"))
+    args = segment_args(model, replace_input(inputs, "t2", tmp / "far.nii.gz"), tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"input t2 does not overlap the reference image in physical space")
+
+
+def test_unreadable_file(capsys, case):
+    inputs, model, tmp, _ = case
+    (tmp / "junk.nii.gz").write_bytes(b"this is not an image" * 10)
+    args = segment_args(model, replace_input(inputs, "t1", tmp / "junk.nii.gz"), tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"input t1: cannot read .*junk\.nii\.gz as an image")
+
+
+def test_checkpoint_of_another_architecture(capsys, case):
+    inputs, _, tmp, _ = case
+    from monai.networks.nets import UNet
+
+    torch.save(UNet(3, 4, 3, channels=(8, 16), strides=(2,)).state_dict(), tmp / "unet.pt")
+    args = segment_args(tmp / "unet.pt", inputs, tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"not a SwinUNETR")
+
+
+def test_checkpoint_with_missing_keys(capsys, case):
+    inputs, model, tmp, _ = case
+    state = torch.load(model, weights_only=True)["state_dict"]
+    state.pop("encoder10.layer.conv1.conv.weight")
+    torch.save({"state_dict": state}, tmp / "partial.pt")
+    args = segment_args(tmp / "partial.pt", inputs, tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"1 missing \(encoder10\.layer\.conv1\.conv\.weight\)")
+
+
+def test_truncated_checkpoint(capsys, case):
+    inputs, model, tmp, _ = case
+    data = model.read_bytes()
+    (tmp / "cut.pt").write_bytes(data[: len(data) // 3])
+    args = segment_args(tmp / "cut.pt", inputs, tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"truncated or not a PyTorch checkpoint")
+
+
+def test_pickled_whole_model(capsys, case):
+    inputs, _, tmp, _ = case
+    from brainsegfounder.networks import build_network, network_config
+
+    torch.save(build_network(network_config("tiny", "brats")), tmp / "whole.pt")
+    args = segment_args(tmp / "whole.pt", inputs, tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"refused to load .*pickled Python objects")
+
+
+def test_ssl_checkpoint_cannot_segment(capsys, case):
+    inputs, _, tmp, _ = case
+    from test_networks_and_checkpoints import ssl_checkpoint
+
+    ssl_checkpoint(tmp / "ssl.pt", in_ch=4)
+    args = segment_args(tmp / "ssl.pt", inputs, tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"self-supervised encoder checkpoint .*fine-tune it first")
+
+
+def test_output_folder_that_cannot_be_written(capsys, case):
+    inputs, model, tmp, _ = case
+    (tmp / "a_file").write_text("blocks the folder name")
+    args = segment_args(model, inputs, tmp / "a_file" / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"cannot write the output folder")
+
+
+def test_unsupported_output_format(capsys, case):
+    inputs, model, tmp, _ = case
+    args = segment_args(model, inputs, tmp / "out.png")
+    expect_clean_failure(capsys, args, tmp, r"must end in one of \.nii\.gz")
+
+
+def test_existing_output_survives_a_failed_run(capsys, case):
+    inputs, model, tmp, _ = case
+    previous = tmp / "keep" / "labels.nii.gz"
+    previous.parent.mkdir()
+    previous.write_bytes(b"an earlier result")
+    args = segment_args(model, replace_input(inputs, "t2", tmp / "missing.nii.gz"), previous)
+    code, _, _ = run_cli(args, capsys)
+    assert code == 2 and previous.read_bytes() == b"an earlier result"
+    assert sorted(p.name for p in previous.parent.iterdir()) == ["labels.nii.gz"]
+
+
+def test_debug_shows_the_traceback(capsys, case):
+    inputs, model, tmp, _ = case
+    from brainsegfounder.errors import UserError
+
+    with pytest.raises(UserError):
+        run_cli(segment_args(model, inputs[:3], tmp / "out.nii.gz", "--debug"), capsys)
+
+
+def test_cli_exit_code_and_single_line_in_a_real_process(tmp_path, brats_inputs, brats_model):
+    import subprocess
+    import sys
+
+    inputs, _ = brats_inputs
+    args = segment_args(brats_model, inputs[:3], tmp_path / "out.nii.gz")
+    result = subprocess.run([sys.executable, "-m", "brainsegfounder", *map(str, args)], capture_output=True,
+                            text=True, env={**__import__("os").environ, "PYTHONPATH": str(
+                                __import__("conftest").ROOT / "BrainSegFounderSlicer")})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: missing input for t2")
