@@ -37,7 +37,7 @@ def balanced_model(path, task, seed, inputs):
     import torch
 
     from brainsegfounder.checkpoints import load_checkpoint, network_from_checkpoint, save_checkpoint
-    from brainsegfounder.cli import init_model
+    from brainsegfounder.checkpoints import init_model
     from brainsegfounder.imageio import read_volume
     from brainsegfounder.preprocess import BrainBox, normalize
     from brainsegfounder.segment import to_network_array
@@ -63,7 +63,7 @@ def brats_model(tmp_path_factory, brats_inputs):
 
 @pytest.fixture(scope="session")
 def atlas_model(tmp_path_factory):
-    from brainsegfounder.cli import init_model
+    from brainsegfounder.checkpoints import init_model
 
     return init_model(tmp_path_factory.mktemp("model") / "tiny-atlas.pt", "tiny", "atlas", seed=4, roi=TEST_ROI)
 

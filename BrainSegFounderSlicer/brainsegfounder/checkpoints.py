@@ -292,3 +292,22 @@ def save_checkpoint(path: os.PathLike, model, meta: ModelMeta) -> Path:
     with atomic_path(path, suffix=".tmp") as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def init_model(output, size: str, task: str, seed: int = 0, name: Optional[str] = None, roi=None) -> Path:
+    """A randomly initialised, self-describing checkpoint (deterministic by seed)."""
+    import torch
+
+    from .atomic import ensure_writable_dir
+    from .networks import network_config
+
+    config = network_config(size, task)
+    ensure_writable_dir(Path(output).parent)
+    torch.manual_seed(seed)
+    model = build_network(config)
+    meta = ModelMeta.for_preset(task, config, name=name or Path(output).name.split(".")[0], version="0-untrained",
+                                provenance={"base": "random initialisation", "seed": str(seed), "size": size},
+                                description="untrained: its output is not meaningful")
+    if roi:
+        meta.roi_size = tuple(roi)
+    return save_checkpoint(output, model, meta)

@@ -132,12 +132,13 @@ def cmd_segment(args, report, cancel) -> dict:
 
 
 def _write_preview(inputs, output, preview) -> None:
+    import SimpleITK as sitk
+
     from .imageio import read_volume
     from .preview import save_preview
 
     images = {name: read_volume(path, f"input {name}") for name, path in inputs}
-    labels = read_volume(output, "labels") if output else None
-    save_preview(images, preview, labels)
+    save_preview(images, preview, sitk.ReadImage(str(output)))
 
 
 def cmd_synth(args, report, cancel) -> dict:
@@ -146,8 +147,10 @@ def cmd_synth(args, report, cancel) -> dict:
     root = write_cohort(args.out, kind=args.kind, n=args.n, seed=args.seed, spacing=args.spacing,
                         layout=args.layout, folds=args.folds, start=args.start, progress=report)
     if args.preview:
-        from .synth.cohort import case_files, LAYOUTS
+        import SimpleITK as sitk
+
         from .imageio import read_volume
+        from .synth.cohort import LAYOUTS, case_files
         from .preview import save_preview
 
         layout = args.layout or LAYOUTS[args.kind][0]
@@ -155,7 +158,7 @@ def cmd_synth(args, report, cancel) -> dict:
         for index in range(args.start, args.start + args.n):
             folder, images, label = case_files(layout, index)
             loaded = {m: read_volume(root / p, m) for m, p in images.items()}
-            labels = read_volume(root / label, "labels") if label else None
+            labels = sitk.ReadImage(str(root / label)) if label else None
             save_preview(loaded, root / "previews" / f"{folder}.png", labels)
     return {"output": str(root), "message": f"wrote {args.n} {args.kind} cases and datalist.json to {root}"}
 
@@ -184,28 +187,10 @@ def cmd_models(args, report, cancel) -> dict:
             info["parameters"] = count_parameters(build_network(ckpt.network))
         print(json.dumps(info, indent=2))
         return {"message": ""}
+    from .checkpoints import init_model
+
     return {"output": str(init_model(args.output, args.size, args.task, args.seed, args.name, args.roi)),
             "message": f"wrote {args.output}"}
-
-
-def init_model(output, size: str, task: str, seed: int = 0, name: Optional[str] = None, roi=None) -> Path:
-    """A randomly initialised, self-describing checkpoint (deterministic by seed)."""
-    import torch
-
-    from .atomic import ensure_writable_dir
-    from .checkpoints import ModelMeta, save_checkpoint
-    from .networks import build_network, network_config
-
-    config = network_config(size, task)
-    ensure_writable_dir(Path(output).parent)
-    torch.manual_seed(seed)
-    model = build_network(config)
-    meta = ModelMeta.for_preset(task, config, name=name or Path(output).name.split(".")[0], version="0-untrained",
-                                provenance={"base": "random initialisation", "seed": str(seed), "size": size},
-                                description="untrained: its output is not meaningful")
-    if roi:
-        meta.roi_size = tuple(roi)
-    return save_checkpoint(output, model, meta)
 
 
 def cmd_demo(args, report, cancel) -> dict:

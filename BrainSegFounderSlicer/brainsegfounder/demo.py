@@ -33,7 +33,7 @@ def dice_per_region(prediction, truth, label_schema, convention: str = "brats202
 
 def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "auto",
              progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None) -> dict:
-    from .cli import init_model
+    from .checkpoints import init_model
     from .imageio import read_volume
     from .labels import schema
     from .preview import save_preview
@@ -52,13 +52,10 @@ def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "a
     inputs = [(modality, str(data / rel)) for modality, rel in images.items()]
     summary = segment_files(str(model), inputs, out / "labels.nii.gz", seg_nrrd=out / "labels.seg.nrrd",
                             summary_path=out / "summary.json", device=device, progress=progress, cancel=cancel)
-    prediction = read_volume(out / "labels.nii.gz", "labels") if np.any(
-        np.asarray(list(v["volume_ml"] for v in summary["regions"].values()))) else None
-    truth = read_volume(data / label, "ground truth")
     import SimpleITK as sitk
 
-    if prediction is None:
-        prediction = sitk.ReadImage(str(out / "labels.nii.gz"))
+    prediction = sitk.ReadImage(str(out / "labels.nii.gz"))  # may be empty: no input checks here
+    truth = sitk.ReadImage(str(data / label))
     dice = dice_per_region(prediction, truth, schema("brats_regions"))
     save_preview({m: read_volume(p, m) for m, p in inputs}, out / "preview.png", prediction)
     regions = ", ".join(f"{k} {v['volume_ml']:.1f} mL" for k, v in summary["regions"].items())
