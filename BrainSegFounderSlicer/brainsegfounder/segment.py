@@ -83,10 +83,9 @@ class Segmenter:
     def roi(self) -> Tuple[int, int, int]:
         return tuple(self.settings.roi_size or self.meta.roi_size)
 
-    def probabilities(self, images: Sequence[sitk.Image], progress: ProgressCallback = null_progress,
+    def probabilities(self, volume: np.ndarray, progress: ProgressCallback = null_progress,
                       cancel: Optional[CancelToken] = None):
-        """Region probabilities (C, i, j, k) in network orientation, plus run facts."""
-        volume = to_network_array(images, self.meta.orientation)
+        """Region probabilities (C, i, j, k) for a network-oriented volume, plus run facts."""
         box = BrainBox.of(volume)
         cropped = normalize(box.crop(volume), self.meta.normalization)
         probs, report = predict_probabilities(self.network, cropped, self.roi, self.settings, self.device,
@@ -95,10 +94,11 @@ class Segmenter:
 
     def label_image(self, images: Sequence[sitk.Image], convention: str = "brats2021",
                     progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):
-        probs, box, report = self.probabilities(images, progress, cancel)
+        """Label map on exactly the first image's grid, with the brain box and run facts."""
+        volume = to_network_array(images, self.meta.orientation)
+        probs, box, report = self.probabilities(volume, progress, cancel)
         # Voxels where every input is zero (outside a skull-stripped brain) hold no tissue.
-        tissue = np.any(to_network_array(images, self.meta.orientation) != 0, axis=0)
-        regions = (probs > self.settings.threshold) & tissue
+        regions = (probs > self.settings.threshold) & np.any(volume != 0, axis=0)
         labels = self.schema.regions_to_labels(regions, convention)
         return from_network_labels(labels, images[0], self.meta.orientation), box, report
 

@@ -1,0 +1,103 @@
+"""The command line as a user and the Slicer module drive it: subcommands, JSON protocol, cancel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_cli, segment_args
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "BrainSegFounderSlicer"), "PYTHONUNBUFFERED": "1"}
+
+
+def test_sigterm_cancels_between_windows_and_writes_nothing(tmp_path, brats_model):
+    from brainsegfounder.synth.cohort import case_files, write_cohort
+
+    root = write_cohort(tmp_path / "data", kind="brats", n=1, seed=21, spacing=2.0)
+    _, images, _ = case_files("brats2021", 0)
+    inputs = [(m, root / p) for m, p in images.items()]
+    args = segment_args(brats_model, inputs, tmp_path / "out.nii.gz", "--overlap", "0.9", "--sw-batch-size", "1",
+                        "--summary", tmp_path / "out.json")
+    args[args.index("--progress") + 1] = "json"
+    proc = subprocess.Popen([sys.executable, "-m", "brainsegfounder", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    lines = []
+    for line in proc.stdout:
+        lines.append(json.loads(line))
+        if lines[-1].get("stage") == "inference" and lines[-1]["done"] >= 1:
+            total = lines[-1]["total"]
+            proc.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            break
+    rest = proc.stdout.read()
+    proc.wait(timeout=60)
+    lines += [json.loads(line) for line in rest.splitlines()]
+    assert time.monotonic() - sent < 30
+    assert proc.returncode == 130
+    assert lines[-1]["status"] == "cancelled"
+    done = [r["done"] for r in lines if r.get("stage") == "inference"]
+    assert max(done) < total, "the run should stop well before its last window"
+    assert not (tmp_path / "out.nii.gz").exists() and not (tmp_path / "out.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_json_mode_reports_errors_as_a_final_status_line(tmp_path, capsys, brats_model, brats_inputs):
+    inputs, _ = brats_inputs
+    args = segment_args(brats_model, inputs[:2], tmp_path / "out.nii.gz")
+    args[args.index("--progress") + 1] = "json"
+    code, out, err = run_cli(args, capsys)
+    final = json.loads(out.splitlines()[-1])
+    assert code == 2 and final["status"] == "error" and final["message"].startswith("missing input for t1, t2")
+    assert err.strip().startswith("error: missing input")
+
+
+def test_models_init_inspect_and_list(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BRAINSEGFOUNDER_HOME", str(tmp_path / "home"))
+    target = tmp_path / "home" / "models" / "my-stroke.pt"
+    code, _, err = run_cli(["models", "init", "--size", "tiny", "--task", "atlas", "--output", target,
+                            "--progress", "none"], capsys)
+    assert code == 0, err
+    code, out, _ = run_cli(["models", "inspect", target], capsys)
+    info = json.loads(out)
+    assert info["format"] == "brainsegfounder" and info["meta"]["modalities"] == ["t1"]
+    assert info["network"]["feature_size"] == 12 and info["parameters"] > 4_000_000
+    code, out, _ = run_cli(["models", "list"], capsys)
+    assert "my-stroke" in out and "brats" in out and "62M" in out
+    code, _, err = run_cli(["models", "init", "--size", "9M", "--output", tmp_path / "x.pt"], capsys)
+    assert code == 2 and "unknown model size '9M'" in err and not (tmp_path / "x.pt").exists()
+
+
+def test_local_model_names_resolve(tmp_path, capsys, monkeypatch, brats_model, brats_inputs):
+    monkeypatch.setenv("BRAINSEGFOUNDER_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "glioma-v1.pt").write_bytes(brats_model.read_bytes())
+    inputs, _ = brats_inputs
+    code, _, err = run_cli(segment_args("glioma-v1", inputs, tmp_path / "o.nii.gz"), capsys)
+    assert code == 0, err
+    code, _, err = run_cli(segment_args("glioma-v2", inputs, tmp_path / "p.nii.gz"), capsys)
+    assert code == 2 and "unknown model 'glioma-v2'" in err and "glioma-v1" in err
+
+
+def test_synth_command_with_previews(tmp_path, capsys):
+    code, out, err = run_cli(["synth", "--out", tmp_path / "d", "--kind", "brats", "--layout", "brats2023", "--n", "1",
+                              "--spacing", "4", "--preview", "--progress", "none"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "d" / "previews" / "BraTS-GLI-00001-000.png").stat().st_size > 10_000
+    code, _, err = run_cli(["synth", "--out", tmp_path / "e", "--kind", "stroke", "--layout", "brats2021",
+                            "--progress", "none"], capsys)
+    assert code == 2 and "does not fit kind 'stroke'" in err
+
+
+def test_text_progress_bar_on_stderr(tmp_path, capsys, brats_model, brats_inputs):
+    inputs, _ = brats_inputs
+    args = segment_args(brats_model, inputs, tmp_path / "o.nii.gz", "--overlap", "0.75", "--sw-batch-size", "1")
+    args[args.index("--progress") + 1] = "text"
+    code, out, err = run_cli(args, capsys)
+    assert code == 0
+    assert "inference [####" in err and out.startswith("wrote ") and "WT" in out
