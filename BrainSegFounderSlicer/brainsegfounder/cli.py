@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--roi", type=_roi, help="sliding-window size, default the model's training ROI")
     seg.add_argument("--overlap", type=float, default=0.5, help="window overlap (default 0.5)")
     seg.add_argument("--blend", default="gaussian", choices=("gaussian", "constant"))
-    seg.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward pass (default 2)")
+    seg.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 1 on CPU, 2 on GPU)")
     seg.add_argument("--tta", action="store_true", help="average over the 8 mirror flips (8x slower)")
     _add_common(seg)
 

@@ -27,7 +27,7 @@ class InferenceSettings:
     roi_size: Optional[Tuple[int, int, int]] = None  # None: the model's training ROI
     overlap: float = 0.5
     blend: str = "gaussian"
-    sw_batch_size: int = 2
+    sw_batch_size: Optional[int] = None  # None: 1 on the CPU, 2 on a GPU (see default_batch)
     tta: bool = False
     threshold: float = 0.5
     amp: bool = True  # autocast (bf16 where supported, else fp16) on CUDA only
@@ -37,7 +37,7 @@ class InferenceSettings:
             raise UserError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.blend not in BLEND_MODES:
             raise UserError(f"blending must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
-        if self.sw_batch_size < 1:
+        if self.sw_batch_size is not None and self.sw_batch_size < 1:
             raise UserError("the window batch size must be at least 1")
         if self.roi_size is not None and any(int(r) % 32 or int(r) < 64 for r in self.roi_size):
             raise UserError(f"ROI {self.roi_size} is not usable: each side must be a multiple of 32, at least 64")
@@ -134,6 +134,13 @@ def _sliding_probabilities(model, volume, roi, settings, sw_batch_size, device, 
     return (probs / len(flips))[0].cpu().numpy(), windows
 
 
+def default_batch(device) -> int:
+    """Windows per forward pass. On the CPU two windows per pass are no faster than one (the
+    cores are already busy) but need 1.7x the memory: 7.3 vs 4.4 GiB peak for the 62M model
+    at 128^3 on a BraTS case; a GPU gains from batching."""
+    return 2 if device.type == "cuda" else 1
+
+
 def fallback_plan(device, sw_batch_size: int):
     """(device, windows per batch) to try in turn when memory runs out: fewer windows per
     batch first, then (from a GPU) the CPU."""
@@ -158,7 +165,7 @@ def predict_probabilities(model, volume: np.ndarray, roi: Sequence[int], setting
 
     cancel = cancel or CancelToken()
     flips = flip_sets(settings.tta)
-    attempts = fallback_plan(device, settings.sw_batch_size)
+    attempts = fallback_plan(device, settings.sw_batch_size or default_batch(device))
     notes: List[str] = []
     for i, (dev, batch) in enumerate(attempts):
         try:

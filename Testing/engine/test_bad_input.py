@@ -214,3 +214,33 @@ def test_cli_exit_code_and_single_line_in_a_real_process(tmp_path, brats_inputs,
                                 __import__("conftest").ROOT / "BrainSegFounderSlicer")})
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: missing input for t2")
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--device", "cuda"], r"PyTorch sees no CUDA GPU here; use --device cpu or auto"),
+    (["--device", "tpu"], r"unknown device 'tpu'"),
+    (["--roi", "100"], r"ROI \(100, 100, 100\) is not usable: each side must be a multiple of 32"),
+    (["--overlap", "1.5"], r"overlap must be in \[0, 1\)"),
+    (["--task", "atlas"], r"is for task 'brats', not 'atlas'"),
+])
+def test_bad_settings(capsys, case, extra, pattern):
+    import torch
+
+    if extra[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    inputs, model, tmp, _ = case
+    expect_clean_failure(capsys, segment_args(model, inputs, tmp / "out.nii.gz", *extra), tmp, pattern)
+
+
+def test_folder_with_two_dicom_series(capsys, case):
+    inputs, model, tmp, like = case
+    from test_segment import write_dicom_series
+
+    write_dicom_series(like, tmp / "a")
+    second = sitk.Image(like)
+    second.SetOrigin(tuple(np.array(like.GetOrigin()) + 1.0))
+    write_dicom_series(second, tmp / "b", series_uid="1.2.826.0.1.3680043.2.1125.1.43")
+    for f in (tmp / "b").iterdir():
+        f.rename(tmp / "a" / f"b_{f.name}")
+    args = segment_args(model, replace_input(inputs, "flair", tmp / "a"), tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"holds 2 DICOM series; give the folder of one series")

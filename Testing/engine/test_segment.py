@@ -117,14 +117,13 @@ def test_orientation_of_the_files_does_not_change_the_result(tmp_path, capsys, b
     assert np.array_equal(sitk.GetArrayFromImage(sitk.DICOMOrient(ras, "LPS")), sitk.GetArrayFromImage(lps))
 
 
-def write_dicom_series(image: sitk.Image, folder):
+def write_dicom_series(image: sitk.Image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1.42"):
     """Write a volume as an int16 DICOM series (one file per slice)."""
     folder.mkdir()
     image = sitk.Cast(image, sitk.sitkInt16)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     direction = image.GetDirection()
-    series_uid = "1.2.826.0.1.3680043.2.1125.1.42"
     for k in range(image.GetDepth()):
         slice_ = image[:, :, k]
         position = image.TransformIndexToPhysicalPoint((0, 0, k))
