@@ -145,7 +145,7 @@ def cmd_synth(args, report, cancel) -> dict:
     from .synth.cohort import write_cohort
 
     root = write_cohort(args.out, kind=args.kind, n=args.n, seed=args.seed, spacing=args.spacing,
-                        layout=args.layout, folds=args.folds, start=args.start, progress=report)
+                        layout=args.layout, folds=args.folds, start=args.start, progress=report, cancel=cancel)
     if args.preview:
         import SimpleITK as sitk
 
@@ -217,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _finish(reporter, "error", str(error))
         return error.exit_code
     except Cancelled as error:
-        _finish(reporter, "cancelled", "cancelled: nothing was written")
+        _finish(reporter, "cancelled", "cancelled: no partial output was written")
         return error.exit_code
     except Exception as error:  # an unexpected failure: still one line unless --debug
         if args.debug:

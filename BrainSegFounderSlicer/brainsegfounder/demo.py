@@ -48,7 +48,7 @@ def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "a
     data = out / f"synthetic_brats_seed{seed}"
     folder, images, label = case_files("brats2021", 0)
     if not (data / folder).exists():
-        write_cohort(data, kind="brats", n=1, seed=seed, spacing=spacing, folds=1, progress=progress)
+        write_cohort(data, kind="brats", n=1, seed=seed, spacing=spacing, folds=1, progress=progress, cancel=cancel)
     inputs = [(modality, str(data / rel)) for modality, rel in images.items()]
     summary = segment_files(str(model), inputs, out / "labels.nii.gz", seg_nrrd=out / "labels.seg.nrrd",
                             summary_path=out / "summary.json", device=device, progress=progress, cancel=cancel)

@@ -124,6 +124,7 @@ def segment_files(model: str, inputs: Sequence[Tuple[str, str]], output: os.Path
                   settings: Optional[InferenceSettings] = None, progress: ProgressCallback = null_progress,
                   cancel: Optional[CancelToken] = None, segmenter: Optional[Segmenter] = None) -> dict:
     """Segment one case from files; returns the summary (also written to ``summary_path``)."""
+    cancel = cancel or CancelToken()
     timings = {}
     start = t0 = time.perf_counter()
     et_label(labels)  # validates the convention before any work
@@ -133,14 +134,17 @@ def segment_files(model: str, inputs: Sequence[Tuple[str, str]], output: os.Path
     timings["load_model_s"] = time.perf_counter() - t0
     paths = match_inputs(inputs, segmenter.meta.modalities)
     progress("load_model", 1, 1)
+    cancel.check()
 
     t0 = time.perf_counter()
     images, resampled = load_inputs(paths, progress)
     timings["read_inputs_s"] = time.perf_counter() - t0
+    cancel.check()
 
     t0 = time.perf_counter()
     label_image, box, report = segmenter.label_image(images, labels, progress, cancel)
     timings["inference_s"] = time.perf_counter() - t0
+    cancel.check()
 
     reference = images[0]
     summary = {

@@ -105,3 +105,19 @@ def test_existing_cases_are_never_overwritten_and_cohorts_grow(tmp_path):
     write_cohort(root, kind="healthy", n=1, seed=1, spacing=4.0, start=1)
     assert len(json.loads((root / "datalist.json").read_text())["training"]) == 2
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_cancelled_cohort_keeps_whole_cases_only(tmp_path):
+    from brainsegfounder.errors import Cancelled
+    from brainsegfounder.progress import CancelToken
+
+    cancel = CancelToken()
+
+    def progress(stage, done, total, message=""):
+        if done == 1:
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        write_cohort(tmp_path, kind="stroke", n=3, seed=1, spacing=4.0, progress=progress, cancel=cancel)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datalist.json", "sub-r001s001"]
+    assert len(json.loads((tmp_path / "datalist.json").read_text())["training"]) == 1

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from ..atomic import atomic_path
 from ..errors import UserError
 from ..labels import et_label
-from ..progress import ProgressCallback, null_progress
+from ..progress import CancelToken, ProgressCallback, null_progress
 from .contrast import render
 from .lesions import add_stroke, add_tumour
 from .subject import ATLAS_GRID, BRATS_GRID, UKB_GRID, make_subject
@@ -114,7 +114,7 @@ def case_files(layout: str, index: int):
 
 def write_cohort(out: os.PathLike, kind: str = "brats", n: int = 5, seed: int = 0, spacing: float = 1.0,
                  layout: Optional[str] = None, folds: int = 5, start: int = 0,
-                 progress: ProgressCallback = null_progress) -> Path:
+                 progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None) -> Path:
     """Write ``n`` cases and ``datalist.json``; returns the data set root.
 
     Each case is written into a hidden temporary folder and renamed into place, so an
@@ -140,6 +140,8 @@ def write_cohort(out: os.PathLike, kind: str = "brats", n: int = 5, seed: int = 
     entries = []
     for count, index in enumerate(indices):
         progress("synth", count, n, f"case {index + 1}")
+        if cancel is not None and cancel.cancelled:
+            break  # whole cases written so far stay, and are listed in the datalist below
         case = make_case(kind, seed, index, spacing)
         folder, images, label = case_files(layout, index)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=root))
@@ -160,9 +162,11 @@ def write_cohort(out: os.PathLike, kind: str = "brats", n: int = 5, seed: int = 
         if label:
             entry["label"] = label
         entries.append(entry)
-    progress("synth", n, n)
+    progress("synth", len(entries), n)
     _merge_datalist(root, entries, {"kind": kind, "layout": layout, "seed": seed, "spacing_mm": spacing,
                                     "modalities": list(MODALITIES[kind]), "folds": folds})
+    if cancel is not None:
+        cancel.check()
     return root
 
 
