@@ -37,6 +37,25 @@ def _pick_center(rng, allowed: np.ndarray) -> np.ndarray:
     return idx[rng.integers(len(idx))].astype(float)
 
 
+def push_tissue(subject: Subject, center_mm: np.ndarray, radius: float, strength: float) -> None:
+    """Mass effect: tissue around the tumour pushed outward (ventricles and sulci compressed).
+
+    Each voxel samples the tissue maps at c + (x - c) * (1 - strength * exp(-r^2 / 2 sigma^2)),
+    a radial map that stays one-to-one for strength < 1; the brain outline is kept.
+    """
+    spacing = np.array(subject.spacing)
+    coords = _physical_coordinates(subject.brain.shape, spacing)
+    offset = coords - center_mm.reshape(3, 1, 1, 1)
+    r2 = (offset ** 2).sum(axis=0)
+    sigma = 1.6 * radius
+    scale = 1 - strength * np.exp(-r2 / (2 * sigma ** 2))
+    sample = (center_mm.reshape(3, 1, 1, 1) + offset * scale) / spacing.reshape(3, 1, 1, 1)
+    for name in ("gm", "wm", "csf"):
+        subject.tissues[name] = ndimage.map_coordinates(subject.tissues[name], sample, order=1,
+                                                        mode="nearest").astype(np.float32) * subject.brain
+    subject.tissues["csf"] += np.where(subject.brain, np.clip(1 - sum(subject.tissues.values()), 0, 1), 0)
+
+
 def add_tumour(rng: np.random.Generator, subject: Subject) -> Tumour:
     spacing = np.array(subject.spacing)
     shape = subject.brain.shape
@@ -47,6 +66,8 @@ def add_tumour(rng: np.random.Generator, subject: Subject) -> Tumour:
     if not allowed.any():
         allowed = depth >= depth.max() * 0.6
     center = _pick_center(rng, allowed) * spacing
+    push_tissue(subject, center, radius, strength=rng.uniform(0.2, 0.45))
+    wm = subject.tissues["wm"]
     coords = _physical_coordinates(shape, spacing)
     rho = _ellipsoid_radius(rng, coords, center, radius * rng.uniform(0.75, 1.25, 3))
     rho = rho * (1 + 0.18 * smooth_noise(rng, shape, coarse=8))  # irregular margin
