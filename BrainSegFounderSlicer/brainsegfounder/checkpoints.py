@@ -25,11 +25,14 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from .atomic import atomic_path
 from .errors import UserError
 from .networks import PRESETS, NetworkConfig, build_network
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, keeping this module cheap to import
+    import torch
 
 FORMAT = "brainsegfounder"
 FORMAT_VERSION = 1

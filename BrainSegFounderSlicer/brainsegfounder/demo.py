@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from .atomic import ensure_writable_dir
 from .progress import CancelToken, ProgressCallback, null_progress
 

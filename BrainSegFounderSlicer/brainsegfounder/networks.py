@@ -7,8 +7,8 @@ architecture is described by :class:`NetworkConfig`, which checkpoints store as 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Dict, List, Tuple
+from dataclasses import asdict, dataclass
+from typing import Dict, Tuple
 
 from .errors import UserError
 

@@ -7,7 +7,7 @@ give and BrainSegFounder's networks were trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import numpy as np
 

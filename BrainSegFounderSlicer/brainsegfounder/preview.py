@@ -41,7 +41,7 @@ def save_preview(images: Dict[str, sitk.Image], path: os.PathLike, labels: Optio
     fig, axes = plt.subplots(len(views), len(arrays), figsize=(2.6 * len(arrays), 2.6 * len(views)), squeeze=False)
     for col, (name, array) in enumerate(arrays.items()):
         high = np.percentile(array[array > 0], 99.5) if np.any(array > 0) else 1
-        for row, (view, cut, aspect) in enumerate(views):
+        for row, (_, cut, aspect) in enumerate(views):
             ax = axes[row, col]
             ax.imshow(cut(array), cmap="gray", vmin=0, vmax=high, aspect=aspect, interpolation="nearest")
             if label_array is not None and col == len(arrays) - 1:

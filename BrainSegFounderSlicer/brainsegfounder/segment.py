@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np

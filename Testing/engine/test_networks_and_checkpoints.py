@@ -6,10 +6,10 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from brainsegfounder.checkpoints import (ModelMeta, encoder_state, infer_network, load_checkpoint, load_encoder,
+from brainsegfounder.checkpoints import (ModelMeta, infer_network, load_checkpoint, load_encoder,
                                          network_from_checkpoint, resolve_meta, save_checkpoint)
 from brainsegfounder.errors import UserError
-from brainsegfounder.networks import NetworkConfig, SIZES, build_network, count_parameters, network_config
+from brainsegfounder.networks import NetworkConfig, build_network, count_parameters, network_config
 
 
 @pytest.mark.parametrize("size,params", [("62M", 62_191_941), ("64M", 64_076_853), ("70M", 69_731_589)])
