@@ -120,25 +120,23 @@ def cmd_segment(args, report, cancel) -> dict:
 
     if not args.inputs:
         raise UserError("no inputs given; add one --input MODALITY=PATH per modality the model needs")
+    if args.preview:  # fail before the work, not after it
+        from .atomic import ensure_writable_dir
+
+        if not args.preview.lower().endswith(".png"):
+            raise UserError(f"--preview {args.preview} must end in .png")
+        ensure_writable_dir(Path(args.preview).parent)
     settings = InferenceSettings(roi_size=args.roi, overlap=args.overlap, blend=args.blend,
                                  sw_batch_size=args.sw_batch_size, tta=args.tta)
     summary = segment_files(args.model, args.inputs, args.output, seg_nrrd=args.seg_nrrd,
                             summary_path=args.summary, labels=args.labels, device=args.device,
                             task=args.task, settings=settings, progress=report, cancel=cancel)
     if args.preview:
-        _write_preview(args.inputs, args.output, args.preview)
+        from .preview import save_preview_from_files
+
+        save_preview_from_files(args.inputs, args.preview, args.output)
     volumes = ", ".join(f"{k} {v['volume_ml']:.1f} mL" for k, v in summary["regions"].items())
     return {"output": str(args.output), "message": f"wrote {args.output} ({volumes})"}
-
-
-def _write_preview(inputs, output, preview) -> None:
-    import SimpleITK as sitk
-
-    from .imageio import read_volume
-    from .preview import save_preview
-
-    images = {name: read_volume(path, f"input {name}") for name, path in inputs}
-    save_preview(images, preview, sitk.ReadImage(str(output)))
 
 
 def cmd_synth(args, report, cancel) -> dict:
@@ -147,19 +145,15 @@ def cmd_synth(args, report, cancel) -> dict:
     root = write_cohort(args.out, kind=args.kind, n=args.n, seed=args.seed, spacing=args.spacing,
                         layout=args.layout, folds=args.folds, start=args.start, progress=report, cancel=cancel)
     if args.preview:
-        import SimpleITK as sitk
-
-        from .imageio import read_volume
+        from .preview import save_preview_from_files
         from .synth.cohort import LAYOUTS, case_files
-        from .preview import save_preview
 
         layout = args.layout or LAYOUTS[args.kind][0]
         (root / "previews").mkdir(exist_ok=True)
         for index in range(args.start, args.start + args.n):
             folder, images, label = case_files(layout, index)
-            loaded = {m: read_volume(root / p, m) for m, p in images.items()}
-            labels = sitk.ReadImage(str(root / label)) if label else None
-            save_preview(loaded, root / "previews" / f"{folder}.png", labels)
+            save_preview_from_files([(m, root / p) for m, p in images.items()],
+                                    root / "previews" / f"{folder}.png", root / label if label else None)
     return {"output": str(root), "message": f"wrote {args.n} {args.kind} cases and datalist.json to {root}"}
 
 

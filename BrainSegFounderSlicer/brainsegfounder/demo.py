@@ -32,9 +32,8 @@ def dice_per_region(prediction, truth, label_schema, convention: str = "brats202
 def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "auto",
              progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None) -> dict:
     from .checkpoints import init_model
-    from .imageio import read_volume
     from .labels import schema
-    from .preview import save_preview
+    from .preview import save_preview_from_files
     from .segment import segment_files
     from .synth.cohort import case_files, write_cohort
 
@@ -55,7 +54,7 @@ def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "a
     prediction = sitk.ReadImage(str(out / "labels.nii.gz"))  # may be empty: no input checks here
     truth = sitk.ReadImage(str(data / label))
     dice = dice_per_region(prediction, truth, schema("brats_regions"))
-    save_preview({m: read_volume(p, m) for m, p in inputs}, out / "preview.png", prediction)
+    save_preview_from_files(inputs, out / "preview.png", out / "labels.nii.gz")
     regions = ", ".join(f"{k} {v['volume_ml']:.1f} mL" for k, v in summary["regions"].items())
     message = (f"wrote {out}/labels.nii.gz, labels.seg.nrrd, summary.json and preview.png ({regions}).\n"
                f"Dice against the synthetic ground truth: {dice}.\n"

@@ -59,3 +59,12 @@ def save_preview(images: Dict[str, sitk.Image], path: os.PathLike, labels: Optio
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
     return path
+
+
+def save_preview_from_files(inputs, path: os.PathLike, labels: Optional[os.PathLike] = None) -> Path:
+    """Preview of ``[(modality, image path)]`` with the label map file overlaid."""
+    from .imageio import read_volume
+
+    images = {name: read_volume(p, f"input {name}") for name, p in inputs}
+    # Labels are read without input checks: an empty label map is a valid result.
+    return save_preview(images, path, sitk.ReadImage(str(labels)) if labels else None)
