@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the engine, CLI and (with --test) the test tools into a virtual environment.
+# Install the engine, the training pipeline, the CLI and (with --test) the test tools into a
+# virtual environment.
 #   bash scripts/install.sh          # .venv with the brainsegfounder command
 #   bash scripts/install.sh --test   # the same, plus pytest
 # Uses the active virtual environment if there is one, else ./.venv (made with access to the
@@ -19,7 +20,7 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
   "$py" -m pip install --quiet "torch==2.13.0"
 fi
 
-extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+extras="[training]"
+[ "${1:-}" = "--test" ] && extras="[training,test]"
 "$py" -m pip install --quiet -e ".${extras}"
 "$py" -c "import torch, monai, brainsegfounder; print(f'brainsegfounder {brainsegfounder.__version__}: torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}), MONAI {monai.__version__}')"

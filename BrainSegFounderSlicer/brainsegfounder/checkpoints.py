@@ -177,6 +177,9 @@ def load_checkpoint(path: os.PathLike) -> LoadedCheckpoint:
                             f"{obj['format_version']}); upgrade brainsegfounder")
         meta = ModelMeta.from_dict(obj.get("meta", {}))
         state, kind = obj.get("state_dict"), "brainsegfounder"
+        if obj.get("derived_buffers_omitted") and _tensor_dict(state):
+            rebuilt = build_network(meta.network).state_dict()
+            state = {**{k: v for k, v in rebuilt.items() if k.endswith(DERIVED_BUFFER_SUFFIX)}, **state}
     elif isinstance(obj, dict) and _tensor_dict(obj.get("state_dict")):
         state, kind = obj["state_dict"], "finetuned"
     elif isinstance(obj, dict) and (_tensor_dict(obj.get("model")) or _tensor_dict(obj.get("net"))):
@@ -278,8 +281,15 @@ def resolve_meta(ckpt: LoadedCheckpoint, task: Optional[str] = None) -> ModelMet
                                 provenance={"source": f"{ckpt.kind} checkpoint {ckpt.path.name}"})
 
 
-def save_checkpoint(path: os.PathLike, model, meta: ModelMeta) -> Path:
-    """Write our self-describing checkpoint atomically."""
+# Buffers the network rebuilds identically from its config (Swin's relative position indices:
+# 8 x 0.9 MB of int64 even in the tiny model); compact files leave them out.
+DERIVED_BUFFER_SUFFIX = "relative_position_index"
+
+
+def save_checkpoint(path: os.PathLike, model, meta: ModelMeta, dtype: Optional["torch.dtype"] = None) -> Path:
+    """Write our self-describing checkpoint atomically. ``dtype`` (e.g. float16) makes a compact
+    file: floating-point weights in that type (loading copies them back into the float32
+    network) and no derived buffers (the loader rebuilds them from the config)."""
     import torch
 
     path = Path(path)
@@ -291,6 +301,10 @@ def save_checkpoint(path: os.PathLike, model, meta: ModelMeta) -> Path:
     meta.provenance = provenance
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta.to_dict(), "state_dict": state}
+    if dtype is not None:
+        payload["state_dict"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()
+                                 if not k.endswith(DERIVED_BUFFER_SUFFIX)}
+        payload["derived_buffers_omitted"] = True
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".tmp") as tmp:
         torch.save(payload, tmp)

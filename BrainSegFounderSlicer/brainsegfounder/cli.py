@@ -103,7 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=2026)
     demo.add_argument("--device", default="auto")
     _add_common(demo)
+    for register in _plugin_registrars():
+        COMMANDS.update(register(sub, _add_common))
     return parser
+
+
+PLUGIN_GROUP = "brainsegfounder.commands"
+
+
+def _plugin_registrars():
+    """Subcommands other packages add (the training pipeline's finetune, evaluate, ...).
+
+    They register through the ``brainsegfounder.commands`` entry point group, so the engine
+    never imports them: each entry is a function ``register(subparsers, add_common)``
+    returning ``{command: handler}``.
+    """
+    from importlib.metadata import entry_points
+
+    return [ep.load() for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)]
 
 
 def _reporter(mode: str):
@@ -198,7 +215,7 @@ COMMANDS = {"segment": cmd_segment, "synth": cmd_synth, "models": cmd_models, "d
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # also adds the plugins' commands to COMMANDS
     reporter = _reporter(args.progress)
     cancel = CancelToken()
     cancel.install_signal_handlers()
@@ -211,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _finish(reporter, "error", str(error))
         return error.exit_code
     except Cancelled as error:
-        _finish(reporter, "cancelled", "cancelled: no partial output was written")
+        _finish(reporter, "cancelled", str(error) or "cancelled: no partial output was written")
         return error.exit_code
     except Exception as error:  # an unexpected failure: still one line unless --debug
         if args.debug:

@@ -48,6 +48,10 @@ class Segment:
 NCR = Segment("NCR", "Necrotic tumor core", (0.85, 0.15, 0.15), ("SCT", "6574001", "Necrosis"))
 ED = Segment("ED", "Peritumoral edema", (0.30, 0.75, 0.30), ("SCT", "79654002", "Edema"))
 ET = Segment("ET", "Enhancing tumor", (0.95, 0.85, 0.20), ("SCT", "86049000", "Neoplasm, Primary"))
+_TISSUE = ("SCT", "85756007", "Tissue")
+_PALETTE = ((0.90, 0.30, 0.25), (0.25, 0.60, 0.90), (0.95, 0.80, 0.20), (0.40, 0.80, 0.40),
+            (0.70, 0.40, 0.85), (0.95, 0.55, 0.15), (0.30, 0.85, 0.85), (0.85, 0.45, 0.65))
+MULTILABEL_PREFIX = "multilabel:"
 LESION = Segment("lesion", "Stroke lesion", (0.90, 0.45, 0.10), ("SCT", "55641003", "Infarct"))
 
 
@@ -60,10 +64,17 @@ class LabelSchema:
     def num_channels(self) -> int:
         return len(self.channels)
 
+    @property
+    def is_multilabel(self) -> bool:
+        return self.name.startswith(MULTILABEL_PREFIX)
+
     def label_values(self, convention: str = "brats2021") -> Dict[int, Segment]:
         """Label value -> segment of the written label map."""
         if self.name == "brats_regions":
             return {1: NCR, 2: ED, et_label(convention): ET}
+        if self.is_multilabel:
+            return {i + 1: Segment(name, name, _PALETTE[i % len(_PALETTE)], _TISSUE)
+                    for i, name in enumerate(self.channels)}
         return {1: LESION}
 
     def regions_to_labels(self, regions: np.ndarray, convention: str = "brats2021") -> np.ndarray:
@@ -77,8 +88,9 @@ class LabelSchema:
             labels[wt] = 2
             labels[tc] = 1
             labels[et] = et_label(convention)
-        else:
-            labels[regions[0]] = 1
+        else:  # lesion, or one channel per label value (a later channel wins where they overlap)
+            for value, region in enumerate(regions, start=1):
+                labels[region] = value
         return labels
 
     def labels_to_regions(self, labels: np.ndarray, convention: str = "brats2021") -> np.ndarray:
@@ -88,7 +100,13 @@ class LabelSchema:
             from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 
             return np.asarray(ConvertToMultiChannelBasedOnBratsClasses(et_label(convention))(labels))
+        if self.is_multilabel:
+            return np.stack([labels == value for value in range(1, self.num_channels + 1)])
         return (labels > 0)[None]
+
+    def valid_values(self, convention: str = "brats2021") -> Tuple[int, ...]:
+        """Label values a ground-truth map of this schema may hold (0 = background)."""
+        return (0,) + tuple(self.label_values(convention))
 
     def region_names(self) -> Tuple[str, ...]:
         return self.channels
@@ -101,8 +119,15 @@ SCHEMAS: Dict[str, LabelSchema] = {
 
 
 def schema(name: str) -> LabelSchema:
+    """A schema by name; ``multilabel:a,b,c`` is one sigmoid channel per label value 1, 2, 3
+    (the generic recipe), so a checkpoint's schema name alone describes its outputs."""
+    if name.startswith(MULTILABEL_PREFIX):
+        names = tuple(n.strip() for n in name[len(MULTILABEL_PREFIX):].split(","))
+        if not names or not all(names) or len(set(names)) != len(names):
+            raise UserError(f"label schema {name!r} needs distinct label names, e.g. multilabel:lesion,edema")
+        return LabelSchema(MULTILABEL_PREFIX + ",".join(names), names)
     if name not in SCHEMAS:
-        raise UserError(f"unknown label schema {name!r}; known: {', '.join(SCHEMAS)}")
+        raise UserError(f"unknown label schema {name!r}; known: {', '.join(SCHEMAS)} or multilabel:NAME,NAME")
     return SCHEMAS[name]
 
 

@@ -36,7 +36,8 @@ def match_inputs(given: Sequence[Tuple[str, str]], needed: Sequence[str]) -> Dic
     needed_text = ", ".join(needed)
     result: Dict[str, str] = {}
     for name, path in given:
-        modality = canonical(name)
+        # Names outside the four BraTS contrasts (e.g. dwi, adc) are taken as written.
+        modality = canonical(name) or (name.strip().lower() if name.strip().lower() in needed else None)
         if modality is None:
             raise UserError(f"unknown modality {name!r}; this model takes {needed_text} "
                             f"(e.g. --input {needed[0]}=PATH)")

@@ -44,3 +44,35 @@ def resolve_model(name_or_path: str) -> Path:
     known = ", ".join(models) or "none yet"
     raise UserError(f"unknown model {name_or_path!r}; give a checkpoint path or one of the models in "
                     f"{models_dir()} ({known})")
+
+
+def free_name(name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``, ... if a local model already has it."""
+    models = local_models()
+    candidate, n = name, 1
+    while candidate in models:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def register_model(source: os.PathLike, name: str) -> Path:
+    """Copy a checkpoint into the local model folder as ``NAME.pt`` (atomically; an existing
+    model of that name is never replaced: the next free ``NAME-N`` is used)."""
+    import re
+    import shutil
+
+    from .atomic import atomic_path
+
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", name):
+        raise UserError(f"model name {name!r} is not usable; use letters, digits, '-', '_' and '.'")
+    folder = models_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the model folder {folder} ({error.strerror}); "
+                        "set BRAINSEGFOUNDER_HOME to a folder you can write to") from None
+    target = folder / f"{free_name(name)}.pt"
+    with atomic_path(target, suffix=".tmp") as tmp:
+        shutil.copyfile(source, tmp)
+    return target

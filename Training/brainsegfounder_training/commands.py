@@ -1,0 +1,99 @@
+"""The training pipeline's subcommands of ``brainsegfounder``: finetune and evaluate.
+
+Registered through the ``brainsegfounder.commands`` entry point (see pyproject.toml), so the
+engine's CLI offers them without importing this package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers, add_common) -> dict:
+    ft = subparsers.add_parser(
+        "finetune", help="fine-tune a model (BraTS, ATLAS, generic) or learn from saved corrections",
+        description="Fine-tune from a recipe. Single process: brainsegfounder finetune ...; several GPUs or "
+                    "nodes: torchrun --nproc_per_node=N -m brainsegfounder finetune ... (same arguments).")
+    ft.add_argument("--config", help="recipe: a YAML file or a bundled name (brats, atlas, generic, corrections, "
+                                     "demo); default corrections when --base is given")
+    ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. train.epochs=5")
+    ft.add_argument("--data", help="datalist.json, BraTS 2021/2023 or ATLAS folder, or saved training cases")
+    ft.add_argument("--base", help="model to start from (path or local model name); sets init.checkpoint")
+    ft.add_argument("--replay", help="data set mixed into training so a few corrections do not make it forget")
+    ft.add_argument("--epochs", type=int, help="sets train.epochs")
+    ft.add_argument("--out", help="run folder (default the recipe's output.dir)")
+    ft.add_argument("--register", metavar="NAME", help="add the best model to the local models as NAME")
+    ft.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last finished epoch")
+    ft.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per process)")
+    add_common(ft)
+
+    ev = subparsers.add_parser("evaluate", help="Dice, HD95, volume error and lesion-wise metrics")
+    ev.add_argument("--data", required=True, help="the ground truth: datalist.json, BraTS/ATLAS folder or saved cases")
+    ev.add_argument("--pred", help="folder of predicted label maps named CASE_ID.nii.gz")
+    ev.add_argument("--model", help="segment the cases with this model first")
+    ev.add_argument("--run", help="a finetune run: evaluate its held-out cases and plot its learning curves")
+    ev.add_argument("--task", help="task preset when neither --model nor --run says (default brats)")
+    ev.add_argument("--out", required=True, help="folder for metrics.csv, summary.json and the plots")
+    ev.add_argument("--no-lesion-wise", action="store_true", help="skip panoptica's lesion-wise metrics")
+    ev.add_argument("--device", default="auto")
+    add_common(ev)
+    return {"finetune": cmd_finetune, "evaluate": cmd_evaluate}
+
+
+def finetune_recipe(args) -> dict:
+    from brainsegfounder.errors import UserError
+
+    from .recipe import load_recipe
+
+    overrides = list(args.overrides)
+    for flag, key in (("data", "data.path"), ("base", "init.checkpoint"), ("replay", "data.replay"),
+                      ("epochs", "train.epochs"), ("register", "register")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.resume:
+        return overrides
+    config = args.config or ("corrections" if args.base else None)
+    if config is None:
+        raise UserError("give a recipe with --config (brats, atlas, generic, corrections, demo or a YAML file), "
+                        "or --base MODEL to learn from saved corrections")
+    return load_recipe(config, overrides)
+
+
+def cmd_finetune(args, report, cancel) -> dict:
+    from brainsegfounder.registry import free_name, register_model
+
+    from .trainer import Trainer, prepare_run
+
+    loaded = finetune_recipe(args)
+    if args.resume:
+        recipe, run, resuming = prepare_run(None, None, args.resume, loaded)
+    else:
+        recipe, run, resuming = prepare_run(loaded, args.out, None)
+    if recipe["register"] and not resuming:
+        recipe["model"]["name"] = free_name(str(recipe["register"]))
+    summary = Trainer(recipe, run, resuming, args.device, report, cancel).fit()
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports and registers
+        return {"message": ""}
+    best = summary["best"]
+    dice = ", ".join(f"{k} {v:.3f}" for k, v in best["dice"].items())
+    message = f"best held-out Dice (epoch {best['epoch']}): {dice}; model {summary['best_model']}"
+    if summary["before"]:
+        before = ", ".join(f"{k} {v:.3f}" for k, v in summary["before"]["dice"].items())
+        message += f"\nbefore fine-tuning: {before}"
+    if recipe["register"]:
+        path = register_model(summary["best_model"], recipe["model"]["name"])
+        summary["registered"] = str(path)
+        message += f"\nregistered as {path.stem} ({path}); segment with --model {path.stem}"
+    return {"output": summary["run"], "summary": summary, "message": message}
+
+
+def cmd_evaluate(args, report, cancel) -> dict:
+    from .evaluate import evaluate, format_table
+
+    summary = evaluate(args.data, args.out, pred=args.pred, model=args.model, task=args.task, run=args.run,
+                       device=args.device, lesion_wise=not args.no_lesion_wise, progress=report, cancel=cancel)
+    return {"output": str(Path(args.out)), "message": f"{summary['cases']} cases\n{format_table(summary)}\n"
+                                                       f"wrote {args.out}/metrics.csv, summary.json, boxplots.png"}

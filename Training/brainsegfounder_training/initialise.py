@@ -1,0 +1,188 @@
+"""What the model is and how its weights start: from scratch, an SSL encoder, or a full model.
+
+When the pretrained input channels differ from the task's (a 1- or 2-channel stage-1 encoder
+for the 4 BraTS contrasts), the input kernels are *inflated*, not thrown away: a new channel
+whose modality the source also had gets that channel's kernel, any other gets the mean kernel
+over the source channels, and all are scaled by ``C_source / C_new`` so that the summed
+response to equal inputs keeps its magnitude. A different number of outputs re-initialises
+only the output layer. Every other mismatch (depths, heads, feature size) is an error naming
+the keys. What was loaded, inflated and re-initialised is returned and written to the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from brainsegfounder.checkpoints import (ENCODER_PREFIX, LoadedCheckpoint, ModelMeta, load_checkpoint,
+                                         load_strict)
+from brainsegfounder.errors import UserError
+from brainsegfounder.labels import MULTILABEL_PREFIX, schema
+from brainsegfounder.modalities import canonical
+from brainsegfounder.networks import PRESETS, SIZES, NetworkConfig, build_network
+from brainsegfounder.registry import resolve_model
+
+# SwinUNETR tensors whose second axis is the input channels: the patch embedding and the
+# first residual block on the raw image (its 3x3x3 conv and 1x1x1 shortcut).
+INPUT_KERNELS = ("swinViT.patch_embed.proj.weight", "encoder1.layer.conv1.conv.weight",
+                 "encoder1.layer.conv3.conv.weight")
+OUTPUT_PREFIX = "out."
+
+
+@dataclass
+class TaskSpec:
+    """The model a run trains: inputs, outputs, geometry and network."""
+
+    task: str
+    modalities: Tuple[str, ...]
+    label_schema: str
+    orientation: str
+    network: NetworkConfig
+    roi: Tuple[int, int, int]
+    base: Optional[LoadedCheckpoint] = None
+    base_meta: Optional[ModelMeta] = None
+
+    def meta(self, name: str, version: str, provenance: Dict[str, str], description: str = "") -> ModelMeta:
+        return ModelMeta(network=self.network, modalities=self.modalities, label_schema=self.label_schema,
+                         name=name, version=version, task=self.task, roi_size=self.roi,
+                         orientation=self.orientation, provenance=provenance, description=description)
+
+
+@dataclass
+class InitReport:
+    source: str = "random initialisation"
+    kind: str = "scratch"
+    loaded: List[str] = field(default_factory=list)
+    inflated: Dict[str, str] = field(default_factory=dict)
+    reinitialised: List[str] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "kind": self.kind, "loaded_count": len(self.loaded),
+                "loaded": self.loaded, "inflated": self.inflated, "reinitialised": self.reinitialised,
+                "ignored": self.ignored}
+
+    def summary(self) -> str:
+        if self.kind == "scratch":
+            return "weights: random initialisation"
+        text = f"weights: {len(self.loaded)} tensors from {self.source} ({self.kind})"
+        if self.inflated:
+            text += f"; inflated {len(self.inflated)} input kernels"
+        if self.reinitialised:
+            text += f"; re-initialised {len(self.reinitialised)} output tensors"
+        return text
+
+
+def resolve_task(recipe: dict) -> TaskSpec:
+    """Inputs, outputs and network of the run from the recipe (and its base model)."""
+    base = None
+    if recipe["init"]["checkpoint"]:
+        base = load_checkpoint(resolve_model(str(recipe["init"]["checkpoint"])))
+    task = recipe["task"]
+    base_meta = base.meta if base is not None else None
+    if task == "from_base":
+        if base_meta is None:
+            raise UserError(f"base model {base.path.name} has no metadata; use a task recipe (brats, atlas, generic) "
+                            "instead of from_base")
+        modalities, label_schema, orientation = base_meta.modalities, base_meta.label_schema, base_meta.orientation
+        task = base_meta.task
+    elif task == "generic":
+        modalities = tuple(canonical(m) or str(m).lower() for m in recipe["modalities"])
+        label_schema = MULTILABEL_PREFIX + ",".join(str(n) for n in recipe["labels"])
+        orientation = recipe["orientation"]
+    elif task in PRESETS:
+        preset = PRESETS[task]
+        modalities, label_schema, orientation = preset.modalities, preset.label_schema, preset.orientation
+    else:
+        raise UserError(f"unknown task {task!r}; choose {', '.join(PRESETS)}, generic or from_base")
+    out_channels = schema(label_schema).num_channels
+    if base_meta is not None and recipe["task"] != "from_base" and not recipe["init"]["encoder_only"] \
+            and base.kind == "brainsegfounder" and base_meta.label_schema == label_schema \
+            and tuple(base_meta.modalities) != tuple(modalities):
+        raise UserError(f"base model {base_meta.name} takes {', '.join(base_meta.modalities)} but the recipe's "
+                        f"task needs {', '.join(modalities)}; choose a base model for these inputs")
+    size = recipe["model"]["size"]
+    if size == "auto":
+        if base is None:
+            raise UserError("model.size auto needs an init checkpoint to take the architecture from")
+        arch = dict(depths=base.network.depths, num_heads=base.network.num_heads,
+                    feature_size=base.network.feature_size)
+    elif size in SIZES:
+        arch = SIZES[size]
+    else:
+        raise UserError(f"unknown model.size {size!r}; choose {', '.join(SIZES)} or auto")
+    network = NetworkConfig(in_channels=len(modalities), out_channels=out_channels, **arch)
+    if base is not None:
+        mine = (network.depths, network.num_heads, network.feature_size)
+        theirs = (base.network.depths, base.network.num_heads, base.network.feature_size)
+        if mine != theirs:
+            raise UserError(f"the init checkpoint is depths {list(theirs[0])}, heads {list(theirs[1])}, feature "
+                            f"size {theirs[2]}, but model.size {size} is {list(mine[0])}, {list(mine[1])}, "
+                            f"{mine[2]}; set model.size=auto or the matching size")
+    roi = tuple(int(r) for r in recipe["model"]["roi"])
+    return TaskSpec(task, tuple(modalities), label_schema, orientation, network, roi, base, base_meta)
+
+
+def inflate(kernel, source_modalities: Optional[Sequence[str]], target_modalities: Sequence[str]):
+    """Input kernel (out, C_src, ...) -> (out, C_new, ...), by modality name where known."""
+    c_src, c_new = kernel.shape[1], len(target_modalities)
+    mean = kernel.mean(dim=1)
+    src = [canonical(m) or m for m in source_modalities] if source_modalities else []
+    columns, how = [], []
+    for modality in target_modalities:
+        if modality in src and len(src) == c_src:
+            columns.append(kernel[:, src.index(modality)])
+            how.append(f"{modality}<-{modality}")
+        else:
+            columns.append(mean)
+            how.append(f"{modality}<-mean")
+    import torch
+
+    return torch.stack(columns, dim=1) * (c_src / c_new), ", ".join(how)
+
+
+def initialise(model, spec: TaskSpec, recipe: dict) -> InitReport:
+    """Load the recipe's init checkpoint into ``model`` (a SwinUNETR built from ``spec``)."""
+    report = InitReport()
+    base = spec.base
+    if base is None:
+        return report
+    report.source, report.kind = str(base.path), base.kind
+    source_modalities = (base.meta.modalities if base.meta is not None else recipe["init"]["modalities"])
+    target = model.state_dict()
+    encoder_only = base.is_encoder_only or recipe["init"]["encoder_only"]
+    wanted = {k: v for k, v in base.state_dict.items()
+              if not encoder_only or k.startswith(ENCODER_PREFIX)}
+    report.ignored = sorted(set(base.state_dict) - set(wanted))
+    state = dict(target)  # anything not in the checkpoint keeps its fresh initialisation
+    for key, value in wanted.items():
+        if key not in target:
+            continue  # reported by load_strict below through the strict comparison
+        if key in INPUT_KERNELS and value.shape[1] != target[key].shape[1] and value.shape[2:] == target[key].shape[2:]:
+            state[key], report.inflated[key] = inflate(value.float(), source_modalities, spec.modalities)
+        elif key.startswith(OUTPUT_PREFIX) and value.shape != target[key].shape:
+            report.reinitialised.append(key)
+            continue
+        else:
+            state[key] = value
+        report.loaded.append(key)
+    unexpected = sorted(set(wanted) - set(target))
+    if unexpected:
+        raise UserError(f"{base.path.name} has {len(unexpected)} tensors this network lacks "
+                        f"({', '.join(unexpected[:3])}); it is a different architecture")
+    if encoder_only:
+        missing = sorted(k for k in target if k.startswith(ENCODER_PREFIX) and k not in wanted)
+    else:
+        missing = sorted(k for k in target if k not in wanted)
+    if missing:
+        raise UserError(f"{base.path.name} lacks {len(missing)} tensors of this network "
+                        f"({', '.join(missing[:3])}); it is a different architecture")
+    load_strict(model, state, f"initialisation from {base.path.name}")
+    report.loaded.sort()
+    return report
+
+
+def build_model(spec: TaskSpec, recipe: dict):
+    """The network with its initial weights, and what was loaded."""
+    model = build_network(spec.network, use_checkpoint=bool(recipe["model"]["gradient_checkpointing"]))
+    return model, initialise(model, spec, recipe)

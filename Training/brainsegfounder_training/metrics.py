@@ -1,0 +1,105 @@
+"""Segmentation metrics per region, from MONAI and panoptica.
+
+Conventions (BraTS's, stated once here): Dice of an empty prediction of an empty region is 1;
+HD95 is in millimetres (MONAI with the voxel spacing), 0 when both are empty and the
+volume's diagonal when only one is; lesion-wise figures come from panoptica (connected
+components, matched at IoU >= 0.5): ``lesion_f1`` is its recognition quality, ``lesion_dice``
+its panoptic quality (sum of matched lesions' Dice over TP + (FP + FN) / 2), both 1 when
+neither map has a lesion.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Sequence
+
+import numpy as np
+
+NUMERIC = ("dice", "hd95_mm", "volume_pred_ml", "volume_true_ml", "volume_error_ml", "lesion_dice", "lesion_f1",
+           "lesions_true", "lesions_pred")
+
+
+def region_dice(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Dice per channel of binary (R, ...) arrays with MONAI (1 where both are empty)."""
+    import torch
+    from monai.metrics import compute_dice
+
+    p = torch.as_tensor(np.asarray(pred, dtype=np.float32))[None]
+    t = torch.as_tensor(np.asarray(true, dtype=np.float32))[None]
+    return compute_dice(p, t, include_background=True, ignore_empty=False)[0].numpy().astype(float)
+
+
+def region_hd95(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """95th-percentile Hausdorff distance in mm per channel (MONAI, with spacing)."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+    diagonal = float(np.linalg.norm(np.asarray(pred.shape[1:]) * np.asarray(spacing)))
+    result = np.zeros(pred.shape[0])
+    for c in range(pred.shape[0]):
+        if not pred[c].any() and not true[c].any():
+            result[c] = 0.0
+        elif not pred[c].any() or not true[c].any():
+            result[c] = diagonal
+        else:
+            value = compute_hausdorff_distance(torch.as_tensor(pred[c][None, None]), torch.as_tensor(true[c][None, None]),
+                                               include_background=True, percentile=95, spacing=list(spacing))
+            result[c] = float(value.reshape(-1)[0])
+    return result
+
+
+def lesion_wise(pred: np.ndarray, true: np.ndarray) -> Dict[str, float]:
+    """panoptica's lesion-wise metrics for one binary region."""
+    import panoptica
+    from panoptica import (ConnectedComponentsInstanceApproximator, InputType, Metric, NaiveThresholdMatching,
+                           Panoptica_Evaluator)
+
+    panoptica.disable_citation_reminder()
+    evaluator = Panoptica_Evaluator(expected_input=InputType.SEMANTIC,
+                                    instance_approximator=ConnectedComponentsInstanceApproximator(),
+                                    instance_matcher=NaiveThresholdMatching(matching_threshold=0.5),
+                                    instance_metrics=[Metric.DSC], global_metrics=[Metric.DSC], verbose=False)
+    result = evaluator.evaluate(np.asarray(pred, np.uint8), np.asarray(true, np.uint8), verbose=False)
+    values = next(iter(result.values())).to_dict()
+    empty = values["n_ref_instances"] == 0 and values["n_pred_instances"] == 0
+    return {"lesion_dice": 1.0 if empty else float(np.nan_to_num(values["pq_dsc"])),
+            "lesion_f1": 1.0 if empty else float(np.nan_to_num(values["rq"])),
+            "lesions_true": int(values["n_ref_instances"]), "lesions_pred": int(values["n_pred_instances"])}
+
+
+def case_metrics(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float], names: Sequence[str],
+                 lesions: bool = True) -> Dict[str, Dict[str, float]]:
+    """All metrics of one case: ``{region: {metric: value}}`` for binary (R, ...) arrays."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    dice = region_dice(pred, true)
+    hd95 = region_hd95(pred, true, spacing)
+    out = {}
+    for c, name in enumerate(names):
+        vp, vt = float(pred[c].sum()) * voxel_ml, float(true[c].sum()) * voxel_ml
+        row = {"dice": float(dice[c]), "hd95_mm": float(hd95[c]), "volume_pred_ml": vp, "volume_true_ml": vt,
+               "volume_error_ml": vp - vt}
+        if lesions:
+            row.update(lesion_wise(pred[c], true[c]))
+        out[name] = row
+    return out
+
+
+def summarise(rows: Sequence[dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Mean, sd and median of each metric per region over case rows ``{region, metric...}``."""
+    summary: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for region in dict.fromkeys(r["region"] for r in rows):
+        mine = [r for r in rows if r["region"] == region]
+        summary[region] = {}
+        for metric in NUMERIC:
+            values = np.array([r[metric] for r in mine if metric in r and r[metric] is not None], float)
+            values = values[np.isfinite(values)]
+            if len(values):
+                summary[region][metric] = {"mean": float(values.mean()), "sd": float(values.std()),
+                                           "median": float(np.median(values)), "n": int(len(values))}
+    return summary
+
+
+def mean_dice(per_region: Dict[str, float]) -> float:
+    values = [v for v in per_region.values() if not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")

@@ -1,0 +1,110 @@
+"""The MONAI data pipeline: cases read exactly as the engine reads them at inference, then
+BrainSegFounder's augmentation.
+
+Reading goes through the engine (physical-space resampling onto the first input, the
+network's orientation, the brain box, z-score over the brain), so training and ``segment``
+see identical arrays. The deterministic part is what caching keeps (in memory or on disk).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from brainsegfounder.errors import UserError
+from brainsegfounder.geometry import reorient, same_grid
+from brainsegfounder.labels import LabelSchema
+from brainsegfounder.preprocess import BrainBox, normalize
+from brainsegfounder.segment import load_inputs, to_network_array
+from monai.transforms import MapTransform
+
+from .datasets import Case
+
+
+class LoadCase(MapTransform):
+    """``{"case": Case}`` -> ``{"image": (C,i,j,k) float32, "label": (R,i,j,k) uint8, ...}``."""
+
+    def __init__(self, schema: LabelSchema, orientation: str, crop_to_brain: bool = True):
+        super().__init__(keys=["case"])
+        self.schema = schema
+        self.orientation = orientation
+        self.crop_to_brain = crop_to_brain
+
+    def __call__(self, data):
+        case: Case = data["case"]
+        images, _ = load_inputs(dict(case.images))
+        label = sitk.ReadImage(case.label)
+        if not same_grid(label, images[0]):
+            raise UserError(f"case {case.case_id}: the label is not on the grid of its first image")
+        volume = to_network_array(images, self.orientation)
+        labels = sitk.GetArrayFromImage(reorient(label, self.orientation)).transpose(2, 1, 0)
+        regions = self.schema.labels_to_regions(labels, case.convention).astype(np.uint8)
+        box = BrainBox.of(volume) if self.crop_to_brain else BrainBox(
+            (0, 0, 0), volume.shape[1:], volume.shape[1:])
+        return {"image": normalize(box.crop(volume)), "label": box.crop(regions), "case_id": case.case_id,
+                "spacing": np.asarray(images[0].GetSpacing(), dtype=np.float64)}
+
+
+def train_transforms(schema: LabelSchema, orientation: str, recipe: dict):
+    from monai.transforms import (Compose, EnsureTyped, RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd,
+                                  RandShiftIntensityd, RandSpatialCropd, SpatialPadd)
+
+    roi = tuple(recipe["model"]["roi"])
+    aug, train = recipe["augment"], recipe["train"]
+    keys = ["image", "label"]
+    if train["crop"] == "posneg":
+        pos = float(train["pos_fraction"])
+        crop = RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=pos, neg=1 - pos,
+                                      num_samples=1, image_key="image", image_threshold=0, allow_smaller=True)
+    else:
+        crop = RandSpatialCropd(keys, roi_size=roi, random_size=False)
+    steps = [LoadCase(schema, orientation), SpatialPadd(keys, spatial_size=roi), crop]
+    if aug["flip"]:
+        steps += [RandFlipd(keys, prob=float(aug["flip"]), spatial_axis=axis) for axis in range(3)]
+    if aug["intensity_scale"]:
+        steps.append(RandScaleIntensityd("image", factors=float(aug["intensity_scale"]), prob=1.0))
+    if aug["intensity_shift"]:
+        steps.append(RandShiftIntensityd("image", offsets=float(aug["intensity_shift"]), prob=1.0))
+    steps.append(EnsureTyped(keys, dtype=None, track_meta=False))
+    return Compose(steps)
+
+
+def val_transforms(schema: LabelSchema, orientation: str):
+    from monai.transforms import Compose, EnsureTyped
+
+    return Compose([LoadCase(schema, orientation), EnsureTyped(["image", "label"], track_meta=False)])
+
+
+def make_dataset(cases: Sequence[Case], transform, cache: str, cache_dir: Optional[Path], workers: int):
+    """A MONAI data set over ``cases``: no cache, in memory, or persistent on disk."""
+    from monai.data import CacheDataset, Dataset, PersistentDataset
+
+    items = [{"case": c} for c in cases]
+    if cache == "memory":
+        return CacheDataset(items, transform, cache_rate=1.0, num_workers=max(1, workers), progress=False)
+    if cache == "disk":
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return PersistentDataset(items, transform, cache_dir=cache_dir, hash_transform=None,
+                                 hash_func=_case_hash)
+    return Dataset(items, transform)
+
+
+def _case_hash(item) -> bytes:
+    """Disk-cache key: the case's files and their modification times (a changed file re-caches)."""
+    import hashlib
+
+    case: Case = item["case"]
+    text = "|".join(f"{p}:{Path(p).stat().st_mtime_ns}" for p in case.image_list() + [case.label])
+    return hashlib.sha256((case.convention + text).encode()).hexdigest().encode()
+
+
+def collate_val(batch):
+    """Validation runs one whole case at a time; keep its id and spacing as plain values."""
+    import torch
+
+    (item,) = batch
+    return {"image": torch.as_tensor(item["image"])[None], "label": torch.as_tensor(item["label"])[None],
+            "case_id": item["case_id"], "spacing": item["spacing"]}
+

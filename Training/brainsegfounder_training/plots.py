@@ -1,0 +1,58 @@
+"""PNG plots: learning curves of a run, and per-region box plots of an evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from brainsegfounder.atomic import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves(metrics_path: Path, out: Path) -> Path:
+    """Training loss per step and held-out Dice per region per epoch."""
+    plt = _pyplot()
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    steps = [r for r in records if r.get("type") == "step"]
+    epochs = [r for r in records if r.get("type") == "epoch" and r.get("val_dice")]
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, color="0.3")
+    ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
+    regions = list(epochs[0]["val_dice"]) if epochs else []
+    for name in regions:
+        ax_dice.plot([r["epoch"] for r in epochs], [r["val_dice"][name] for r in epochs], marker="o", ms=3, label=name)
+    if epochs:
+        ax_dice.plot([r["epoch"] for r in epochs], [r["val_mean_dice"] for r in epochs], "k--", lw=1, label="mean")
+        ax_dice.legend(fontsize=8)
+    ax_dice.set(xlabel="epoch", ylabel="Dice (held-out, thresholded)", title="validation", ylim=(0, 1))
+    fig.tight_layout()
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def box_plots(rows: Sequence[dict], metrics: Sequence[str], out: Path) -> Path:
+    """One panel per metric, one box per region, over the cases of an evaluation."""
+    plt = _pyplot()
+    regions = list(dict.fromkeys(r["region"] for r in rows))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        data = [[r[metric] for r in rows if r["region"] == g and r.get(metric) is not None] for g in regions]
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(regions) + 1), regions)
+        ax.set_title(metric)
+    fig.tight_layout()
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return out
