@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "BrainSegFounderSlicer"))  # the engine, also without pip install -e
+sys.path.insert(0, str(ROOT / "Training"))  # the training pipeline, likewise
 
 TEST_SPACING = 3.0  # mm: BraTS grid 80 x 80 x 52, a second or two per tiny-model case
 TEST_ROI = (64, 64, 64)
@@ -82,3 +83,18 @@ def segment_args(model, inputs, output, *extra):
     for name, path in inputs:
         args += ["--input", f"{name}={path}"]
     return args
+
+
+@pytest.fixture(scope="session")
+def train_root(tmp_path_factory):
+    """Four synthetic BraTS 2021 cases at 3 mm in two folds."""
+    from brainsegfounder.synth.cohort import write_cohort
+
+    return write_cohort(tmp_path_factory.mktemp("train"), kind="brats", n=4, seed=21, spacing=3.0, folds=2)
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """A private local model registry."""
+    monkeypatch.setenv("BRAINSEGFOUNDER_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"

@@ -179,10 +179,29 @@ def initialise(model, spec: TaskSpec, recipe: dict) -> InitReport:
                         f"({', '.join(missing[:3])}); it is a different architecture")
     load_strict(model, state, f"initialisation from {base.path.name}")
     report.loaded.sort()
+    report.reinitialised.sort()
     return report
 
 
 def build_model(spec: TaskSpec, recipe: dict):
-    """The network with its initial weights, and what was loaded."""
+    """The network with its initial weights, and what was loaded.
+
+    A new output layer gets the bias of a small foreground prior (as in Lin et al.'s focal
+    loss): with bias 0 every voxel starts at probability 0.5, and the first hundreds of steps
+    go into learning that most of the brain is not tumour.
+    """
+    import math
+
     model = build_network(spec.network, use_checkpoint=bool(recipe["model"]["gradient_checkpointing"]))
-    return model, initialise(model, spec, recipe)
+    report = initialise(model, spec, recipe)
+    if report.kind in ("scratch", "ssl") or report.reinitialised or recipe["init"]["encoder_only"]:
+        prior = float(recipe["init"]["output_prior"])
+        with torch_no_grad():
+            model.out.conv.conv.bias.fill_(math.log(prior / (1 - prior)))
+    return model, report
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()

@@ -34,6 +34,7 @@ DEFAULTS: Dict[str, Any] = {
         "checkpoint": None,     # None = from scratch; a path or local model name
         "encoder_only": False,  # take only the Swin encoder from a full model
         "modalities": None,     # input names of a checkpoint without metadata, to inflate by name
+        "output_prior": 0.05,   # a new output layer starts predicting this foreground probability
     },
     "data": {
         "path": None,           # datalist.json, a BraTS 2021/2023 or ATLAS folder, or saved cases
@@ -156,6 +157,8 @@ def check_recipe(recipe: dict) -> None:
             raise UserError(f"recipe {key} must be a whole number of at least 1, got {get(recipe, key)!r}")
     if not 0 < float(recipe["data"]["label_fraction"]) <= 1:
         raise UserError("recipe data.label_fraction must be in (0, 1]")
+    if not 0 < float(recipe["init"]["output_prior"]) < 1:
+        raise UserError("recipe init.output_prior must be a probability in (0, 1)")
     if not 0 < float(recipe["data"]["val_fraction"]) < 1:
         raise UserError("recipe data.val_fraction must be in (0, 1)")
     if not 0 <= int(recipe["data"]["fold"]) < int(recipe["data"]["folds"]):

@@ -1,0 +1,84 @@
+"""Evaluation numbers agree with MONAI (and panoptica) on label maps with known answers."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from brainsegfounder.errors import UserError
+
+
+SPACING = (1.0, 1.0, 2.0)  # x, y, z in mm: HD95 must use it
+
+
+def _write(array_zyx, path, spacing=SPACING):
+    image = sitk.GetImageFromArray(array_zyx.astype(np.uint8))
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _known_case(root):
+    """Truth: a 10^3 whole tumour with a 4^3 enhancing core (ET=4) and a second small lesion;
+    prediction: the whole tumour shifted by 2 voxels in x, no second lesion, the same core."""
+    truth = np.zeros((24, 40, 40), np.uint8)
+    truth[5:15, 10:20, 10:20] = 2
+    truth[8:12, 13:17, 13:17] = 4
+    truth[18:21, 30:33, 30:33] = 2
+    pred = np.zeros_like(truth)
+    pred[5:15, 10:20, 12:22] = 2
+    pred[8:12, 13:17, 13:17] = 4
+    case = root / "data" / "BraTS2021_00001"
+    case.mkdir(parents=True)
+    for tag in ("flair", "t1ce", "t1", "t2"):
+        _write((truth > 0) * 100 + 10, case / f"BraTS2021_00001_{tag}.nii.gz")
+    _write(truth, case / "BraTS2021_00001_seg.nii.gz")
+    (root / "pred").mkdir()
+    _write(pred, root / "pred" / "BraTS2021_00001.nii.gz")
+    return truth, pred
+
+
+def test_metrics_match_monai_and_known_values(tmp_path):
+    from brainsegfounder.labels import schema
+    from brainsegfounder_training.evaluate import evaluate
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric
+
+    truth, pred = _known_case(tmp_path)
+    summary = evaluate(str(tmp_path / "data"), str(tmp_path / "out"), pred=str(tmp_path / "pred"))
+    rows = {r["region"]: r for r in csv.DictReader(open(tmp_path / "out" / "metrics.csv"))}
+    assert summary["cases"] == 1 and set(rows) == {"TC", "WT", "ET"}
+
+    s = schema("brats_regions")
+    t = torch.as_tensor(s.labels_to_regions(truth))[None].float()
+    p = torch.as_tensor(s.labels_to_regions(pred))[None].float()
+    dice = DiceMetric(include_background=True, reduction="none")(p, t)[0]
+    hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(
+        p, t, spacing=list(SPACING[::-1]))[0]
+    for i, region in enumerate(("TC", "WT", "ET")):
+        assert float(rows[region]["dice"]) == pytest.approx(float(dice[i]), abs=1e-4)
+        assert float(rows[region]["hd95_mm"]) == pytest.approx(float(hd95[i]), abs=1e-3)
+    # by hand: WT overlap 10*10*8 of 1000 + (1000 + 27) voxels
+    assert float(rows["WT"]["dice"]) == pytest.approx(2 * 800 / (1000 + 1027), abs=1e-4)
+    assert float(rows["ET"]["dice"]) == 1.0 and float(rows["ET"]["hd95_mm"]) == 0.0
+    # volumes: 2 mm^3 voxels
+    assert float(rows["WT"]["volume_error_ml"]) == pytest.approx((1000 - 1027) * 2 / 1000, abs=1e-4)
+    # lesion-wise (panoptica): the big lesion matched, the small one missed -> F1 = 2*1/(2*1+0+1)
+    assert float(rows["WT"]["lesion_f1"]) == pytest.approx(2 / 3, abs=1e-4)
+    assert int(float(rows["WT"]["lesions_true"])) == 2 and int(float(rows["WT"]["lesions_pred"])) == 1
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert data["regions"]["WT"]["dice"]["mean"] == pytest.approx(float(rows["WT"]["dice"]), abs=1e-4)
+    assert (tmp_path / "out" / "boxplots.png").stat().st_size > 1000
+
+
+def test_prediction_on_another_grid_is_refused(tmp_path):
+    from brainsegfounder_training.evaluate import evaluate
+
+    truth, pred = _known_case(tmp_path)
+    _write(pred, tmp_path / "pred" / "BraTS2021_00001.nii.gz", spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(UserError, match="not on the grid of its label"):
+        evaluate(str(tmp_path / "data"), str(tmp_path / "out"), pred=str(tmp_path / "pred"))
+    assert not (tmp_path / "out" / "metrics.csv").exists()
