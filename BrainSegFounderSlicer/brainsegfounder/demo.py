@@ -1,8 +1,9 @@
-"""The built-in default job: synthesise a BraTS-like case and segment it end to end.
+"""The built-in default job: synthesise a fresh BraTS-like case and segment it end to end.
 
-Until a trained demo model ships, the model is a randomly initialised tiny SwinUNETR: the
-run exercises every step (synthesis, I/O, geometry, inference, outputs) but its labels are
-NOT meaningful, and the Dice it reports against the synthetic ground truth shows that.
+The model is the demo model shipped in ``Resources/Models``: a tiny SwinUNETR trained with
+this project's fine-tuning pipeline on synthetic cases only (the exact command is in
+Training/README.md). The case the demo makes comes from a seed the model never saw, and the
+demo reports the Dice against its synthetic ground truth.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Optional
 from .atomic import ensure_writable_dir
 from .progress import CancelToken, ProgressCallback, null_progress
 
-DEMO_ROI = (96, 96, 96)
+DEMO_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "brats-synthetic-demo.pt"
 
 
 def dice_per_region(prediction, truth, label_schema, convention: str = "brats2021") -> dict:
@@ -31,17 +32,17 @@ def dice_per_region(prediction, truth, label_schema, convention: str = "brats202
 
 def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "auto",
              progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None) -> dict:
-    from .checkpoints import init_model
+    from .errors import UserError
     from .labels import schema
     from .preview import save_preview_from_files
     from .segment import segment_files
     from .synth.cohort import case_files, write_cohort
 
     out = ensure_writable_dir(out)
-    model = out / "untrained-tiny-brats.pt"
-    if not model.exists():
-        progress("model", 0, 1, "creating an untrained tiny model (no trained demo model ships yet)")
-        init_model(model, "tiny", "brats", seed=0, roi=DEMO_ROI)
+    model = DEMO_MODEL
+    if not model.is_file():
+        raise UserError(f"the demo model {model} is missing; use a full clone of the repository (the model "
+                        "ships in Resources/Models) or rebuild it as Training/README.md says")
     data = out / f"synthetic_brats_seed{seed}"
     folder, images, label = case_files("brats2021", 0)
     if not (data / folder).exists():
@@ -58,6 +59,7 @@ def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "a
     regions = ", ".join(f"{k} {v['volume_ml']:.1f} mL" for k, v in summary["regions"].items())
     message = (f"wrote {out}/labels.nii.gz, labels.seg.nrrd, summary.json and preview.png ({regions}).\n"
                f"Dice against the synthetic ground truth: {dice}.\n"
-               "NOTE: the demo model is UNTRAINED (random weights): these labels are not meaningful. "
-               "Segment real scans with a trained model: brainsegfounder segment --model PATH ...")
+               "NOTE: this is a DEMO model trained on synthetic data only; it is not for real scans. For "
+               "patients' MRI use BrainSegFounder's released BraTS weights: brainsegfounder segment --model "
+               "PATH_TO_WEIGHTS.pth --task brats --input flair=... --input t1ce=... --input t1=... --input t2=...")
     return {"output": str(out), "dice": dice, "message": message}

@@ -28,7 +28,8 @@ def test_corrections_make_a_registered_model(tmp_path, home, train_root, brats_r
     code, out, err = run_cli(
         ["finetune", "--base", brats_model, "--data", cases, "--replay", brats_root, "--register", "tiny-brats-ft",
          "--out", tmp_path / "run", "--progress", "none", "--device", "cpu",
-         *[q for q in QUICK if not q.startswith(("model.size", "data.folds"))], "data.cache=memory"], capsys)
+         *[q for q in QUICK if not q.startswith(("model.size", "model.roi", "data.folds"))], "data.cache=memory"],
+        capsys)
     assert code == 0, err
     registered = home / "models" / "tiny-brats-ft.pt"
     assert registered.is_file() and "registered as tiny-brats-ft" in out
@@ -37,7 +38,7 @@ def test_corrections_make_a_registered_model(tmp_path, home, train_root, brats_r
 
     meta = load_checkpoint(registered).meta
     assert meta.name == "tiny-brats-ft" and meta.task == "brats"
-    assert meta.modalities == ("flair", "t1ce", "t1", "t2")
+    assert meta.modalities == ("flair", "t1ce", "t1", "t2") and meta.roi_size == (64, 64, 64)  # the base's
     prov = meta.provenance
     assert prov["base"].startswith("tiny-brats")
     assert len(prov["val_cases"]) == 1 and len(prov["train_cases"]) == 3

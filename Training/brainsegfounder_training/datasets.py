@@ -220,7 +220,7 @@ def check_cases(cases: Sequence[Case], schema: LabelSchema, convention: str = "a
             raise UserError(f"case {case.case_id}: label values {bad} are outside the schema {schema.name} "
                             f"(allowed {list(schema.valid_values(case_convention))}); fix the label map or "
                             "choose the matching label convention")
-        for modality, path in list(case.images.items())[1:]:
+        for path in case.image_list()[1:]:
             _info(path)
         checked.append(replace(case, convention=case_convention))
     progress("check_data", len(cases), len(cases))

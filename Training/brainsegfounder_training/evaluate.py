@@ -65,7 +65,7 @@ def _select(cases: List[Case], run: Optional[Path]) -> List[Case]:
     wanted = set(json.loads(path.read_text())["val"])
     chosen = [c for c in cases if c.case_id in wanted]
     if not chosen:
-        raise UserError(f"none of the run's validation cases are in this data set; give the run's data")
+        raise UserError("none of the run's validation cases are in this data set; give the run's data")
     return chosen
 
 
@@ -141,9 +141,8 @@ def format_table(summary: dict) -> str:
     """Mean per region of the headline metrics, for the terminal."""
     lines = [f"{'region':8s} {'Dice':>7s} {'HD95 mm':>8s} {'vol err mL':>10s} {'lesion F1':>9s}"]
     for region, metrics in summary["regions"].items():
-        def mean(name):
-            return metrics.get(name, {}).get("mean", np.nan)
-
-        lines.append(f"{region:8s} {mean('dice'):7.4f} {mean('hd95_mm'):8.2f} {mean('volume_error_ml'):10.2f} "
-                     f"{mean('lesion_f1'):9.3f}")
+        mean = {name: metrics.get(name, {}).get("mean", np.nan)
+                for name in ("dice", "hd95_mm", "volume_error_ml", "lesion_f1")}
+        lines.append(f"{region:8s} {mean['dice']:7.4f} {mean['hd95_mm']:8.2f} {mean['volume_error_ml']:10.2f} "
+                     f"{mean['lesion_f1']:9.3f}")
     return "\n".join(lines)

@@ -119,7 +119,10 @@ def resolve_task(recipe: dict) -> TaskSpec:
             raise UserError(f"the init checkpoint is depths {list(theirs[0])}, heads {list(theirs[1])}, feature "
                             f"size {theirs[2]}, but model.size {size} is {list(mine[0])}, {list(mine[1])}, "
                             f"{mine[2]}; set model.size=auto or the matching size")
-    roi = tuple(int(r) for r in recipe["model"]["roi"])
+    roi_setting = recipe["model"]["roi"]
+    if roi_setting == "auto":
+        roi_setting = base_meta.roi_size if base_meta is not None else (128, 128, 128)
+    roi = tuple(int(r) for r in roi_setting)
     return TaskSpec(task, tuple(modalities), label_schema, orientation, network, roi, base, base_meta)
 
 

@@ -25,7 +25,7 @@ DEFAULTS: Dict[str, Any] = {
     "orientation": "RAS",       # generic: index-axis orientation the network sees
     "model": {
         "size": "62M",          # 62M, 64M, 70M, 277M, small, tiny, or auto (the init checkpoint's)
-        "roi": [128, 128, 128],
+        "roi": [128, 128, 128],  # or auto: the init checkpoint's training ROI
         "gradient_checkpointing": False,
         "name": None,           # model name written into the checkpoint (default: the run folder)
         "save_dtype": "float32",  # float16 halves the size of the exported model
@@ -164,6 +164,10 @@ def check_recipe(recipe: dict) -> None:
     if not 0 <= int(recipe["data"]["fold"]) < int(recipe["data"]["folds"]):
         raise UserError(f"recipe data.fold {recipe['data']['fold']} must be in 0..{recipe['data']['folds'] - 1}")
     roi = recipe["model"]["roi"]
+    if roi == "auto":
+        if not recipe["init"]["checkpoint"]:
+            raise UserError("model.roi auto takes the ROI of the init checkpoint; give one or set model.roi")
+        return
     if not (isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) and r >= 64 and r % 32 == 0 for r in roi)):
         raise UserError(f"recipe model.roi {roi!r} must be three multiples of 32, each at least 64")
     if recipe["task"] == "generic" and not (recipe["modalities"] and recipe["labels"]):
