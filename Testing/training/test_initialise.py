@@ -109,11 +109,13 @@ def test_finetune_from_an_inflated_one_channel_checkpoint_end_to_end(tmp_path, t
 
     path, _ = ssl_checkpoint(tmp_path / "ssl.pt", in_channels=1)
     code, out, err = run_cli(["finetune", "--config", "brats", "--data", train_root, "--out", tmp_path / "run",
-                              "--progress", "none", "--device", "cpu", *QUICK, f"init.checkpoint={path}"], capsys)
+                              "--progress", "none", "--device", "cpu", *QUICK, f"init.checkpoint={path}",
+                              "data.cache=disk"], capsys)
     assert code == 0, err
     init = json.loads((tmp_path / "run" / "init.json").read_text())
     assert init["kind"] == "ssl" and list(init["inflated"]) == ["swinViT.patch_embed.proj.weight"]
     assert init["loaded_count"] > 100 and init["reinitialised"] == []
+    assert len(list((tmp_path / "run" / "cache").glob("*.pt"))) == 1  # the one case drawn, preprocessed on disk
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 1 and set(summary["best"]["dice"]) == {"TC", "WT", "ET"}
     from brainsegfounder.checkpoints import load_checkpoint
