@@ -26,6 +26,9 @@ def atomic_path(target: os.PathLike, suffix: str = "") -> Iterator[Path]:
                                    dir=target.parent)
     os.close(handle)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; the result gets a normal file's mode
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:

@@ -11,6 +11,7 @@ neither map has a lesion.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, Sequence
 
 import numpy as np
@@ -43,8 +44,11 @@ def region_hd95(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float]) ->
         elif not pred[c].any() or not true[c].any():
             result[c] = diagonal
         else:
-            value = compute_hausdorff_distance(torch.as_tensor(pred[c][None, None]), torch.as_tensor(true[c][None, None]),
-                                               include_background=True, percentile=95, spacing=list(spacing))
+            with warnings.catch_warnings():  # MONAI 1.6 warns about an argument it passes itself
+                warnings.simplefilter("ignore", FutureWarning)
+                value = compute_hausdorff_distance(torch.as_tensor(pred[c][None, None]),
+                                                   torch.as_tensor(true[c][None, None]), include_background=True,
+                                                   percentile=95, spacing=list(spacing))
             result[c] = float(value.reshape(-1)[0])
     return result
 

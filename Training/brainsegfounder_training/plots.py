@@ -18,10 +18,21 @@ def _pyplot():
     return plt
 
 
+def read_jsonl(path: Path) -> list:
+    """The records of a JSON-lines file; a line cut short by a killed process is skipped."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def learning_curves(metrics_path: Path, out: Path) -> Path:
     """Training loss per step and held-out Dice per region per epoch."""
     plt = _pyplot()
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    records = read_jsonl(metrics_path)
     steps = [r for r in records if r.get("type") == "step"]
     epochs = [r for r in records if r.get("type") == "epoch" and r.get("val_dice")]
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))

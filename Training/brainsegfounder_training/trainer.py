@@ -182,9 +182,10 @@ class MetricsLog:
         if not enabled:
             return
         if keep_until_epoch is not None and self.path.exists():  # drop lines of the epoch that was lost
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("epoch", 0) <= keep_until_epoch]
-            run.write_text("metrics.jsonl", "".join(k + "\n" for k in kept))
+            from .plots import read_jsonl
+
+            kept = [r for r in read_jsonl(self.path) if r.get("epoch", 0) <= keep_until_epoch]
+            run.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
