@@ -47,11 +47,11 @@ class LoadCase(MapTransform):
                 "spacing": np.asarray(images[0].GetSpacing(), dtype=np.float64)}
 
 
-def train_transforms(schema: LabelSchema, orientation: str, recipe: dict):
+def train_transforms(schema: LabelSchema, orientation: str, roi: Sequence[int], recipe: dict):
     from monai.transforms import (Compose, EnsureTyped, RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd,
                                   RandShiftIntensityd, RandSpatialCropd, SpatialPadd)
 
-    roi = tuple(recipe["model"]["roi"])
+    roi = tuple(roi)
     aug, train = recipe["augment"], recipe["train"]
     keys = ["image", "label"]
     if train["crop"] == "posneg":

@@ -308,7 +308,7 @@ class Trainer:
 
         train_cases = split.train + split.replay
         cache = recipe["data"]["cache"]
-        dataset = make_dataset(train_cases, train_transforms(schema, spec.orientation, recipe), cache,
+        dataset = make_dataset(train_cases, train_transforms(schema, spec.orientation, spec.roi, recipe), cache,
                                self.run / "cache", int(recipe["data"]["workers"]))
         validator = Validator(split.val, spec, recipe, d)
         epochs = int(recipe["train"]["epochs"])
