@@ -11,6 +11,8 @@ import SimpleITK as sitk
 import torch
 from brainsegfounder.errors import UserError
 
+from conftest import run_cli
+
 
 SPACING = (1.0, 1.0, 2.0)  # x, y, z in mm: HD95 must use it
 
@@ -82,3 +84,23 @@ def test_prediction_on_another_grid_is_refused(tmp_path):
     with pytest.raises(UserError, match="not on the grid of its label"):
         evaluate(str(tmp_path / "data"), str(tmp_path / "out"), pred=str(tmp_path / "pred"))
     assert not (tmp_path / "out" / "metrics.csv").exists()
+
+
+def test_evaluate_a_model_from_the_cli(tmp_path, brats_root, brats_model, capsys):
+    """--model: segment every case into OUT/predictions, then score them; the numbers in the
+    CSV are those of the written label maps."""
+    from brainsegfounder.labels import schema
+    from brainsegfounder_training.metrics import region_dice
+
+    code, out, err = run_cli(["evaluate", "--data", brats_root, "--model", brats_model, "--out", tmp_path / "eval",
+                              "--progress", "none", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "2 cases" in out and "WT" in out
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "metrics.csv")))
+    assert len(rows) == 6
+    case = rows[0]["case_id"]
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "eval" / "predictions" / f"{case}.nii.gz")))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(brats_root / case / f"{case}_seg.nii.gz")))
+    s = schema("brats_regions")
+    dice = region_dice(s.labels_to_regions(pred), s.labels_to_regions(truth))
+    assert [float(r["dice"]) for r in rows[:3]] == pytest.approx(list(dice), abs=1e-4)
