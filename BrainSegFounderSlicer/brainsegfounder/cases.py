@@ -19,7 +19,6 @@ import getpass
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -29,14 +28,13 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
+from .atomic import atomic_path, plain_name
 from .errors import UserError
 from .geometry import same_grid
 
 CASE_FILE = "case.json"
 DATALIST = "datalist.json"
 FORMAT = "brainsegfounder-cases"
-_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -45,14 +43,6 @@ class SavedCase:
     revision: int
     folder: Path
     info: dict
-
-
-def check_case_id(case_id: str) -> str:
-    """A case id is a plain folder name: it can never point outside the data set root."""
-    if not _CASE_ID.match(case_id or "") or case_id in (".", ".."):
-        raise UserError(f"case id {case_id!r} is not usable as a folder name; use letters, digits, '-', '_' "
-                        "and '.', starting with a letter or digit")
-    return case_id
 
 
 def content_hash(images: Mapping[str, sitk.Image], label: sitk.Image) -> str:
@@ -71,7 +61,7 @@ def save_case(root: os.PathLike, case_id: str, images: Mapping[str, sitk.Image],
               label_schema: str, label_convention: str = "brats2021", source_model: Optional[dict] = None,
               author: Optional[str] = None, note: str = "") -> SavedCase:
     """Write one training case revision (inputs in model order, label on the first input's grid)."""
-    check_case_id(case_id)
+    plain_name(case_id, "case id")
     if not images:
         raise UserError("a training case needs at least one input image")
     reference = next(iter(images.values()))

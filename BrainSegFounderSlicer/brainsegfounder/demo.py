@@ -18,16 +18,14 @@ DEMO_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "bra
 
 
 def dice_per_region(prediction, truth, label_schema, convention: str = "brats2021") -> dict:
-    """MONAI Dice per region between two label images on the same grid."""
+    """Dice per region between two label images on the same grid."""
     import SimpleITK as sitk
-    import torch
-    from monai.metrics import compute_dice
+
+    from .metrics import region_dice
 
     pred = label_schema.labels_to_regions(sitk.GetArrayFromImage(prediction), convention)
     true = label_schema.labels_to_regions(sitk.GetArrayFromImage(truth), convention)
-    dice = compute_dice(torch.from_numpy(pred[None]).float(), torch.from_numpy(true[None]).float(),
-                        include_background=True, ignore_empty=False)[0]
-    return {name: round(float(v), 4) for name, v in zip(label_schema.channels, dice)}
+    return {name: round(float(v), 4) for name, v in zip(label_schema.channels, region_dice(pred, true))}
 
 
 def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "auto",

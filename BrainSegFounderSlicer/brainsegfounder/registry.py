@@ -59,13 +59,11 @@ def free_name(name: str) -> str:
 def register_model(source: os.PathLike, name: str) -> Path:
     """Copy a checkpoint into the local model folder as ``NAME.pt`` (atomically; an existing
     model of that name is never replaced: the next free ``NAME-N`` is used)."""
-    import re
     import shutil
 
-    from .atomic import atomic_path
+    from .atomic import atomic_path, plain_name
 
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", name):
-        raise UserError(f"model name {name!r} is not usable; use letters, digits, '-', '_' and '.'")
+    plain_name(name, "model name")
     folder = models_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -195,16 +195,13 @@ def build_model(spec: TaskSpec, recipe: dict):
     """
     import math
 
+    import torch
+
     model = build_network(spec.network, use_checkpoint=bool(recipe["model"]["gradient_checkpointing"]))
     report = initialise(model, spec, recipe)
     if report.kind in ("scratch", "ssl") or report.reinitialised or recipe["init"]["encoder_only"]:
         prior = float(recipe["init"]["output_prior"])
-        with torch_no_grad():
+        with torch.no_grad():
             model.out.conv.conv.bias.fill_(math.log(prior / (1 - prior)))
     return model, report
 
-
-def torch_no_grad():
-    import torch
-
-    return torch.no_grad()

@@ -15,19 +15,10 @@ import warnings
 from typing import Dict, Sequence
 
 import numpy as np
+from brainsegfounder.metrics import region_dice
 
 NUMERIC = ("dice", "hd95_mm", "volume_pred_ml", "volume_true_ml", "volume_error_ml", "lesion_dice", "lesion_f1",
            "lesions_true", "lesions_pred")
-
-
-def region_dice(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Dice per channel of binary (R, ...) arrays with MONAI (1 where both are empty)."""
-    import torch
-    from monai.metrics import compute_dice
-
-    p = torch.as_tensor(np.asarray(pred, dtype=np.float32))[None]
-    t = torch.as_tensor(np.asarray(true, dtype=np.float32))[None]
-    return compute_dice(p, t, include_background=True, ignore_empty=False)[0].numpy().astype(float)
 
 
 def region_hd95(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float]) -> np.ndarray:

@@ -100,13 +100,12 @@ def prepare_run(recipe: dict, out: Optional[str], resume: Optional[str], overrid
         run = RunFolder(Path(resume))
         if not (run / "recipe.yaml").is_file():
             raise UserError(f"{run.path} is not a run folder (no recipe.yaml); give the folder a finetune run wrote")
-        saved = load_recipe(str(run / "recipe.yaml"))
         for text in overrides:
             key = text.partition("=")[0].strip()
             if key not in RESUMABLE_KEYS:
                 raise UserError(f"{key} cannot change when resuming (only {', '.join(RESUMABLE_KEYS)}); "
                                 "start a new run for other settings")
-        return load_recipe(str(run / "recipe.yaml"), overrides) if overrides else saved, run, run.has_state
+        return load_recipe(str(run / "recipe.yaml"), overrides), run, run.has_state
     run = RunFolder(Path(out or recipe["output"]["dir"]))
     if run.path.exists() and any(run.path.iterdir()):
         raise UserError(f"{run.path} already holds files; continue that run with --resume {run.path} or give a "
