@@ -1,4 +1,4 @@
-"""The training pipeline's subcommands of ``brainsegfounder``: finetune and evaluate.
+"""The training pipeline's subcommands of ``brainsegfounder``: pretrain, finetune and evaluate.
 
 Registered through the ``brainsegfounder.commands`` entry point (see pyproject.toml), so the
 engine's CLI offers them without importing this package.
@@ -27,6 +27,22 @@ def register(subparsers, add_common) -> dict:
     ft.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per process)")
     add_common(ft)
 
+    pt = subparsers.add_parser(
+        "pretrain", help="self-supervised pretraining (BrainSegFounder's stage 1 or 2)",
+        description="Rotation + contrastive + inpainting pretraining of the Swin encoder. Single process: "
+                    "brainsegfounder pretrain ...; several GPUs or nodes: torchrun --nproc_per_node=N -m "
+                    "brainsegfounder pretrain ... (same arguments). The run's best.pt is what stage 2 (--init) "
+                    "and finetune (--base) take.")
+    pt.add_argument("--config", help="recipe: a YAML file or a bundled name (stage1-ukb, stage2-brats, stage2-atlas)")
+    pt.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. train.steps=1000")
+    pt.add_argument("--data", help="datalist.json, or a folder: BIDS, UK Biobank-style, BraTS, one folder per subject")
+    pt.add_argument("--init", help="stage 2: the stage-1 model to start from (sets init.checkpoint)")
+    pt.add_argument("--steps", type=int, help="sets train.steps")
+    pt.add_argument("--out", help="run folder (default the recipe's output.dir)")
+    pt.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last saved step")
+    pt.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per process)")
+    add_common(pt)
+
     ev = subparsers.add_parser("evaluate", help="Dice, HD95, volume error and lesion-wise metrics")
     ev.add_argument("--data", required=True, help="the ground truth: datalist.json, BraTS/ATLAS folder or saved cases")
     ev.add_argument("--pred", help="folder of predicted label maps named CASE_ID.nii.gz")
@@ -37,7 +53,17 @@ def register(subparsers, add_common) -> dict:
     ev.add_argument("--no-lesion-wise", action="store_true", help="skip panoptica's lesion-wise metrics")
     ev.add_argument("--device", default="auto")
     add_common(ev)
-    return {"finetune": cmd_finetune, "evaluate": cmd_evaluate}
+    return {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "evaluate": cmd_evaluate}
+
+
+def _overrides(args, flags) -> list:
+    """The positional KEY=VALUE overrides plus those the named flags stand for."""
+    overrides = list(args.overrides)
+    for flag, key in flags:
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return overrides
 
 
 def finetune_recipe(args) -> dict:
@@ -45,12 +71,8 @@ def finetune_recipe(args) -> dict:
 
     from .recipe import load_recipe
 
-    overrides = list(args.overrides)
-    for flag, key in (("data", "data.path"), ("base", "init.checkpoint"), ("replay", "data.replay"),
-                      ("epochs", "train.epochs"), ("register", "register")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    overrides = _overrides(args, (("data", "data.path"), ("base", "init.checkpoint"), ("replay", "data.replay"),
+                                  ("epochs", "train.epochs"), ("register", "register")))
     if args.resume:
         return overrides
     config = args.config or ("corrections" if args.base else None)
@@ -87,6 +109,34 @@ def cmd_finetune(args, report, cancel) -> dict:
         path = register_model(summary["best_model"], recipe["model"]["name"])
         summary["registered"] = str(path)
         message += f"\nregistered as {path.stem} ({path}); segment with --model {path.stem}"
+    return {"output": summary["run"], "summary": summary, "message": message}
+
+
+def cmd_pretrain(args, report, cancel) -> dict:
+    from brainsegfounder.errors import UserError
+
+    from .pretraining.loop import Pretrainer
+    from .pretraining.recipe import PRETRAIN_RESUMABLE, load_pretrain_recipe
+    from .trainer import prepare_run
+
+    overrides = _overrides(args, (("data", "data.path"), ("init", "init.checkpoint"), ("steps", "train.steps")))
+    if args.resume:
+        recipe, run, resuming = prepare_run(None, None, args.resume, overrides, load=load_pretrain_recipe,
+                                            resumable=PRETRAIN_RESUMABLE, command="pretrain")
+    else:
+        if not args.config:
+            raise UserError("give a recipe with --config (stage1-ukb, stage2-brats, stage2-atlas or a YAML file)")
+        recipe, run, resuming = prepare_run(load_pretrain_recipe(args.config, overrides), args.out, None)
+    summary = Pretrainer(recipe, run, resuming, args.device, report, cancel).fit()
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {"message": ""}
+    best = summary["best"]
+    message = (f"stage {summary['stage']}: best validation reconstruction L1 {best['val_reconstruction']:.4f} at step "
+               f"{best['step']} of {summary['steps']}; model {summary['best_model']}")
+    if summary["skipped"]:
+        message += f"\n{summary['skipped']} unreadable subjects skipped (listed in {run.path}/skipped.jsonl)"
     return {"output": summary["run"], "summary": summary, "message": message}
 
 

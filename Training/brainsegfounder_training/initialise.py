@@ -126,22 +126,26 @@ def resolve_task(recipe: dict) -> TaskSpec:
     return TaskSpec(task, tuple(modalities), label_schema, orientation, network, roi, base, base_meta)
 
 
-def inflate(kernel, source_modalities: Optional[Sequence[str]], target_modalities: Sequence[str]):
-    """Input kernel (out, C_src, ...) -> (out, C_new, ...), by modality name where known."""
-    c_src, c_new = kernel.shape[1], len(target_modalities)
-    mean = kernel.mean(dim=1)
+def inflate(kernel, source_modalities: Optional[Sequence[str]], target_modalities: Sequence[str], axis: int = 1,
+            scale: bool = True):
+    """Channels of ``kernel`` along ``axis`` (C_src) -> one per target modality (C_new): the
+    source's channel of the same modality where known, else the mean over the source channels.
+    Input kernels (axis 1) are scaled by C_src / C_new so the summed response keeps its size;
+    output rows (axis 0, e.g. a reconstruction layer) are not scaled."""
+    c_src, c_new = kernel.shape[axis], len(target_modalities)
+    mean = kernel.mean(dim=axis)
     src = [canonical(m) or m for m in source_modalities] if source_modalities else []
     columns, how = [], []
     for modality in target_modalities:
         if modality in src and len(src) == c_src:
-            columns.append(kernel[:, src.index(modality)])
+            columns.append(kernel.select(axis, src.index(modality)))
             how.append(f"{modality}<-{modality}")
         else:
             columns.append(mean)
             how.append(f"{modality}<-mean")
     import torch
 
-    return torch.stack(columns, dim=1) * (c_src / c_new), ", ".join(how)
+    return torch.stack(columns, dim=axis) * (c_src / c_new if scale else 1.0), ", ".join(how)
 
 
 def initialise(model, spec: TaskSpec, recipe: dict) -> InitReport:

@@ -9,7 +9,7 @@ see identical arrays. The deterministic part is what caching keeps (in memory or
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,17 +34,24 @@ class LoadCase(MapTransform):
 
     def __call__(self, data):
         case: Case = data["case"]
-        images, _ = load_inputs(dict(case.images))
+        volume, box, reference = read_network_volume(case.images, self.orientation, self.crop_to_brain)
         label = sitk.ReadImage(case.label)
-        if not same_grid(label, images[0]):
+        if not same_grid(label, reference):
             raise UserError(f"case {case.case_id}: the label is not on the grid of its first image")
-        volume = to_network_array(images, self.orientation)
         labels = sitk.GetArrayFromImage(reorient(label, self.orientation)).transpose(2, 1, 0)
         regions = self.schema.labels_to_regions(labels, case.convention).astype(np.uint8)
-        box = BrainBox.of(volume) if self.crop_to_brain else BrainBox(
-            (0, 0, 0), volume.shape[1:], volume.shape[1:])
-        return {"image": normalize(box.crop(volume)), "label": box.crop(regions), "case_id": case.case_id,
-                "spacing": np.asarray(images[0].GetSpacing(), dtype=np.float64)}
+        return {"image": volume, "label": box.crop(regions), "case_id": case.case_id,
+                "spacing": np.asarray(reference.GetSpacing(), dtype=np.float64)}
+
+
+def read_network_volume(images: Dict[str, str], orientation: str, crop_to_brain: bool = True):
+    """Inputs as ``segment`` sees them: resampled onto the first input's grid, in the network's
+    orientation, cropped to the brain and z-scored over it. Returns (volume (C,i,j,k) float32,
+    the brain box, the first input image)."""
+    loaded, _ = load_inputs(dict(images))
+    volume = to_network_array(loaded, orientation)
+    box = BrainBox.of(volume) if crop_to_brain else BrainBox((0, 0, 0), volume.shape[1:], volume.shape[1:])
+    return normalize(box.crop(volume)), box, loaded[0]
 
 
 def train_transforms(schema: LabelSchema, orientation: str, roi: Sequence[int], recipe: dict):

@@ -18,6 +18,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def read_jsonl(path: Path) -> list:
     """The records of a JSON-lines file; a line cut short by a killed process is skipped."""
     records = []
@@ -45,11 +53,7 @@ def learning_curves(metrics_path: Path, out: Path) -> Path:
         ax_dice.plot([r["epoch"] for r in epochs], [r["val_mean_dice"] for r in epochs], "k--", lw=1, label="mean")
         ax_dice.legend(fontsize=8)
     ax_dice.set(xlabel="epoch", ylabel="Dice (held-out, thresholded)", title="validation", ylim=(0, 1))
-    fig.tight_layout()
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def box_plots(rows: Sequence[dict], metrics: Sequence[str], out: Path) -> Path:
@@ -62,8 +66,25 @@ def box_plots(rows: Sequence[dict], metrics: Sequence[str], out: Path) -> Path:
         ax.boxplot(data, showmeans=True)
         ax.set_xticks(range(1, len(regions) + 1), regions)
         ax.set_title(metric)
-    fig.tight_layout()
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
+
+
+PRETEXT_LOSSES = ("loss", "rotation", "contrastive", "reconstruction")
+
+
+def pretraining_curves(metrics_path: Path, out: Path) -> Path:
+    """Each pretext loss per logged step, and the validation losses (reconstruction picks the best)."""
+    plt = _pyplot()
+    records = read_jsonl(metrics_path)
+    steps = [r for r in records if r.get("type") == "step"]
+    vals = [r for r in records if r.get("type") == "validation"]
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in PRETEXT_LOSSES:
+        ax_train.plot([r["step"] for r in steps], [r[name] for r in steps], lw=0.8, label=name)
+        if vals:
+            ax_val.plot([r["step"] for r in vals], [r[f"val_{name}"] for r in vals], marker="o", ms=3, label=name)
+    ax_train.set(xlabel="step", ylabel="loss", title="training (weighted sum and each task)")
+    ax_val.set(xlabel="step", ylabel="loss", title="validation (fixed crops)")
+    for ax in (ax_train, ax_val):
+        ax.legend(fontsize=8)
+    return _save(plt, fig, out)

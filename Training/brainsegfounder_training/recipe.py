@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 import yaml
 from brainsegfounder.errors import UserError
@@ -78,15 +78,15 @@ CHOICES = {
 }
 
 
-def recipe_path(name_or_path: str) -> Path:
-    """A recipe file: a path, or the name of one in Training/configs (``brats`` -> brats.yaml)."""
+def recipe_path(name_or_path: str, folder: Path = CONFIG_DIR) -> Path:
+    """A recipe file: a path, or the name of one in ``folder`` (``brats`` -> configs/brats.yaml)."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    bundled = CONFIG_DIR / f"{name_or_path}.yaml"
+    bundled = folder / f"{name_or_path}.yaml"
     if os.sep not in name_or_path and bundled.is_file():
         return bundled
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
     raise UserError(f"recipe {name_or_path} not found; give a YAML file or one of the bundled recipes ({known})")
 
 
@@ -122,11 +122,12 @@ def parse_override(text: str) -> dict:
     return result
 
 
-def load_recipe(name_or_path: Optional[str], overrides: Iterable[str] = ()) -> dict:
-    """Defaults <- recipe file <- overrides, checked."""
-    recipe = copy.deepcopy(DEFAULTS)
+def load_recipe(name_or_path: Optional[str], overrides: Iterable[str] = (), defaults: Optional[dict] = None,
+                check: Optional[Callable[[dict], None]] = None, folder: Path = CONFIG_DIR) -> dict:
+    """Defaults <- recipe file <- overrides, checked (fine-tuning's unless others are given)."""
+    recipe = copy.deepcopy(DEFAULTS if defaults is None else defaults)
     if name_or_path:
-        path = recipe_path(name_or_path)
+        path = recipe_path(name_or_path, folder)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
@@ -136,7 +137,7 @@ def load_recipe(name_or_path: Optional[str], overrides: Iterable[str] = ()) -> d
         _merge(recipe, data)
     for text in overrides:
         _merge(recipe, parse_override(text))
-    check_recipe(recipe)
+    (check or check_recipe)(recipe)
     return recipe
 
 

@@ -94,18 +94,20 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run(recipe: dict, out: Optional[str], resume: Optional[str], overrides=()) -> tuple:
-    """(recipe, run folder, resuming?) for a new run or a resumed one."""
+def prepare_run(recipe: dict, out: Optional[str], resume: Optional[str], overrides=(), load=load_recipe,
+                resumable=RESUMABLE_KEYS, command: str = "finetune") -> tuple:
+    """(recipe, run folder, resuming?) for a new run or a resumed one. ``load`` reads a recipe
+    file with overrides; only the ``resumable`` keys may change when resuming."""
     if resume:
         run = RunFolder(Path(resume))
         if not (run / "recipe.yaml").is_file():
-            raise UserError(f"{run.path} is not a run folder (no recipe.yaml); give the folder a finetune run wrote")
+            raise UserError(f"{run.path} is not a run folder (no recipe.yaml); give the folder a {command} run wrote")
         for text in overrides:
             key = text.partition("=")[0].strip()
-            if key not in RESUMABLE_KEYS:
-                raise UserError(f"{key} cannot change when resuming (only {', '.join(RESUMABLE_KEYS)}); "
+            if key not in resumable:
+                raise UserError(f"{key} cannot change when resuming (only {', '.join(resumable)}); "
                                 "start a new run for other settings")
-        return load_recipe(str(run / "recipe.yaml"), overrides), run, run.has_state
+        return load(str(run / "recipe.yaml"), overrides), run, run.has_state
     run = RunFolder(Path(out or recipe["output"]["dir"]))
     if run.path.exists() and any(run.path.iterdir()):
         raise UserError(f"{run.path} already holds files; continue that run with --resume {run.path} or give a "
@@ -174,16 +176,16 @@ def _peak_memory_gib(device) -> Dict[str, float]:
 class MetricsLog:
     """metrics.jsonl (what the Slicer panel plots) and TensorBoard, rank 0 only."""
 
-    def __init__(self, run: RunFolder, enabled: bool, keep_until_epoch: Optional[int]):
+    def __init__(self, run: RunFolder, enabled: bool, keep_until: Optional[int], key: str = "epoch"):
         self.path = run / "metrics.jsonl"
         self.enabled = enabled
         self.writer = None
         if not enabled:
             return
-        if keep_until_epoch is not None and self.path.exists():  # drop lines of the epoch that was lost
+        if keep_until is not None and self.path.exists():  # drop lines written after the state that resumes
             from .plots import read_jsonl
 
-            kept = [r for r in read_jsonl(self.path) if r.get("epoch", 0) <= keep_until_epoch]
+            kept = [r for r in read_jsonl(self.path) if r.get(key, 0) <= keep_until]
             run.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
