@@ -98,3 +98,11 @@ def home(tmp_path, monkeypatch):
     """A private local model registry."""
     monkeypatch.setenv("BRAINSEGFOUNDER_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
+
+
+@pytest.fixture(scope="session")
+def healthy_root(tmp_path_factory):
+    """Six synthetic healthy subjects (T1 + FLAIR) at 3 mm in the UK Biobank-style layout."""
+    from brainsegfounder.synth.cohort import write_cohort
+
+    return write_cohort(tmp_path_factory.mktemp("healthy"), kind="healthy", n=6, seed=5, spacing=3.0)

@@ -137,6 +137,21 @@ def collate(items):
             "skipped": [s for it in items for s in it["skipped"]]}
 
 
+def batches(loader):
+    """The loader's batches; a UserError raised in a worker process comes back as its own one line
+    (the DataLoader wraps it in the worker's traceback)."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except UserError as error:
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            raise UserError(lines[-1].split("UserError: ", 1)[-1] if lines else "a data worker failed") from None
+        yield batch
+
+
 def stream_loader(dataset: CropStream, batch: int, seed: int, start: int, end: int, rank: int, world: int,
                   workers: int, pin_memory: bool = False):
     sampler = StreamSampler(len(dataset), batch, seed, start, end, rank, world)

@@ -30,7 +30,7 @@ from brainsegfounder.progress import CancelToken, ProgressCallback, null_progres
 from .. import distributed
 from ..recipe import dump
 from ..trainer import MetricsLog, RunFolder, _peak_memory_gib, _save_torch, _seed_everything, warmup_cosine
-from .data import CropStream, item_seed, stream_loader
+from .data import CropStream, batches, item_seed, stream_loader
 from .head import SSLHead, load_into_head, ssl_network_config
 from .pretext import PretextSettings, make_views, pretext_losses
 from .subjects import Subject, discover_subjects
@@ -184,9 +184,11 @@ class Pretrainer:
         ctx = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config)
         self.progress("pretrain", step, total, f"{len(subjects['train'])} subjects, {crops} crops of "
                                                f"{'x'.join(map(str, roi))} per volume, {batch} volumes per process")
+        if state is None:  # the untrained model's validation losses: where the curves start
+            log.write({"type": "validation", "step": 0, **self.validate(model, val_stream)})
         t_log, crops_since = time.perf_counter(), 0
         model.train()
-        for batch_data in loader:
+        for batch_data in batches(loader):
             if distributed.any_flag(self.cancel.cancelled, d):
                 self._save_state(ctx, step, best)
                 raise Cancelled(f"stopped at step {step}; its state is saved: continue with --resume {self.run.path}")
@@ -212,7 +214,8 @@ class Pretrainer:
             step += 1
             crops_since += x.shape[0] * d.world
             if step % int(train_cfg["log_every"]) == 0 or step == total:
-                values = {k: distributed.mean_scalar(v, d) for k, v in losses.values().items()}
+                parts = distributed.gather(losses.values(), d)
+                values = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
                 elapsed = time.perf_counter() - t_log
                 log.write({"type": "step", "step": step, **values, "lr": scheduler.get_last_lr()[0],
                            "crops_per_s": round(crops_since / max(elapsed, 1e-9), 3)})
