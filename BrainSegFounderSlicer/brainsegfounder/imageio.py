@@ -47,6 +47,35 @@ def _nifti_nonfinite(path: Path) -> int:
     return int(np.count_nonzero(~np.isfinite(np.asanyarray(image.dataobj))))
 
 
+def _nifti_payload_short(path: Path) -> int:
+    """Bytes missing from a NIfTI file's voxel data (0 if complete). SimpleITK reads a file cut
+    short (a copy interrupted, then re-compressed) without a word, leaving part of the volume
+    undefined. The gzip trailer holds the uncompressed size, so the usual check costs 4 bytes;
+    only when it disagrees (a truncated file, or a multi-member gzip as bgzip writes) are the
+    bytes counted."""
+    import gzip
+    import zlib
+
+    import nibabel as nib
+
+    header = nib.load(str(path)).header
+    expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    if not path.name.lower().endswith(".gz"):
+        return max(0, expected - path.stat().st_size)
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        if int.from_bytes(f.read(4), "little") == expected % 2**32:
+            return 0
+    size = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                size += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return max(1, expected - size)
+    return max(0, expected - size)
+
+
 def read_volume(path: os.PathLike, label: str = "input") -> sitk.Image:
     """Read and check one 3D scalar volume as float32; ``label`` names it in errors."""
     path = Path(path)
@@ -70,6 +99,11 @@ def read_volume(path: os.PathLike, label: str = "input") -> sitk.Image:
     if min(image.GetSize()) < MIN_SLICES:
         raise UserError(f"{label}: {path} is {'x'.join(map(str, image.GetSize()))} voxels, a 2D slice rather "
                         "than a 3D volume; give the whole 3D scan")
+    if path.is_file() and _is_nifti(path):
+        missing = _nifti_payload_short(path)
+        if missing:
+            raise UserError(f"{label}: {path} is truncated ({missing} bytes of voxel data missing); copy or "
+                            "download it again")
     nonfinite = _nifti_nonfinite(path) if path.is_file() and _is_nifti(path) else 0
     image = sitk.Cast(image, sitk.sitkFloat32)
     array = sitk.GetArrayViewFromImage(image)

@@ -104,6 +104,34 @@ def test_non_finite_voxels(capsys, case, suffix, bad):
     expect_clean_failure(capsys, args, tmp, r"1 NaN/inf voxels")
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_truncated_nifti(capsys, case, suffix):
+    """A NIfTI file cut short and (for .gz) compressed again: SimpleITK reads it without a word."""
+    import gzip
+
+    inputs, model, tmp, like = case
+    whole = write_array(tmp / f"whole{suffix}", sitk.GetArrayFromImage(like).astype(np.float32), like)
+    data = whole.read_bytes()
+    data = gzip.decompress(data) if suffix == ".nii.gz" else data
+    cut = data[: len(data) // 2]
+    (tmp / f"cut{suffix}").write_bytes(gzip.compress(cut) if suffix == ".nii.gz" else cut)
+    args = segment_args(model, replace_input(inputs, "t1", tmp / f"cut{suffix}"), tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"truncated \(\d+ bytes of voxel data missing\)")
+
+
+def test_multi_member_gzip_is_whole(tmp_path, brats_inputs):
+    """bgzip-style files (several gzip members) are complete although the last trailer says less."""
+    import gzip
+
+    from brainsegfounder.imageio import read_volume
+
+    with open(brats_inputs[0][0][1], "rb") as f:
+        data = gzip.decompress(f.read())
+    half = len(data) // 2
+    (tmp_path / "multi.nii.gz").write_bytes(gzip.compress(data[:half]) + gzip.compress(data[half:]))
+    assert read_volume(tmp_path / "multi.nii.gz").GetSize() == read_volume(brats_inputs[0][0][1]).GetSize()
+
+
 def test_all_zero_image(capsys, case):
     inputs, model, tmp, like = case
     path = write_array(tmp / "zero.nii.gz", np.zeros(like.GetSize()[::-1], np.float32), like)

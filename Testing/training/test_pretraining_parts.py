@@ -264,6 +264,7 @@ def test_stream_skips_a_corrupt_subject_and_says_which(tmp_path, healthy_root):
     stream = CropStream(subjects, "LPS", (64, 64, 64), crops=2)
     item = stream[(1, 123)]
     assert item["id"] == "1000003" and [s["id"] for s in item["skipped"]] == ["1000002"]
+    assert "truncated" in item["skipped"][0]["reason"], item["skipped"]
     assert item["image"].shape == (2, 2, 64, 64, 64) and item["image"].dtype == torch.float32
     again = stream[(1, 123)]
     assert torch.equal(item["image"], again["image"])  # an item is a function of its key

@@ -30,6 +30,14 @@ from .subjects import Subject
 READ_ERRORS = (UserError, RuntimeError, OSError, ValueError, EOFError, zlib.error)
 
 
+def _reason(error: BaseException) -> str:
+    """The first line of the innermost error (MONAI wraps a transform's error in its own)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
 def item_seed(seed: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
 
@@ -91,8 +99,7 @@ class CropStream(torch.utils.data.Dataset):
             try:
                 volume = self.volumes[(index + attempt) % len(self.subjects)]["image"]
             except READ_ERRORS as error:
-                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-                skipped.append({"id": subject.subject_id, "reason": reason[:300]})
+                skipped.append({"id": subject.subject_id, "reason": _reason(error)})
                 continue
             padded = self.pad(torch.as_tensor(np.asarray(volume), dtype=torch.float32))
             self.crop.set_random_state(seed=seed % 2**32)
