@@ -178,7 +178,8 @@ def main() -> int:
     crops_per_gpu_step = 4  # BrainSegFounder: 2 volumes x 2 crops per GPU
     for size, rate in ours_rate.items():
         scale = (96 / roi[0]) ** 3
-        note = "" if roi[0] == 96 else f" (measured at {roi[0]}^3, scaled by (96/{roi[0]})^3 = {scale:.2f} for 96^3 crops)"
+        note = "" if roi[0] == 96 else \
+            f" (measured at {roi[0]}^3, scaled by (96/{roi[0]})^3 = {scale:.2f} for 96^3 crops)"
         print(f"stage 1 estimate, {size} ours on this device{note}: {estimate(rate / scale, crops_per_gpu_step)}")
     return 0
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "BrainSegFounderSlicer"), str(ROOT / "Training")])}
 
 # A run of one 64^3 step per epoch with the tiny model: seconds on a 2-core CPU.
 QUICK = ["model.size=tiny", "model.roi=[64,64,64]", "train.epochs=1", "train.steps_per_epoch=1",
@@ -23,3 +29,23 @@ def run_trainer(recipe, out, resume=False):
 
     return Trainer(recipe, RunFolder(out), resume, "cpu").fit()
 
+
+
+def cli(args, **kwargs):
+    """``brainsegfounder ARGS`` in a child process (stdout and stderr piped)."""
+    return subprocess.Popen([sys.executable, "-m", "brainsegfounder", *map(str, args)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def kill_after_first_state(args, out: Path) -> Path:
+    """Start ``brainsegfounder ARGS --out OUT``, SIGKILL it as soon as OUT/state.pt exists (mid-run),
+    and return that state's path."""
+    killed = cli([*args, "--out", out])
+    state = Path(out) / "state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.read()[-2000:]
+    return state

@@ -21,7 +21,8 @@ def release_state(in_channels: int, feature_size: int = 12, seed: int = 0) -> di
     from brainsegfounder.networks import NetworkConfig, build_network
 
     torch.manual_seed(seed)
-    net = build_network(NetworkConfig(in_channels=in_channels, out_channels=3, **{**TINY, "feature_size": feature_size}))
+    config = NetworkConfig(in_channels=in_channels, out_channels=3, **{**TINY, "feature_size": feature_size})
+    net = build_network(config)
     state = {f"module.swinViT.{k}": v.clone() for k, v in net.swinViT.state_dict().items()}
     dim = 16 * feature_size
     shapes = {"rotation_head.weight": (4, dim), "rotation_head.bias": (4,),

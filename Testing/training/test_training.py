@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from brainsegfounder.errors import UserError
 
-from quick import QUICK, ROOT, quick_recipe, run_trainer
+from quick import ENV, QUICK, cli, kill_after_first_state, quick_recipe, run_trainer
 
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "BrainSegFounderSlicer"), str(ROOT / "Training")])}
 
 
 def test_a_few_steps_lower_the_loss_and_raise_the_dice(tmp_path, train_root):
@@ -50,28 +46,16 @@ def test_a_few_steps_lower_the_loss_and_raise_the_dice(tmp_path, train_root):
     assert (tmp_path / "run" / "learning_curves.png").is_file()
 
 
-def _cli(args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "brainsegfounder", *map(str, args)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
 def test_killed_run_resumes_where_it_stopped(tmp_path, train_root):
     """SIGKILL right after epoch 1 is saved, resume, and end with the same weights as a run that
     was never interrupted (the random state is derived from seed and epoch)."""
     args = ["finetune", "--config", "brats", "--data", train_root, *QUICK, "train.epochs=3",
             "train.val_every=10", "--progress", "none", "--device", "cpu"]
-    whole = _cli(args + ["--out", tmp_path / "whole"])
-    killed = _cli(args + ["--out", tmp_path / "killed"])
-    state = tmp_path / "killed" / "state.pt"
-    deadline = time.time() + 300
-    while not state.exists() and killed.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL
+    whole = cli(args + ["--out", tmp_path / "whole"])
+    state = kill_after_first_state(args, tmp_path / "killed")
     saved = torch.load(state, weights_only=True)
     assert saved["epoch"] < 3
-    resumed = _cli(["finetune", "--resume", tmp_path / "killed", "--progress", "none", "--device", "cpu"])
+    resumed = cli(["finetune", "--resume", tmp_path / "killed", "--progress", "none", "--device", "cpu"])
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     whole.communicate(timeout=600)

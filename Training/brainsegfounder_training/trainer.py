@@ -247,7 +247,55 @@ def _batches(dataset, recipe: dict, epoch: int, steps: int, d: distributed.Dist,
         cycle += 1
 
 
-class Trainer:
+class Optimisation:
+    """AdamW with a warm-up cosine schedule per step, and AMP on CUDA (bf16 where supported,
+    else fp16 with loss scaling): what fine-tuning and pretraining runs both step with."""
+
+    def __init__(self, model, train: dict, device, warmup: int, total: int):
+        import torch
+
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=float(train["lr"]),
+                                           weight_decay=float(train["weight_decay"]))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, warmup, total))
+        self.use_amp = bool(train["amp"]) and device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.use_amp)
+
+    def step(self, loss, parameters=None, grad_clip=None) -> None:
+        """Backward, optional gradient clipping, optimiser and schedule step."""
+        import torch
+
+        self.scaler.scale(loss).backward()
+        if grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, float(grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+class RunLoop:
+    """What every training run has: a recipe, a run folder, its processes, progress and a cancel flag."""
+
     def __init__(self, recipe: dict, run: RunFolder, resuming: bool, device: str = "auto",
                  progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):
         self.recipe, self.run, self.resuming = recipe, run, resuming
@@ -255,6 +303,18 @@ class Trainer:
         self.progress = progress if self.d.main else null_progress
         self.cancel = cancel or CancelToken()
         self.seed = int(recipe["train"]["seed"])
+
+    def wrap(self, model):
+        """The model DDP trains (the model itself in one process)."""
+        import torch
+
+        if not self.d.enabled:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.d.local_rank] if self.d.device.type == "cuda" else None)
+
+
+class Trainer(RunLoop):
 
     # -- set-up -------------------------------------------------------------------------
     def _data(self, spec: TaskSpec) -> Split:
@@ -302,10 +362,7 @@ class Trainer:
             self.progress("init", 1, 1, init_report.summary())
         distributed.barrier(d)
         model.to(d.device)
-        net = model
-        if d.enabled:
-            net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        net = self.wrap(model)
 
         train_cases = split.train + split.replay
         cache = recipe["data"]["cache"]
@@ -317,22 +374,14 @@ class Trainer:
         steps = int(recipe["train"]["steps_per_epoch"] or math.ceil(per_rank / int(recipe["train"]["batch_size"])))
         total = epochs * steps
         warmup = int(recipe["train"]["warmup_epochs"]) * steps
-        optimizer = torch.optim.AdamW(model.parameters(), lr=float(recipe["train"]["lr"]),
-                                      weight_decay=float(recipe["train"]["weight_decay"]))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
-        use_amp = bool(recipe["train"]["amp"]) and d.device.type == "cuda"
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        opt = Optimisation(model, recipe["train"], d.device, warmup, total)
         loss_fn = _loss(recipe)
 
         start_epoch, step, best, before = 0, 0, None, None
         if self.resuming:
             state = load_state(self.run / "state.pt")
             model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
+            opt.load_state_dict(state)
             start_epoch, step, best, before = state["epoch"], state["step"], state["best"], state.get("before")
             self.progress("resume", start_epoch, epochs, f"resuming after epoch {start_epoch}")
         log = MetricsLog(self.run, d.main, start_epoch if self.resuming else None)
@@ -358,25 +407,22 @@ class Trainer:
                     raise Cancelled(f"cancelled during epoch {epoch + 1}; {self._kept(epoch)}")
                 x = batch["image"].to(d.device, non_blocking=True)
                 y = batch["label"].to(d.device, non_blocking=True).float()
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
+                opt.optimizer.zero_grad(set_to_none=True)
+                with opt.autocast():
                     loss = loss_fn(net(x), y)
                 if not torch.isfinite(loss):
                     raise UserError(f"the loss became {loss.item()} at step {step + 1}; lower train.lr or turn "
                                     f"off train.amp, then --resume {self.run.path}")
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                opt.step(loss)
                 step += 1
                 value = distributed.mean_scalar(float(loss.item()), d)
                 losses.append(value)
                 if step % int(recipe["train"]["log_every"]) == 0:
                     log.write({"type": "step", "epoch": epoch + 1, "step": step, "loss": value,
-                               "lr": scheduler.get_last_lr()[0]})
+                               "lr": opt.lr})
                 self.progress("train", step, total, f"epoch {epoch + 1}/{epochs} loss {value:.4f}")
             record = {"type": "epoch", "epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)),
-                      "lr": scheduler.get_last_lr()[0], "epoch_time_s": round(time.perf_counter() - t_epoch, 2)}
+                      "lr": opt.lr, "epoch_time_s": round(time.perf_counter() - t_epoch, 2)}
             if (epoch + 1) % int(recipe["train"]["val_every"]) == 0 or epoch + 1 == epochs:
                 result = validator(model, self.progress, self.cancel)
                 record.update(val_dice=result["dice"], val_mean_dice=result["mean_dice"])
@@ -388,9 +434,7 @@ class Trainer:
             if d.main:
                 _save_torch({"format": STATE_FORMAT, "epoch": epoch + 1, "step": step,
                              "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "best": best,
-                             "before": before},
+                             **opt.state_dict(), "best": best, "before": before},
                             self.run / "state.pt", self._kept(epoch))
             distributed.barrier(d)
         log.close()

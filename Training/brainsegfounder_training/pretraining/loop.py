@@ -29,7 +29,7 @@ from brainsegfounder.progress import CancelToken, ProgressCallback, null_progres
 
 from .. import distributed
 from ..recipe import dump
-from ..trainer import MetricsLog, RunFolder, _peak_memory_gib, _save_torch, _seed_everything, warmup_cosine
+from ..trainer import MetricsLog, Optimisation, RunFolder, RunLoop, _peak_memory_gib, _save_torch, _seed_everything
 from .data import CropStream, batches, item_seed, stream_loader
 from .head import SSLHead, load_into_head, ssl_network_config
 from .pretext import PretextSettings, make_views, pretext_losses
@@ -70,14 +70,10 @@ def _network(recipe: dict, init_ckpt):
     return config
 
 
-class Pretrainer:
+class Pretrainer(RunLoop):
     def __init__(self, recipe: dict, run: RunFolder, resuming: bool, device: str = "auto",
                  progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):
-        self.recipe, self.run, self.resuming = recipe, run, resuming
-        self.d = distributed.setup(device)
-        self.progress = progress if self.d.main else null_progress
-        self.cancel = cancel or CancelToken()
-        self.seed = int(recipe["train"]["seed"])
+        super().__init__(recipe, run, resuming, device, progress, cancel)
         self.modalities = [canonical(m) or m.lower() for m in recipe["modalities"]]
         self.settings = PretextSettings.from_recipe(recipe["ssl"])
         self.pending_skips: List[dict] = []
@@ -142,27 +138,16 @@ class Pretrainer:
             self.progress("init", 1, 1, report.summary())
         distributed.barrier(d)
         model.to(d.device)
-        net = model
-        if d.enabled:
-            net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        net = self.wrap(model)
 
         total, warmup = int(train_cfg["steps"]), int(train_cfg["warmup_steps"])
-        optimizer = torch.optim.AdamW(model.parameters(), lr=float(train_cfg["lr"]),
-                                      weight_decay=float(train_cfg["weight_decay"]))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
-        use_amp = bool(train_cfg["amp"]) and d.device.type == "cuda"
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        opt = Optimisation(model, train_cfg, d.device, warmup, total)
         torch.autograd.set_detect_anomaly(bool(train_cfg["anomaly_detection"]))
 
         step, best = 0, None
         if state is not None:
             model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
+            opt.load_state_dict(state)
             step, best = int(state["step"]), state["best"]
             self.progress("resume", step, total, f"resuming after step {step}")
             if step >= total:
@@ -181,7 +166,7 @@ class Pretrainer:
         batch = int(train_cfg["batch_size"])
         loader = stream_loader(stream, batch, self.seed, step, total, d.rank, d.world, int(data["workers"]),
                                pin_memory=d.device.type == "cuda")
-        ctx = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config)
+        ctx = dict(model=model, opt=opt, config=config)
         self.progress("pretrain", step, total, f"{len(subjects['train'])} subjects, {crops} crops of "
                                                f"{'x'.join(map(str, roi))} per volume, {batch} volumes per process")
         if state is None:  # the untrained model's validation losses: where the curves start
@@ -197,27 +182,21 @@ class Pretrainer:
             rng = np.random.default_rng([self.seed, step, d.rank])
             generator = torch.Generator(d.device).manual_seed(item_seed(self.seed + d.rank, step))
             inputs, targets, rotations = make_views(x, rng, generator, self.settings)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
+            opt.optimizer.zero_grad(set_to_none=True)
+            with opt.autocast():
                 outputs = net(inputs)
             losses = pretext_losses(outputs, targets, rotations, self.settings)
             if not torch.isfinite(losses.total):
                 raise UserError(f"the loss became {losses.total.item()} at step {step + 1}; lower train.lr or turn "
                                 f"off train.amp, then --resume {self.run.path}")
-            scaler.scale(losses.total).backward()
-            if train_cfg["grad_clip"]:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(train_cfg["grad_clip"]))
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            opt.step(losses.total, model.parameters(), train_cfg["grad_clip"])
             step += 1
             crops_since += x.shape[0] * d.world
             if step % int(train_cfg["log_every"]) == 0 or step == total:
                 parts = distributed.gather(losses.values(), d)
                 values = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
                 elapsed = time.perf_counter() - t_log
-                log.write({"type": "step", "step": step, **values, "lr": scheduler.get_last_lr()[0],
+                log.write({"type": "step", "step": step, **values, "lr": opt.lr,
                            "crops_per_s": round(crops_since / max(elapsed, 1e-9), 3)})
                 t_log, crops_since = time.perf_counter(), 0
                 self.progress("pretrain", step, total, f"step {step}/{total} loss {values['loss']:.4f}")
@@ -310,8 +289,7 @@ class Pretrainer:
             kept = "the last saved step is kept in state.pt." if self.run.has_state else "no step was saved yet."
             _save_torch({"format": STATE_FORMAT, "step": step, "network": ctx["config"].to_dict(),
                          "model": {k: v.detach().cpu() for k, v in ctx["model"].state_dict().items()},
-                         "optimizer": ctx["optimizer"].state_dict(), "scheduler": ctx["scheduler"].state_dict(),
-                         "scaler": ctx["scaler"].state_dict() if ctx["scaler"].is_enabled() else {}, "best": best},
+                         **ctx["opt"].state_dict(), "best": best},
                         self.run / "state.pt", kept)
         distributed.barrier(self.d)
 
