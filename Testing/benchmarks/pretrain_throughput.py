@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT / "BrainSegFounderSlicer"), str(ROOT / "Training")]
 VARIANTS = {
     "reference": dict(amp=False, checkpoint=False, anomaly=True, joint_views=False, flash=False),
     "ours": dict(amp=True, checkpoint=True, anomaly=False, joint_views=True, flash=True),
-    "ours, no checkpointing": dict(amp=True, checkpoint=False, anomaly=False, joint_views=True, flash=True),
+    "ours without checkpointing": dict(amp=True, checkpoint=False, anomaly=False, joint_views=True, flash=True),
 }
 ORIGINAL_STEPS = 100_000
 ORIGINAL_GPUS = 64  # the smallest of BrainSegFounder's 64-128 GPU runs
@@ -132,14 +132,14 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--sizes", default="62M,64M")
     parser.add_argument("--roi", type=int, help="crop side (default 96 on CUDA, 64 on CPU)")
-    parser.add_argument("--steps", type=int, help="timed steps per configuration (default 10 on CUDA, 2 on CPU)")
+    parser.add_argument("--steps", type=int, help="timed steps per configuration (default 10 on CUDA, 1 on CPU)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     roi = (args.roi or (96 if cuda else 64),) * 3
     batch, n_crops = (2, 2) if cuda else (1, 2)
-    steps, warmup = args.steps or (10 if cuda else 2), 3 if cuda else 1
+    steps, warmup = args.steps or (10 if cuda else 1), 3 if cuda else 1
     if args.one:
         name, size = args.one.split("|")
         print(json.dumps(run_variant(name, size, roi, n_crops, batch, steps, warmup, args.device)))
@@ -151,7 +151,7 @@ def main() -> int:
                                                             f"{torch.get_num_threads()}"
     print(f"pretraining throughput on {device_text}; {'x'.join(map(str, roi))} crops, {batch} volume(s) x "
           f"{n_crops} crops per step (x2 views), {steps} timed steps after {warmup} warm-up")
-    print(f"{'size':5} {'configuration':24} {'crops/s':>8} {'s/step':>7} {'host GiB':>9} {'GPU GiB':>8} "
+    print(f"{'size':5} {'configuration':27} {'crops/s':>8} {'s/step':>7} {'host GiB':>9} {'GPU GiB':>8} "
           f"{'speed x':>8} {'GPU mem x':>9}")
     ours_rate = {}
     for size in args.sizes.split(","):
@@ -161,14 +161,14 @@ def main() -> int:
                                    str(steps), "--one", f"{name}|{size}"], capture_output=True, text=True)
             if proc.returncode != 0:
                 reason = "out of memory" if "out of memory" in proc.stderr.lower() else proc.stderr.strip()[-300:]
-                print(f"{size:5} {name:24} failed: {reason}")
+                print(f"{size:5} {name:27} failed: {reason}")
                 continue
             r = results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
             ref = results.get("reference")
             speed = f"{r['crops_per_s'] / ref['crops_per_s']:.2f}" if ref else "-"
             mem = f"{r['gpu_gib'] / ref['gpu_gib']:.2f}" if ref and r["gpu_gib"] else "-"
             gpu = f"{r['gpu_gib']:.2f}" if r["gpu_gib"] is not None else "-"
-            print(f"{size:5} {name:24} {r['crops_per_s']:8.3f} {r['step_s']:7.2f} {r['host_gib']:9.2f} {gpu:>8} "
+            print(f"{size:5} {name:27} {r['crops_per_s']:8.3f} {r['step_s']:7.2f} {r['host_gib']:9.2f} {gpu:>8} "
                   f"{speed:>8} {mem:>9}", flush=True)
         if "ours" in results:
             ours_rate[size] = results["ours"]["crops_per_s"]

@@ -287,3 +287,22 @@ def test_stream_positions_are_shared_out_without_overlap():
     assert sorted(indices[:10]) == list(range(10)) and sorted(indices[10:]) == list(range(10))
     resumed = list(StreamSampler(10, 2, seed=4, start=3, end=5, rank=1, world=2))
     assert resumed == ranks[1][6:]  # a resumed run draws what the uninterrupted one would
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.size=62M"], r"init checkpoint is depths .* feature size 12, but model.size 62M differs"),
+    (["model.roi=[64,96,64]"], r"first two sides must be equal"),
+    (["train.batch_size=1", "train.crops_per_volume=1"], r"contrastive coding needs at least 2 crops"),
+])
+def test_bad_pretraining_settings_fail_cleanly_and_write_nothing(tmp_path, healthy_root, capsys, overrides, message):
+    import re
+
+    from conftest import run_cli
+
+    torch.save({"global_step": 1, "epoch": 1, "state_dict": release_state(in_channels=1), "optimizer": {}},
+               tmp_path / "ssl.pt")
+    code, _, err = run_cli(["pretrain", "--config", "stage2-atlas", "--init", tmp_path / "ssl.pt", "--data",
+                            healthy_root, "--out", tmp_path / "run", *overrides, "--progress", "none"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and re.search(message, lines[0]), err
+    assert not (tmp_path / "run").exists()

@@ -94,10 +94,6 @@ class Pretrainer(RunLoop):
             train = [s for s in subjects if not val_files & set(s.images.values())]
         else:
             train, val = split_subjects(subjects, self.recipe, self.seed)
-        if self.d.main:
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            self.run.write_json("subjects.json", {"train": [s.to_dict() for s in train],
-                                                  "validation": [s.to_dict() for s in val], "left_out": left_out})
         return {"train": train, "validation": val, "left_out": left_out}
 
     def _model(self, state: Optional[dict]):
@@ -130,7 +126,10 @@ class Pretrainer(RunLoop):
         subjects = self._subjects()
         state = self._load_state() if self.resuming else None
         model, config, report, init_ckpt = self._model(state)
-        if d.main:
+        if d.main:  # only once the data and the model are known good: a failed start leaves no files
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.run.write_json("subjects.json", {k: [s.to_dict() for s in v] if k != "left_out" else v
+                                                  for k, v in subjects.items()})
             self.run.write_text("recipe.yaml", dump(recipe))
             if report is not None:
                 self.run.write_json("init.json", report.to_dict())
