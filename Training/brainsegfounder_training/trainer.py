@@ -304,6 +304,14 @@ class RunLoop:
         self.cancel = cancel or CancelToken()
         self.seed = int(recipe["train"]["seed"])
 
+    def finish(self, summary: dict, plot, picture: str) -> dict:
+        """summary.json and the curves (rank 0 writes), then leave the process group."""
+        if self.d.main:
+            self.run.write_json("summary.json", summary)
+            plot(self.run / "metrics.jsonl", self.run / picture)
+        distributed.teardown(self.d)
+        return summary
+
     def wrap(self, model):
         """The model DDP trains (the model itself in one process)."""
         import torch
@@ -443,13 +451,9 @@ class Trainer(RunLoop):
                    "epochs": epochs, "steps": step, "train_cases": len(split.train), "replay_cases": len(split.replay),
                    "val_cases": len(split.val), "processes": d.world, "device": str(d.device),
                    "time_s": round(time.perf_counter() - t_start, 1)}
-        if d.main:
-            self.run.write_json("summary.json", summary)
-            from .plots import learning_curves
+        from .plots import learning_curves
 
-            learning_curves(self.run / "metrics.jsonl", self.run / "learning_curves.png")
-        distributed.teardown(d)
-        return summary
+        return self.finish(summary, learning_curves, "learning_curves.png")
 
     def _kept(self, epoch: int) -> str:
         if epoch == 0 and not self.run.has_state:

@@ -215,13 +215,9 @@ class Pretrainer(RunLoop):
                    "validation_subjects": len(subjects["validation"]), "left_out": len(subjects["left_out"]),
                    "skipped": len(skipped), "processes": d.world, "device": str(d.device),
                    "time_s": round(time.perf_counter() - t_start, 1)}
-        if d.main:
-            self.run.write_json("summary.json", summary)
-            from ..plots import pretraining_curves
+        from ..plots import pretraining_curves
 
-            pretraining_curves(self.run / "metrics.jsonl", self.run / "pretraining_curves.png")
-        distributed.teardown(d)
-        return summary
+        return self.finish(summary, pretraining_curves, "pretraining_curves.png")
 
     # -- validation ---------------------------------------------------------------------
     def validate(self, model, val_stream: CropStream) -> dict:
