@@ -139,7 +139,8 @@ class Validator:
                                     "memory" if recipe["data"]["cache"] != "none" else "none", None, 0)
         v = recipe["validation"]
         self.settings = InferenceSettings(overlap=float(v["overlap"]), sw_batch_size=int(v["sw_batch_size"]),
-                                          threshold=float(v["threshold"]), amp=bool(recipe["train"]["amp"]))
+                                          threshold=float(v["threshold"]), memory="normal",
+                                          precision="auto" if recipe["train"]["amp"] else "fp32")
         self.roi, self.d = spec.roi, d
 
     def __call__(self, model, progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):

@@ -1,0 +1,270 @@
+"""Inference speed and memory: our default path against BrainSegFounder's test settings.
+
+One process, one run, one synthetic BraTS-size case (4 x 240x240x155 at 1 mm, LPS, a seed
+no model saw) and the same 62M weights for every row:
+
+* reference: MONAI's sliding window as BrainSegFounder's test ran it: whole volume, 128^3
+  windows, overlap 0.6, constant blending, fp32, explicit attention, sigmoid > 0.5; one
+  window per batch (the kindest setting for the reference's memory);
+* ours: ``brainsegfounder segment`` with its defaults (the engine's Segmenter);
+* ours, fast mode (``--fast``), and ours with test-time augmentation (``--tta``) with ``--tta``.
+
+For each row: windows, model seconds (the sliding window alone), files-in to files-out
+seconds (read, preprocess, infer, write the label map), peak host memory (RSS, sampled)
+and peak GPU memory while the row ran, the speed ratio to the reference (files-in to
+files-out) and the Dice of each region against the reference's label map (MONAI Dice).
+Ours runs first so that its host figure holds none of the reference's memory.
+
+    python Testing/benchmarks/inference_speed.py --checkpoint MODEL.pt [--device cuda] [--tta]
+
+MODEL.pt is a 62M BraTS model: BrainSegFounder's released fine-tuned file, or the synthetic
+one Training/configs/bench-62m.yaml trains. Untrained weights give valid times but
+meaningless agreement (their outputs sit at 0.5), so the script refuses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "BrainSegFounderSlicer"))
+
+REFERENCE = dict(roi=(128, 128, 128), overlap=0.6, blend="constant")
+BRATS_SIZE = (240, 240, 155)
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms), and
+    peak GPU memory allocated by PyTorch."""
+
+    def __init__(self, device):
+        self.device, self.host_gib, self.gpu_gib = device, 0.0, None
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss_gib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.host_gib = max(self.host_gib, self.rss_gib())
+            self._stop.wait(0.005)
+
+    def __enter__(self):
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        self._stop.set()
+        self._thread.join()
+        self.host_gib = max(self.host_gib, self.rss_gib())
+        if self.device.type == "cuda":
+            self.gpu_gib = torch.cuda.max_memory_allocated(self.device) / 2**30
+
+
+def synthetic_case(folder: Path, seed: int):
+    """{modality: path} of one BraTS-size synthetic case and its ground-truth label path."""
+    from brainsegfounder.synth.cohort import case_files, write_cohort
+
+    write_cohort(folder, kind="brats", n=1, seed=seed, spacing=1.0, folds=1)
+    case, images, label = case_files("brats2021", 0)
+    return {m: folder / rel for m, rel in images.items()}, folder / label
+
+
+def sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_reference(checkpoint, paths, output: Path, device):
+    """BrainSegFounder's test inference, files in to files out. Returns (model s, total s, windows)."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import NormalizeIntensity
+
+    from brainsegfounder.checkpoints import network_from_checkpoint
+    from brainsegfounder.inference import count_windows
+
+    model = network_from_checkpoint(checkpoint, use_flash_attention=False).eval().to(device)
+    start = time.perf_counter()
+    images = [sitk.ReadImage(str(p)) for p in paths.values()]
+    volume = np.stack([sitk.GetArrayFromImage(im).transpose(2, 1, 0) for im in images]).astype(np.float32)
+    volume = NormalizeIntensity(nonzero=True, channel_wise=True)(volume)
+    x = torch.as_tensor(np.asarray(volume))[None].to(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits = sliding_window_inference(x, REFERENCE["roi"], 1, model, overlap=REFERENCE["overlap"],
+                                          mode=REFERENCE["blend"])
+    sync(device)
+    model_s = time.perf_counter() - t0
+    tc, wt, et = (torch.sigmoid(logits[0]) > 0.5).cpu().numpy()
+    labels = np.zeros(wt.shape, np.uint8)  # BrainSegFounder's order: WT -> 2, then TC -> 1, then ET -> 4
+    labels[wt], labels[tc], labels[et] = 2, 1, 4
+    image = sitk.GetImageFromArray(labels.transpose(2, 1, 0))
+    image.CopyInformation(images[0])
+    sitk.WriteImage(image, str(output), useCompression=True)
+    return model_s, time.perf_counter() - start, count_windows(volume.shape[1:], REFERENCE["roi"],
+                                                                 REFERENCE["overlap"])
+
+
+def run_ours(segmenter, paths, output: Path):
+    """``brainsegfounder segment``'s path, files in to files out. Returns (total s, what it ran)."""
+    from brainsegfounder.segment import segment_files
+
+    start = time.perf_counter()
+    summary = segment_files("", list((m, str(p)) for m, p in paths.items()), output, segmenter=segmenter)
+    sync(segmenter.device)
+    return time.perf_counter() - start, summary["inference"]
+
+
+def agreement(prediction: Path, reference: Path):
+    import SimpleITK as sitk
+
+    from brainsegfounder.demo import dice_per_region
+    from brainsegfounder.labels import schema
+
+    return dice_per_region(sitk.ReadImage(str(prediction)), sitk.ReadImage(str(reference)), schema("brats_regions"))
+
+
+def warm_up(segmenter):
+    """One window through each attention path, so neither row pays one-off kernel set-up."""
+    import torch
+
+    from brainsegfounder.checkpoints import network_from_checkpoint
+
+    x = torch.zeros(1, segmenter.checkpoint.network.in_channels, *REFERENCE["roi"], device=segmenter.device)
+    with torch.inference_mode():
+        for net in (segmenter.network.to(segmenter.device),
+                    network_from_checkpoint(segmenter.checkpoint).eval().to(segmenter.device)):
+            net(x)
+    sync(segmenter.device)
+
+
+def rows_to_run(args, device):
+    """(row name, InferenceSettings overrides) in the order they run."""
+    from brainsegfounder.inference import cpu_has_native_bf16
+
+    rows = [("ours (default)", {})]
+    if device.type == "cpu" and cpu_has_native_bf16():
+        rows.append(("ours, bf16 (--precision bf16)", {"precision": "bf16"}))
+    if not args.no_fast:
+        rows.append(("ours, fast mode (--fast)", "fast"))
+    rows.append(("ours, low memory (--memory low)", {"memory": "low"}))
+    if args.tta:
+        rows.append(("ours + TTA (--tta)", {"tta": True}))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a trained 62M BraTS model")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--tta", action="store_true", help="also time ours with 8-flip test-time augmentation")
+    parser.add_argument("--no-fast", action="store_true", help="leave out the fast-mode row")
+    parser.add_argument("--seed", type=int, default=4242, help="seed of the synthetic case")
+    parser.add_argument("--keep", help="keep the case and the label maps in this folder")
+    args = parser.parse_args()
+
+    import torch
+
+    from brainsegfounder.checkpoints import load_checkpoint, resolve_meta
+    from brainsegfounder.inference import InferenceSettings, fast_settings
+    from brainsegfounder.segment import Segmenter
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    meta = resolve_meta(checkpoint, "brats")
+    if checkpoint.network.feature_size != 48 or meta.task != "brats":
+        print(f"{args.checkpoint} is not a 62M-class BraTS model (feature size 48, 4 inputs)", file=sys.stderr)
+        return 2
+    if meta.version.endswith("untrained"):
+        print(f"{args.checkpoint} holds untrained weights: their outputs sit at 0.5 and the agreement would mean "
+              "nothing; train one with Training/configs/bench-62m.yaml", file=sys.stderr)
+        return 2
+    # The released 62M weights were trained at 128^3, so ours runs at 128^3 whatever ROI a stand-in carries.
+    roi = REFERENCE["roi"] if tuple(meta.roi_size) != REFERENCE["roi"] else None
+
+    def make(overrides):
+        settings = fast_settings() if overrides == "fast" else InferenceSettings(roi_size=roi, **overrides)
+        return Segmenter(args.checkpoint, task="brats", device=args.device, settings=settings)
+
+    rows = [(name, make(overrides) if i == 0 else overrides)
+            for i, (name, overrides) in enumerate(rows_to_run(args, torch.device(args.device)))]
+    first = rows[0][1]
+    device = first.device
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+    folder = Path(args.keep or tempfile.mkdtemp(prefix="bsf-bench-"))
+    paths, truth = synthetic_case(folder / "case", args.seed)
+    print(f"inference on {where}: {args.checkpoint} ({sum(p.numel() for p in first.network.parameters()):,} "
+          f"parameters, trained at {'x'.join(map(str, meta.roi_size))}), one synthetic case "
+          f"{'x'.join(map(str, BRATS_SIZE))} at 1 mm, 4 inputs", flush=True)
+    warm_up(first)
+
+    results = {}
+    for i, (name, seg) in enumerate(rows):
+        if not isinstance(seg, Segmenter):
+            gc.collect()
+            seg = make(seg)
+        output = folder / f"ours-{i}.nii.gz"
+        with PeakMemory(device) as mem:
+            total_s, info = run_ours(seg, paths, output)
+        results[name] = dict(model_s=info["model_s"], total_s=total_s, windows=info["windows"], host=mem.host_gib,
+                             gpu=mem.gpu_gib, labels=output, info=info)
+        print(f"  ran {name}: {total_s:.1f} s", flush=True)
+        rows[i] = seg = first = None
+    gc.collect()
+    with PeakMemory(device) as mem:
+        model_s, total_s, windows = run_reference(checkpoint, paths, folder / "reference.nii.gz", device)
+    ref = dict(model_s=model_s, total_s=total_s, windows=windows, host=mem.host_gib, gpu=mem.gpu_gib,
+               labels=folder / "reference.nii.gz")
+    print(f"  ran the reference: {total_s:.1f} s", flush=True)
+
+    print(f"\n{'path':34} {'windows':>7} {'model s':>8} {'files s':>8} {'host GiB':>9} {'GPU GiB':>8} {'speed x':>8}"
+          f"  {'Dice vs reference TC/WT/ET':28} Dice vs truth TC/WT/ET")
+
+    def dice_text(labels, other):
+        d = agreement(labels, other)
+        return f"{d['TC']:.4f}/{d['WT']:.4f}/{d['ET']:.4f}"
+
+    for name, r in [("reference (BrainSegFounder test)", ref)] + list(results.items()):
+        gpu = f"{r['gpu']:.2f}" if r["gpu"] is not None else "-"
+        vs_ref = "-" if r is ref else dice_text(r["labels"], ref["labels"])
+        print(f"{name:34} {r['windows']:7d} {r['model_s']:8.2f} {r['total_s']:8.2f} {r['host']:9.2f} {gpu:>8} "
+              f"{ref['total_s'] / r['total_s']:8.2f}  {vs_ref:28} {dice_text(r['labels'], truth)}")
+    print("\nreference: whole volume, 128^3, overlap 0.6, constant blending, fp32, explicit attention, 1 window/batch")
+    for name, r in results.items():
+        info = r["info"]
+        print(f"{name}: brain crop ({info['brain_box_fraction']:.0%} of the volume), ROI "
+              f"{'x'.join(map(str, info['roi_size']))}, overlap {info['overlap']}, {info['blend']} blending, "
+              f"{info['precision']}, memory mode {info['memory_mode']}, {info['threads']} threads, "
+              f"{info['sw_batch_size']} window(s)/batch, SDPA attention, lean forward")
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
