@@ -112,10 +112,11 @@ def test_cpu_and_memory_grants_from_cgroup_files(tmp_path, monkeypatch):
 
 
 def test_cli_fast_and_low_memory_modes(tmp_path, capsys, brats_model, brats_inputs):
+    inputs, _ = brats_inputs
     for extra, roi, overlap in ((["--fast"], 96, 0.25), (["--fast", "--overlap", "0.5"], 96, 0.5),
                                 (["--memory", "low", "--threads", "1"], 64, 0.5)):
         summary_path = tmp_path / "summary.json"
-        code, _, err = run_cli(segment_args(brats_model, brats_inputs, tmp_path / "l.nii.gz", "--summary",
+        code, _, err = run_cli(segment_args(brats_model, inputs, tmp_path / "l.nii.gz", "--summary",
                                             summary_path, *extra), capsys)
         assert code == 0, err
         info = json.loads(summary_path.read_text())["inference"]
