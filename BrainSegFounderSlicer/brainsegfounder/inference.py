@@ -133,16 +133,11 @@ def auto_precision(device, asked: str = "auto") -> str:
     15.4 s vs fp32 21.5 s, but 3.6 vs 3.2 GiB peak (oneDNN keeps reordered copies)."""
     import torch
 
-    if asked == "bf16-native":
-        if device.type == "cuda" or cpu_has_native_bf16():
-            asked = "auto" if device.type == "cuda" else "bf16"
-        else:
-            asked = "fp32"
-    if asked != "auto":
+    if asked not in ("auto", "bf16-native"):
         return asked
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return "bf16" if asked == "bf16-native" and cpu_has_native_bf16() else "fp32"
 
 
 def _autocast(device, precision: str):
