@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("checkpoint")
     ins.add_argument("--task", help="task preset for checkpoints without metadata")
     _add_common(ins)
+    reg = mod_sub.add_parser("register", help="check a checkpoint and add it to the local models")
+    reg.add_argument("checkpoint")
+    reg.add_argument("--name", help="local model name (default: the file name)")
+    reg.add_argument("--task", help="task preset for checkpoints without metadata (brats, atlas)")
+    _add_common(reg)
     ini = mod_sub.add_parser("init", help="write a randomly initialised, self-describing model")
     ini.add_argument("--size", default="tiny", help="62M, 64M, 70M, 277M, small or tiny")
     ini.add_argument("--task", default="brats", help="brats or atlas")
@@ -105,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     ini.add_argument("--name", help="model name (default: the file name)")
     ini.add_argument("--roi", type=_roi, help="ROI stored with the model (default the task's)")
     _add_common(ini)
+
+    dev = sub.add_parser("devices", help="the CPU and GPUs inference can use (JSON with --progress json)")
+    _add_common(dev)
 
     demo = sub.add_parser("demo", help="segment a synthetic case end to end (built-in default)")
     demo.add_argument("--out", default="demo_output", help="output folder (default ./demo_output)")
@@ -118,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PLUGIN_GROUP = "brainsegfounder.commands"
+PLUGIN_ENV = "BRAINSEGFOUNDER_COMMANDS"
 
 
 def _plugin_registrars():
@@ -127,9 +136,19 @@ def _plugin_registrars():
     never imports them: each entry is a function ``register(subparsers, add_common)``
     returning ``{command: handler}``.
     """
+    import importlib
+    import os
     from importlib.metadata import entry_points
 
-    return [ep.load() for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)]
+    # Inside Slicer nothing is pip-installed, so no entry points exist: the module names the
+    # registrars in BRAINSEGFOUNDER_COMMANDS ("package.module:function", comma-separated).
+    targets = [ep.value for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)]
+    targets += [t.strip() for t in os.environ.get(PLUGIN_ENV, "").split(",") if t.strip() and t.strip() not in targets]
+    registrars = []
+    for target in targets:
+        module, _, attr = target.partition(":")
+        registrars.append(getattr(importlib.import_module(module), attr))
+    return registrars
 
 
 def _reporter(mode: str):
@@ -212,6 +231,12 @@ def cmd_models(args, report, cancel) -> dict:
             info["parameters"] = count_parameters(build_network(ckpt.network))
         print(json.dumps(info, indent=2))
         return {"message": ""}
+    if args.models_command == "register":
+        from .registry import register_model
+
+        path = register_model(args.checkpoint, args.name or Path(args.checkpoint).name.split(".")[0], args.task)
+        return {"output": str(path), "name": path.stem,
+                "message": f"registered {args.checkpoint} as {path.stem} ({path}); segment with --model {path.stem}"}
     from .checkpoints import init_model
 
     return {"output": str(init_model(args.output, args.size, args.task, args.seed, args.name, args.roi)),
@@ -225,7 +250,15 @@ def cmd_demo(args, report, cancel) -> dict:
                     progress=report, cancel=cancel)
 
 
-COMMANDS = {"segment": cmd_segment, "synth": cmd_synth, "models": cmd_models, "demo": cmd_demo}
+def cmd_devices(args, report, cancel) -> dict:
+    from .resources import compute_devices
+
+    devices = compute_devices()
+    lines = [f"{d['id']:8s} {d['name']}" + (f", {d['memory_gib']} GiB" if d["memory_gib"] else "") for d in devices]
+    return {"devices": devices, "message": "\n".join(lines)}
+
+
+COMMANDS = {"segment": cmd_segment, "devices": cmd_devices, "synth": cmd_synth, "models": cmd_models, "demo": cmd_demo}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -135,3 +135,23 @@ def et_label(convention: str) -> int:
     if convention not in LABEL_CONVENTIONS:
         raise UserError(f"unknown label convention {convention!r}; use brats2021 (ET=4) or brats2023 (ET=3)")
     return 4 if convention == "brats2021" else 3
+
+
+def region_volumes(labels, label_schema: LabelSchema, convention: str = "brats2021") -> Dict[str, dict]:
+    """Volumes in mL of each written label and of each predicted region (e.g. BraTS TC, WT)
+    of a label map (a SimpleITK image)."""
+    import SimpleITK as sitk
+
+    from .geometry import voxel_volume_ml
+
+    array = sitk.GetArrayViewFromImage(labels)
+    ml = voxel_volume_ml(labels)
+    result = {}
+    for value, segment in label_schema.label_values(convention).items():
+        result[segment.key] = {"name": segment.name, "label": value,
+                               "volume_ml": round(float(np.count_nonzero(array == value)) * ml, 3)}
+    regions = label_schema.labels_to_regions(np.asarray(array), convention)
+    for name, mask in zip(label_schema.channels, regions):
+        if name not in result:
+            result[name] = {"name": name, "volume_ml": round(float(np.count_nonzero(mask)) * ml, 3)}
+    return result

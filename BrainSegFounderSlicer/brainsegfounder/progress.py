@@ -119,3 +119,17 @@ class TextReporter:
         if self._open_line:
             self.stream.write("\n")
             self._open_line = False
+
+
+def read_jsonl(path) -> list:
+    """The records of a JSON-lines file (metrics, progress logs); a line cut short by a process
+    that is still writing or was killed is skipped."""
+    from pathlib import Path
+
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

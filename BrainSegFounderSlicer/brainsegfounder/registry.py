@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from .errors import UserError
 
@@ -56,14 +56,36 @@ def free_name(name: str) -> str:
     return candidate
 
 
-def register_model(source: os.PathLike, name: str) -> Path:
-    """Copy a checkpoint into the local model folder as ``NAME.pt`` (atomically; an existing
-    model of that name is never replaced: the next free ``NAME-N`` is used)."""
+def describe(path: os.PathLike, task: Optional[str] = None) -> dict:
+    """What a panel needs to offer a model without loading torch: name, version, task, inputs in
+    channel order, label schema, ROI, description and provenance (from the checkpoint's metadata)."""
+    from .checkpoints import load_checkpoint, resolve_meta
+
+    ckpt = load_checkpoint(path)
+    if ckpt.is_encoder_only:
+        raise UserError(f"{Path(path).name} is a self-supervised encoder without a segmentation head; it can be "
+                        "fine-tuned (finetune --base) but cannot segment")
+    meta = resolve_meta(ckpt, task).to_dict()
+    meta.pop("network")
+    return meta
+
+
+def description_path(model: os.PathLike) -> Path:
+    """The JSON beside a local model that describes it (``NAME.json`` for ``NAME.pt``)."""
+    return Path(model).with_suffix(".json")
+
+
+def register_model(source: os.PathLike, name: str, task: Optional[str] = None) -> Path:
+    """Copy a checkpoint into the local model folder as ``NAME.pt`` with its description
+    ``NAME.json`` (atomically; an existing model of that name is never replaced: the next free
+    ``NAME-N`` is used). The checkpoint is loaded first, so only a usable model is registered."""
+    import json
     import shutil
 
     from .atomic import atomic_path, plain_name
 
     plain_name(name, "model name")
+    description = describe(source, task)
     folder = models_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -71,6 +93,9 @@ def register_model(source: os.PathLike, name: str) -> Path:
         raise UserError(f"cannot create the model folder {folder} ({error.strerror}); "
                         "set BRAINSEGFOUNDER_HOME to a folder you can write to") from None
     target = folder / f"{free_name(name)}.pt"
-    with atomic_path(target, suffix=".tmp") as tmp:
+    description.update(local_name=target.stem, source_file=str(source))
+    with atomic_path(target, suffix=".tmp") as tmp, \
+            atomic_path(description_path(target), suffix=".tmp") as tmp_description:
         shutil.copyfile(source, tmp)
+        tmp_description.write_text(json.dumps(description, indent=1) + "\n")
     return target

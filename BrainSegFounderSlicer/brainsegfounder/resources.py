@@ -106,3 +106,17 @@ def available_gpu_bytes(device) -> int:
 
     free, _ = torch.cuda.mem_get_info(device)
     return int(free)
+
+
+def compute_devices() -> list:
+    """The devices inference can use, for people and panels: the CPU, then each CUDA GPU with its
+    name and memory."""
+    import torch
+
+    found = [{"id": "cpu", "name": f"CPU ({usable_cpus()} cores usable)", "memory_gib": None}]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            found.append({"id": f"cuda:{index}", "name": props.name,
+                          "memory_gib": round(props.total_memory / 2**30, 1)})
+    return found

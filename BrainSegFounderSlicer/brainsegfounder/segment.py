@@ -17,10 +17,10 @@ import SimpleITK as sitk
 
 from .checkpoints import LoadedCheckpoint, ModelMeta, load_checkpoint, network_from_checkpoint, resolve_meta
 from .errors import UserError
-from .geometry import orientation_code, reorient, resample_to, voxel_volume_ml
+from .geometry import orientation_code, reorient, resample_to
 from .imageio import read_volume
 from .inference import InferenceSettings, predict_probabilities, resolve_device
-from .labels import et_label, schema
+from .labels import et_label, region_volumes, schema
 from .lean import LeanSwinUNETR
 from .modalities import match_inputs
 from .outputs import check_output_paths, write_outputs
@@ -105,21 +105,6 @@ class Segmenter:
         return from_network_labels(labels, images[0], self.meta.orientation), box, report
 
 
-def region_volumes(labels: sitk.Image, segmenter: Segmenter, convention: str) -> Dict[str, dict]:
-    """Volumes in mL of each written label and of each predicted region."""
-    array = sitk.GetArrayViewFromImage(labels)
-    ml = voxel_volume_ml(labels)
-    result = {}
-    for value, segment in segmenter.schema.label_values(convention).items():
-        result[segment.key] = {"name": segment.name, "label": value,
-                               "volume_ml": round(float(np.count_nonzero(array == value)) * ml, 3)}
-    regions = segmenter.schema.labels_to_regions(np.asarray(array), convention)
-    for name, mask in zip(segmenter.schema.channels, regions):
-        if name not in result:
-            result[name] = {"name": name, "volume_ml": round(float(np.count_nonzero(mask)) * ml, 3)}
-    return result
-
-
 def segment_files(model: str, inputs: Sequence[Tuple[str, str]], output: os.PathLike,
                   seg_nrrd: Optional[os.PathLike] = None, summary_path: Optional[os.PathLike] = None,
                   labels: str = "brats2021", device: str = "auto", task: Optional[str] = None,
@@ -158,7 +143,7 @@ def segment_files(model: str, inputs: Sequence[Tuple[str, str]], output: os.Path
                       "spacing_mm": list(reference.GetSpacing()), "origin_mm": list(reference.GetOrigin()),
                       "direction": list(reference.GetDirection())},
         "label_convention": labels if segmenter.schema.name == "brats_regions" else "lesion=1",
-        "regions": region_volumes(label_image, segmenter, labels),
+        "regions": region_volumes(label_image, segmenter.schema, labels),
         "inference": {**asdict(segmenter.settings), "roi_size": list(report.roi), "device": report.device,
                       "windows": report.windows, "sw_batch_size": report.sw_batch_size,
                       "precision": report.precision, "memory_mode": report.memory_mode, "threads": report.threads,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 from brainsegfounder.atomic import atomic_path
+from brainsegfounder.progress import read_jsonl
 
 
 def _pyplot():
@@ -24,17 +24,6 @@ def _save(plt, fig, out: Path) -> Path:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return out
-
-
-def read_jsonl(path: Path) -> list:
-    """The records of a JSON-lines file; a line cut short by a killed process is skipped."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def learning_curves(metrics_path: Path, out: Path) -> Path:

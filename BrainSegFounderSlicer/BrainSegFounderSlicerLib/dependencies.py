@@ -1,0 +1,109 @@
+"""What the engine needs in Slicer's Python, and how to install it without breaking Slicer.
+
+The module itself loads without any of these (it imports them only in background processes).
+An install plan lists what is missing; pip runs with a constraints file that pins every package
+Slicer ships (numpy, SimpleITK, ...) to the version Slicer has, so pip can never replace them,
+and fails with a clear message instead where a requirement would need that. PyTorch goes
+through the PyTorch Utils extension when it is installed (it picks the CUDA build for the GPU).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from brainsegfounder.errors import UserError
+
+# (import name, distribution, requirement): what segmentation and fine-tuning import
+RUNTIME: Tuple[Tuple[str, str, str], ...] = (
+    ("torch", "torch", "torch>=2.5,<3"),
+    ("monai", "monai", "monai>=1.6,<1.7"),
+    ("einops", "einops", "einops>=0.7"),
+    ("nibabel", "nibabel", "nibabel>=5.0"),
+    ("scipy", "scipy", "scipy>=1.10"),
+    ("slicerio", "slicerio", "slicerio>=1.4"),
+)
+TRAINING: Tuple[Tuple[str, str, str], ...] = (("yaml", "PyYAML", "PyYAML>=6"),)
+# Packages Slicer ships: never upgraded, downgraded or replaced by our installs.
+SLICER_SHIPPED = ("numpy", "SimpleITK", "scipy", "requests", "urllib3", "pydicom", "vtk", "Pillow",
+                  "packaging", "setuptools", "pip", "certifi", "charset-normalizer", "idna", "six",
+                  "python-dateutil", "chardet", "dicomweb-client", "retrying")
+
+
+def installed_version(distribution: str) -> Optional[str]:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _satisfies(version: str, requirement: str) -> bool:
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # without packaging, presence is all we can check
+        return True
+    return Requirement(requirement).specifier.contains(version, prereleases=True)
+
+
+@dataclass
+class InstallPlan:
+    torch: Optional[str] = None  # the torch requirement, when torch must be installed or upgraded
+    pip: List[str] = field(default_factory=list)  # other requirements, for pip
+    constraints: Dict[str, str] = field(default_factory=dict)  # shipped distribution -> pinned version
+    restart_required: bool = False  # a package to change is already imported in this process
+
+    @property
+    def empty(self) -> bool:
+        return self.torch is None and not self.pip
+
+    def summary(self) -> str:
+        """The one confirmation the user sees."""
+        items = ([self.torch] if self.torch else []) + self.pip
+        text = "BrainSegFounder needs these Python packages: " + ", ".join(items) + "."
+        if self.constraints:
+            text += (" Packages that Slicer ships stay as they are (" +
+                     ", ".join(f"{k} {v}" for k, v in sorted(self.constraints.items())) + ").")
+        if self.restart_required:
+            text += " Slicer must be restarted afterwards."
+        return text
+
+    def constraints_text(self) -> str:
+        return "".join(f"{name}=={version}\n" for name, version in sorted(self.constraints.items()))
+
+
+def plan(training: bool = False, packages: Sequence[Tuple[str, str, str]] = (),
+         version_of=installed_version, loaded: Optional[Sequence[str]] = None) -> InstallPlan:
+    """What is missing or too old, and the pins that protect Slicer's own packages."""
+    loaded = set(sys.modules) if loaded is None else set(loaded)
+    needed = list(packages or RUNTIME + (TRAINING if training else ()))
+    result = InstallPlan()
+    for module, distribution, requirement in needed:
+        version = version_of(distribution)
+        if version is not None and _satisfies(version, requirement):
+            continue
+        if distribution == "torch":
+            result.torch = requirement
+        else:
+            result.pip.append(requirement)
+        if version is not None and module in loaded:
+            result.restart_required = True  # the old version stays in memory until a restart
+    for distribution in SLICER_SHIPPED:
+        version = version_of(distribution)
+        if version is not None:
+            result.constraints[distribution] = version
+    # a shipped package that is missing or too old would need replacing: refuse, do not pin around it
+    for requirement in list(result.pip):
+        name = re.split(r"[<>=!~ ]", requirement, 1)[0]
+        if name in result.constraints:
+            raise UserError(f"{requirement} needs a newer {name} than this Slicer ships "
+                               f"({result.constraints[name]}); use a newer Slicer")
+    return result
+
+
+def pip_command(python: str, requirements: Sequence[str], constraints_file: Path) -> List[str]:
+    """``python -m pip install`` that cannot touch the pinned packages."""
+    return [python, "-m", "pip", "install", "--constraint", str(constraints_file), *requirements]
