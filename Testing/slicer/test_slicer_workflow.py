@@ -272,3 +272,30 @@ def test_engine_error_arrives_as_one_line_with_details(brats_inputs, logic_env, 
     assert "\n" not in job.error and "broken.pt" in job.error
     assert "command:" in job.details() and "exit code: 2" in job.details()
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+def test_finetune_from_the_panel_plots_and_adds_a_version(segmented, train_root, tmp_path):
+    """Fine-tune the demo model on saved cases in a background process, as the panel does."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "training"))
+    from test_corrections import save_cases
+
+    logic, base = segmented["logic"], segmented["choice"]
+    cases = save_cases(tmp_path / "cases", train_root, range(3))
+    job = logic.start_finetune(base, cases, epochs=1, name="demo-ft", device="cpu",
+                               overrides={"train.steps_per_epoch": 1, "train.warmup_epochs": 0,
+                                          "validation.overlap": 0, "data.cache": "none"})
+    assert job.wait(timeout=600) == "ok", job.error or job.details()
+    assert job.registered and job.registered.endswith("demo-ft.pt")
+    # the plot: a table of epochs (0 = the base model's score, 1 = after training) and two series
+    table = job.chart.GetScene().GetFirstNode("Fine-tuning metrics", "vtkMRMLTableNode").GetTable()
+    assert table.GetNumberOfRows() == 2 and table.GetColumnByName("dice").GetValue(0) > 0
+    assert table.GetColumnByName("loss").GetValue(1) > 0
+    assert job.chart.GetNumberOfPlotSeriesNodes() == 2
+    # the new version is offered beside the registry models, with the base's inputs and labels
+    choice = next(c for c in logic.model_choices() if c.key == "local:demo-ft")
+    assert choice.available and choice.inputs == base.inputs and choice.label_schema == "brats_regions"
+    # data that holds no cases gets one clear line before anything starts
+    with pytest.raises(UserError, match="no training cases"):
+        logic.start_finetune(base, tmp_path / "empty", epochs=1)

@@ -1,0 +1,56 @@
+"""The dependency check: what is missing, and pins that keep Slicer's own packages untouched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from brainsegfounder.errors import UserError
+
+from BrainSegFounderSlicerLib import dependencies
+from BrainSegFounderSlicerLib.dependencies import plan
+
+
+def test_nothing_to_install_where_everything_is_there():
+    result = plan(training=True)
+    assert result.empty, result.summary()
+
+
+def test_plan_for_a_fresh_slicer_python():
+    shipped = {"numpy": "1.26.4", "SimpleITK": "2.4.0", "scipy": "1.13.1", "requests": "2.32.3"}
+    result = plan(version_of=shipped.get, loaded=["numpy"])
+    assert result.torch == "torch>=2.5,<3"
+    assert "monai>=1.6,<1.7" in result.pip and "slicerio>=1.4" in result.pip
+    assert not any(r.startswith(("numpy", "SimpleITK", "scipy")) for r in result.pip)  # Slicer's stay
+    assert result.constraints == shipped and "numpy==1.26.4\n" in result.constraints_text()
+    assert not result.restart_required  # nothing to change is loaded yet
+    text = result.summary()
+    assert "torch>=2.5,<3" in text and "numpy 1.26.4" in text and "restart" not in text
+
+
+def test_an_old_loaded_package_means_restart():
+    versions = {"torch": "2.1.0", "monai": "1.6.1", "einops": "0.8.0", "nibabel": "5.3.0", "scipy": "1.14.0",
+                "slicerio": "1.4.0"}
+    result = plan(version_of=versions.get, loaded=["torch"])
+    assert result.torch == "torch>=2.5,<3" and result.pip == [] and result.restart_required
+    assert "restarted" in result.summary()
+
+
+def test_a_requirement_that_would_replace_a_shipped_package_is_refused():
+    versions = {"torch": "2.6.0", "monai": "1.6.1", "einops": "0.8.0", "nibabel": "5.3.0", "scipy": "1.5.0",
+                "slicerio": "1.4.0"}
+    with pytest.raises(UserError, match="newer scipy than this Slicer ships"):
+        plan(version_of=versions.get)
+
+
+def test_pip_honours_the_constraints(tmp_path):
+    """pip itself refuses to change a pinned package (a dry run, no network needed to fail)."""
+    from importlib.metadata import version
+
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text(f"numpy=={version('numpy')}\n")
+    command = dependencies.pip_command(sys.executable, ["numpy!=" + version("numpy")], constraints)
+    result = subprocess.run(command + ["--dry-run", "--no-index"], capture_output=True, text=True)
+    assert result.returncode != 0 and "numpy" in result.stderr
