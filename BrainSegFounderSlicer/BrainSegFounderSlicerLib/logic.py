@@ -140,9 +140,13 @@ class FinetuneJob(Job):
         self.logic, self.run, self.name = logic, run, name
         self.chart = None
         self.registered: Optional[str] = None
+        self._seen: Optional[int] = None
 
     def on_progress(self) -> None:
-        if (self.run / "metrics.jsonl").is_file():
+        metrics = self.run / "metrics.jsonl"
+        stamp = metrics.stat().st_mtime_ns if metrics.is_file() else None
+        if stamp is not None and stamp != self._seen:  # redraw only when the run wrote something
+            self._seen = stamp
             self.chart = update_metrics_plot(self.logic.scene, self.run)
 
     def on_success(self) -> None:
