@@ -95,6 +95,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._finetuneJob = None
         self._side = None  # downloads, imports, installs, device query: one at a time
         self._details = ""
+        self._chartShown = False
 
     # -- set-up ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -442,6 +443,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
             base = self.logic.models.choice(self.ui.baseModelSelector.currentData)
+            self._chartShown = False
             self._finetuneJob = self.logic.start_finetune(base, p.finetuneData, p.epochs, self.ui.replaySelector.currentPath or None,
                                                           p.newModelName or None, device=p.device)
             self.ui.finetuneStatusLabel.text = f"Fine-tuning in {self._finetuneJob.run}..."
@@ -469,9 +471,9 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 self._updateButtons()
         if self._finetuneJob is not None:
             self._showProgress(self.ui.finetuneProgressBar, self.ui.finetuneStatusLabel, self._finetuneJob)
-            if self._finetuneJob.chart is not None and not getattr(self._finetuneJob, "_shown", False):
+            if self._finetuneJob.chart is not None and not self._chartShown:
                 slicer.modules.plots.logic().ShowChartInLayout(self._finetuneJob.chart)
-                self._finetuneJob._shown = True
+                self._chartShown = True
             if self._finetuneJob.poll():
                 job, self._finetuneJob = self._finetuneJob, None
                 self._finishFinetune(job)
