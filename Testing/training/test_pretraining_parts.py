@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,30 +152,18 @@ def test_nt_xent_matches_a_hand_computation():
     assert nt_xent(z1, z1, 0.5) < nt_xent(z1, z2, 0.5)  # identical views agree best
 
 
-def _gather_worker(rank, world, init_file, out):
-    import torch.distributed as dist
-
-    from brainsegfounder_training.pretraining.pretext import nt_xent
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    z1, z2 = torch.randn(world * 2, 8), torch.randn(world * 2, 8)
-    mine1 = z1[rank * 2:(rank + 1) * 2].clone().requires_grad_()
-    mine2 = z2[rank * 2:(rank + 1) * 2].clone().requires_grad_()
-    loss = nt_xent(mine1, mine2, 0.5, gather=True)
-    loss.backward()
-    torch.save({"loss": loss.detach(), "g1": mine1.grad, "g2": mine2.grad}, f"{out}/{rank}.pt")
-    dist.destroy_process_group()
-
-
 def test_gathered_negatives_equal_one_big_batch(tmp_path):
     """Two gloo processes with gathered negatives: the mean loss is the full-batch loss, and each
     process's gradient (DDP then averages) is the full-batch gradient times the process count."""
-    import torch.multiprocessing as mp
-
     from brainsegfounder_training.pretraining.pretext import nt_xent
 
-    mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    worker = Path(__file__).with_name("gather_worker.py")
+    ranks = [subprocess.Popen([sys.executable, str(worker), str(tmp_path / "init"), str(tmp_path)],
+                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"},
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for rank in ranks:
+        _, err = rank.communicate(timeout=300)
+        assert rank.returncode == 0, err[-3000:]
     parts = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
     torch.manual_seed(0)
     z1, z2 = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)

@@ -59,6 +59,27 @@ def corrupt(views: torch.Tensor, rng: np.random.Generator, generator: torch.Gene
     return out
 
 
+class _GatherRows(torch.autograd.Function):
+    """Every process's rows (equal shapes) concatenated in rank order; the gradient of each
+    process's own rows is summed over all processes' losses.
+
+    torch.distributed.nn.functional.all_gather does the same, but on gloo its backward (an
+    all-to-all built from scatters) left about one CPU process in six aborting at exit with
+    "terminate called without an active exception" (torch 2.13); an all-reduce does not."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(rows) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(parts, rows.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        torch.distributed.all_reduce(grad)  # every process's loss depends on every row
+        return grad.chunk(torch.distributed.get_world_size())[torch.distributed.get_rank()]
+
+
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather: bool = False) -> torch.Tensor:
     """NT-Xent (SimCLR) between two views: each embedding's positive is the other view of its crop,
     every other embedding is a negative. With ``gather``, the negatives come from all processes
@@ -68,9 +89,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather
     offset, all1, all2 = 0, z1, z2
     if gather and torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_gather
-
-        all1, all2 = torch.cat(all_gather(z1)), torch.cat(all_gather(z2))
+        all1, all2 = _GatherRows.apply(z1), _GatherRows.apply(z2)
         offset = torch.distributed.get_rank() * n  # equal batch sizes on every rank
     total = all1.shape[0]
     queries = torch.cat([z1, z2])                                  # (2n, d): this process's embeddings
