@@ -283,7 +283,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.dependencyLabel.text = plan.summary() + " They are installed when you first click Segment."
         if not install or not slicer.util.confirmOkCancelDisplay(plan.summary(), "BrainSegFounder: install packages"):
             return False
-        if plan.torch and self._installTorchWithPyTorchUtils(plan.torch):
+        if plan.torch and plan.pytorch_utils and self._installTorchWithPyTorchUtils(plan.torch):
             plan.torch = None
         requirements = ([plan.torch] if plan.torch else []) + plan.pip
         if requirements:
@@ -300,12 +300,10 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     @staticmethod
     def _installTorchWithPyTorchUtils(requirement: str) -> bool:
-        """PyTorch Utils picks the CUDA build that fits the GPU; used when that extension is installed."""
+        """PyTorch Utils picks the CUDA build that fits the GPU; False (then pip) if it fails."""
         try:
             import PyTorchUtils
-        except ImportError:
-            return False
-        try:
+
             PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
                                                           torchVersionRequirement=requirement.replace("torch", "", 1))
             return True

@@ -10,6 +10,7 @@ through the PyTorch Utils extension when it is installed (it picks the CUDA buil
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import importlib.util
 import re
 import sys
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class InstallPlan:
     pip: List[str] = field(default_factory=list)  # other requirements, for pip
     constraints: Dict[str, str] = field(default_factory=dict)  # shipped distribution -> pinned version
     restart_required: bool = False  # a package to change is already imported in this process
+    pytorch_utils: bool = False  # torch goes through the PyTorch Utils extension (with torchvision)
 
     @property
     def empty(self) -> bool:
@@ -62,7 +64,10 @@ class InstallPlan:
 
     def summary(self) -> str:
         """The one confirmation the user sees."""
-        items = ([self.torch] if self.torch else []) + self.pip
+        torch = self.torch
+        if torch and self.pytorch_utils:
+            torch += " and torchvision (through the PyTorch Utils extension, in the build for this computer's GPU)"
+        items = ([torch] if torch else []) + self.pip
         text = "BrainSegFounder needs these Python packages: " + ", ".join(items) + "."
         if self.constraints:
             text += (" Packages that Slicer ships stay as they are (" +
@@ -76,11 +81,15 @@ class InstallPlan:
 
 
 def plan(training: bool = False, packages: Sequence[Tuple[str, str, str]] = (),
-         version_of=installed_version, loaded: Optional[Sequence[str]] = None) -> InstallPlan:
-    """What is missing or too old, and the pins that protect Slicer's own packages."""
+         version_of=installed_version, loaded: Optional[Sequence[str]] = None,
+         pytorch_utils: Optional[bool] = None) -> InstallPlan:
+    """What is missing or too old, and the pins that protect Slicer's own packages.
+    ``pytorch_utils``: whether that extension is installed (found on the module path if None)."""
     loaded = set(sys.modules) if loaded is None else set(loaded)
     needed = list(packages or RUNTIME + (TRAINING if training else ()))
-    result = InstallPlan()
+    if pytorch_utils is None:
+        pytorch_utils = importlib.util.find_spec("PyTorchUtils") is not None
+    result = InstallPlan(pytorch_utils=pytorch_utils)
     for module, distribution, requirement in needed:
         version = version_of(distribution)
         if version is not None and _satisfies(version, requirement):

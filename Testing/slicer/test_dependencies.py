@@ -20,7 +20,7 @@ def test_nothing_to_install_where_everything_is_there():
 
 def test_plan_for_a_fresh_slicer_python():
     shipped = {"numpy": "1.26.4", "SimpleITK": "2.4.0", "scipy": "1.13.1", "requests": "2.32.3"}
-    result = plan(version_of=shipped.get, loaded=["numpy"])
+    result = plan(version_of=shipped.get, loaded=["numpy"], pytorch_utils=False)
     assert result.torch == "torch>=2.5,<3"
     assert "monai>=1.6,<1.7" in result.pip and "slicerio>=1.4" in result.pip
     assert not any(r.startswith(("numpy", "SimpleITK", "scipy")) for r in result.pip)  # Slicer's stay
@@ -28,6 +28,11 @@ def test_plan_for_a_fresh_slicer_python():
     assert not result.restart_required  # nothing to change is loaded yet
     text = result.summary()
     assert "torch>=2.5,<3" in text and "numpy 1.26.4" in text and "restart" not in text
+    assert "torchvision" not in text  # pip installs torch alone
+    through_extension = plan(version_of=shipped.get, loaded=[], pytorch_utils=True)
+    assert through_extension.torch == "torch>=2.5,<3" and through_extension.pip == result.pip
+    assert "torch>=2.5,<3 and torchvision (through the PyTorch Utils extension" in through_extension.summary()
+    assert plan(version_of=shipped.get, loaded=[]).pytorch_utils is False  # not installed in this Python
 
 
 def test_an_old_loaded_package_means_restart():
