@@ -19,16 +19,33 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from brainsegfounder.errors import UserError
 
+ENGINE_DIR = Path(__file__).resolve().parents[1] / "brainsegfounder"  # beside this Lib, in the tree and installed
+# Which of the engine's requirements Slicer's Python may lack: segmentation, then fine-tuning.
+# The pins themselves are the engine's requirements files (pyproject.toml reads the same files).
+RUNTIME_DISTRIBUTIONS = ("torch", "monai", "einops", "nibabel", "scipy", "slicerio")
+TRAINING_DISTRIBUTIONS = ("PyYAML",)
+_IMPORT_NAMES = {"PyYAML": "yaml"}  # where the import name is not the distribution's
+
+
+def _pins(file_name: str) -> Dict[str, str]:
+    """distribution -> requirement, from one of the engine's requirements files."""
+    lines = (line.split("#", 1)[0].strip() for line in (ENGINE_DIR / file_name).read_text().splitlines())
+    return {_distribution(line): line for line in lines if line}
+
+
+def _distribution(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, 1)[0]
+
+
+def _packages(file_name: str, distributions: Sequence[str]) -> Tuple[Tuple[str, str, str], ...]:
+    """(import name, distribution, requirement) for each of ``distributions``."""
+    pins = _pins(file_name)
+    return tuple((_IMPORT_NAMES.get(d, d), d, pins[d]) for d in distributions)
+
+
 # (import name, distribution, requirement): what segmentation and fine-tuning import
-RUNTIME: Tuple[Tuple[str, str, str], ...] = (
-    ("torch", "torch", "torch>=2.5,<3"),
-    ("monai", "monai", "monai>=1.6,<1.7"),
-    ("einops", "einops", "einops>=0.7"),
-    ("nibabel", "nibabel", "nibabel>=5.0"),
-    ("scipy", "scipy", "scipy>=1.10"),
-    ("slicerio", "slicerio", "slicerio>=1.4"),
-)
-TRAINING: Tuple[Tuple[str, str, str], ...] = (("yaml", "PyYAML", "PyYAML>=6"),)
+RUNTIME: Tuple[Tuple[str, str, str], ...] = _packages("requirements.txt", RUNTIME_DISTRIBUTIONS)
+TRAINING: Tuple[Tuple[str, str, str], ...] = _packages("requirements-training.txt", TRAINING_DISTRIBUTIONS)
 # Packages Slicer ships: never upgraded, downgraded or replaced by our installs.
 SLICER_SHIPPED = ("numpy", "SimpleITK", "scipy", "requests", "urllib3", "pydicom", "vtk", "Pillow",
                   "packaging", "setuptools", "pip", "certifi", "charset-normalizer", "idna", "six",
@@ -106,7 +123,7 @@ def plan(training: bool = False, packages: Sequence[Tuple[str, str, str]] = (),
             result.constraints[distribution] = version
     # a shipped package that is missing or too old would need replacing: refuse, do not pin around it
     for requirement in list(result.pip):
-        name = re.split(r"[<>=!~ ]", requirement, 1)[0]
+        name = _distribution(requirement)
         if name in result.constraints:
             raise UserError(f"{requirement} needs a newer {name} than this Slicer ships "
                                f"({result.constraints[name]}); use a newer Slicer")

@@ -21,17 +21,17 @@ def test_nothing_to_install_where_everything_is_there():
 def test_plan_for_a_fresh_slicer_python():
     shipped = {"numpy": "1.26.4", "SimpleITK": "2.4.0", "scipy": "1.13.1", "requests": "2.32.3"}
     result = plan(version_of=shipped.get, loaded=["numpy"], pytorch_utils=False)
-    assert result.torch == "torch>=2.5,<3"
+    assert result.torch == "torch>=2.8,<3"
     assert "monai>=1.6,<1.7" in result.pip and "slicerio>=1.4" in result.pip
     assert not any(r.startswith(("numpy", "SimpleITK", "scipy")) for r in result.pip)  # Slicer's stay
     assert result.constraints == shipped and "numpy==1.26.4\n" in result.constraints_text()
     assert not result.restart_required  # nothing to change is loaded yet
     text = result.summary()
-    assert "torch>=2.5,<3" in text and "numpy 1.26.4" in text and "restart" not in text
+    assert "torch>=2.8,<3" in text and "numpy 1.26.4" in text and "restart" not in text
     assert "torchvision" not in text  # pip installs torch alone
     through_extension = plan(version_of=shipped.get, loaded=[], pytorch_utils=True)
-    assert through_extension.torch == "torch>=2.5,<3" and through_extension.pip == result.pip
-    assert "torch>=2.5,<3 and torchvision (through the PyTorch Utils extension" in through_extension.summary()
+    assert through_extension.torch == "torch>=2.8,<3" and through_extension.pip == result.pip
+    assert "torch>=2.8,<3 and torchvision (through the PyTorch Utils extension" in through_extension.summary()
     assert plan(version_of=shipped.get, loaded=[]).pytorch_utils is False  # not installed in this Python
 
 
@@ -39,7 +39,7 @@ def test_an_old_loaded_package_means_restart():
     versions = {"torch": "2.1.0", "monai": "1.6.1", "einops": "0.8.0", "nibabel": "5.3.0", "scipy": "1.14.0",
                 "slicerio": "1.4.0"}
     result = plan(version_of=versions.get, loaded=["torch"])
-    assert result.torch == "torch>=2.5,<3" and result.pip == [] and result.restart_required
+    assert result.torch == "torch>=2.8,<3" and result.pip == [] and result.restart_required
     assert "restarted" in result.summary()
 
 
@@ -59,3 +59,17 @@ def test_pip_honours_the_constraints(tmp_path):
     command = dependencies.pip_command(sys.executable, ["numpy!=" + version("numpy")], constraints)
     result = subprocess.run(command + ["--dry-run", "--no-index"], capture_output=True, text=True)
     assert result.returncode != 0 and "numpy" in result.stderr
+
+
+def test_the_plan_pins_what_the_package_requires():
+    """One list of pins: pyproject.toml and the plan both read the engine's requirements files."""
+    from pathlib import Path
+
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    project = read_configuration(Path(__file__).resolve().parents[2] / "pyproject.toml")["project"]
+    assert {r for _, _, r in dependencies.RUNTIME} <= set(project["dependencies"])
+    assert {r for _, _, r in dependencies.TRAINING} <= set(project["optional_dependencies"]["training"])
+    assert ("yaml", "PyYAML", "PyYAML>=6") in dependencies.TRAINING
+    torch = next(r for _, d, r in dependencies.RUNTIME if d == "torch")
+    assert plan(version_of={"torch": "2.13.0"}.get, packages=[("torch", "torch", torch)]).torch is None
