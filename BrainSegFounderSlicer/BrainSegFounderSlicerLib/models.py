@@ -17,14 +17,13 @@ import re
 import shutil
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 from brainsegfounder import registry
 from brainsegfounder.atomic import atomic_path, plain_name
 from brainsegfounder.errors import Cancelled, UserError
-from brainsegfounder.labels import schema
 
 RESOURCES_DIR = Path(__file__).resolve().parents[2] / "Resources"  # extension resources (source tree and install)
 REGISTRY_FILE = RESOURCES_DIR / "models.json"
@@ -53,8 +52,7 @@ class ModelEntry:
     version: str
     task: str
     inputs: List[str]
-    label_schema: str
-    labels: Dict[int, str]
+    label_schema: str  # the label names are the engine's schema (brainsegfounder.labels)
     file: str
     license: str
     url: Optional[str] = None
@@ -68,7 +66,6 @@ class ModelEntry:
         try:
             entry = cls(id=plain_name(data["id"], "model id"), name=data["name"], version=str(data["version"]),
                         task=data["task"], inputs=list(data["inputs"]), label_schema=data["label_schema"],
-                        labels={int(k): v for k, v in data.get("labels", {}).items()},
                         file=plain_name(data["file"], "model file name"), license=data["license"],
                         url=data.get("url"), sha256=data.get("sha256"), size_bytes=data.get("size_bytes"),
                         bundled=data.get("bundled"), description=data.get("description", ""))
@@ -95,7 +92,6 @@ class ModelChoice:
     task: str
     inputs: List[str]
     label_schema: str
-    labels: Dict[int, str] = field(default_factory=dict)
     path: Optional[Path] = None  # None: must be downloaded or imported first
     entry: Optional[ModelEntry] = None
     description: str = ""
@@ -152,7 +148,7 @@ class ModelManager:
         """Registry models (ready or not), then local models (fine-tuned here or imported)."""
         found = [ModelChoice(key=f"registry:{e.id}", title=e.name, version=e.version, license=e.license,
                              task=e.task, inputs=list(e.inputs), label_schema=e.label_schema,
-                             labels=dict(e.labels), path=self.local_path(e), entry=e, description=e.description)
+                             path=self.local_path(e), entry=e, description=e.description)
                  for e in self.entries()]
         for name, path in registry.local_models().items():
             info = _read_description(path)
@@ -163,7 +159,6 @@ class ModelManager:
                 key=f"local:{name}", title=f"{name} (local)", version=str(info.get("version", "?")),
                 license=str(provenance.get("license", "as its base model")), task=info.get("task", ""),
                 inputs=list(info["modalities"]), label_schema=info["label_schema"], path=path,
-                labels={v: seg.name for v, seg in schema(info["label_schema"]).label_values().items()},
                 description=info.get("description", "") + (f"; base {provenance['base']}" if provenance.get("base") else "")))
         return found
 

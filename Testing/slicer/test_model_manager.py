@@ -136,7 +136,7 @@ def test_import_from_file_known_and_new_models(home, tmp_path):
     assert process.wait(timeout=120) == "ok", process.details()
     local = manager.choice("local:colleague")
     assert local.available and local.version == "colleague-1" and local.inputs == ["flair", "t1ce", "t1", "t2"]
-    assert local.labels[2] == "Peritumoral edema"
+    assert local.label_schema == "brats_regions"  # its label names come from the engine's schema
     # a file that is not a model is refused with the engine's one line
     bad = tmp_path / "usb" / "notes.pt"
     bad.write_text("hello")
