@@ -1,4 +1,4 @@
-"""Volume nodes <-> SimpleITK images and files, in physical space.
+"""Volume nodes -> SimpleITK images and files, in physical space.
 
 Slicer keeps volumes in RAS, ITK and the files we write in LPS: the conversion flips the first
 two axes of the origin and direction. A volume under a transform is exported in its own
@@ -45,23 +45,6 @@ def volume_to_image(node, what: Optional[str] = None) -> sitk.Image:
     image.SetOrigin(tuple(_RAS_TO_LPS @ origin))
     image.SetDirection(tuple((_RAS_TO_LPS @ _direction_ras(node)).ravel()))
     return image
-
-
-def image_to_volume(image: sitk.Image, node) -> None:
-    """Set a volume node's voxels and geometry from a SimpleITK image (LPS)."""
-    array = sitk.GetArrayFromImage(image)  # (k, j, i)
-    image_data = vtk.vtkImageData()
-    image_data.SetDimensions(array.shape[::-1])
-    image_data.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.ravel(), deep=True))
-    node.SetSpacing(image.GetSpacing())
-    node.SetOrigin(tuple(_RAS_TO_LPS @ np.array(image.GetOrigin())))
-    direction = _RAS_TO_LPS @ np.array(image.GetDirection()).reshape(3, 3)
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(3):
-        for c in range(3):
-            matrix.SetElement(r, c, float(direction[r, c]))
-    node.SetIJKToRASDirectionMatrix(matrix)
-    node.SetAndObserveImageData(image_data)
 
 
 def write_volume(node, path: os.PathLike) -> Path:

@@ -240,21 +240,6 @@ def network_from_checkpoint(ckpt: LoadedCheckpoint, **build_kwargs):
     return model
 
 
-def encoder_state(ckpt: LoadedCheckpoint) -> Dict[str, "torch.Tensor"]:
-    """The Swin encoder's weights (``swinViT.*`` without the prefix) of any checkpoint."""
-    state = {k[len(ENCODER_PREFIX):]: v for k, v in ckpt.state_dict.items() if k.startswith(ENCODER_PREFIX)}
-    if not state:
-        raise UserError(f"{ckpt.path} has no Swin encoder weights (swinViT.*)")
-    return state
-
-
-def load_encoder(model, ckpt: LoadedCheckpoint) -> int:
-    """Load a checkpoint's encoder strictly into ``model.swinViT``; returns the tensor count."""
-    state = encoder_state(ckpt)
-    load_strict(model.swinViT, state, f"encoder of {ckpt.path.name}")
-    return len(state)
-
-
 def resolve_meta(ckpt: LoadedCheckpoint, task: Optional[str] = None) -> ModelMeta:
     """Metadata for any checkpoint: its own, or the task preset that fits its channels."""
     if ckpt.meta is not None:

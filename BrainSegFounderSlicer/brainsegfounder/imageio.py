@@ -1,4 +1,4 @@
-"""Reading and checking input images; writing images atomically.
+"""Reading and checking input images.
 
 Inputs are files SimpleITK reads (NIfTI, NRRD, MHA, ...) or folders holding one DICOM series.
 Each is checked to be a finite, non-empty, scalar 3D volume, with one clear error if not.
@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
 from .errors import UserError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -114,18 +113,3 @@ def read_volume(path: os.PathLike, label: str = "input") -> sitk.Image:
         raise UserError(f"{label}: {path} is empty (all voxels are zero); check that the right file was given")
     return image
 
-
-def write_image(image: sitk.Image, path: os.PathLike) -> Path:
-    """Write atomically, compressed, in the format the file name says."""
-    path = Path(path)
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
-    with atomic_path(path, suffix=suffix) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-    return path
-
-
-def image_from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    """An image with ``reference``'s grid; ``array`` is in SimpleITK's (z, y, x) order."""
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(reference)
-    return image

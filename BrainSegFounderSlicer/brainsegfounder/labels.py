@@ -108,9 +108,6 @@ class LabelSchema:
         """Label values a ground-truth map of this schema may hold (0 = background)."""
         return (0,) + tuple(self.label_values(convention))
 
-    def region_names(self) -> Tuple[str, ...]:
-        return self.channels
-
 
 SCHEMAS: Dict[str, LabelSchema] = {
     "brats_regions": LabelSchema("brats_regions", ("TC", "WT", "ET")),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from brainsegfounder.checkpoints import (ModelMeta, infer_network, load_checkpoint, load_encoder,
+from brainsegfounder.checkpoints import (ENCODER_PREFIX, ModelMeta, infer_network, load_checkpoint, load_strict,
                                          network_from_checkpoint, resolve_meta, save_checkpoint)
 from brainsegfounder.errors import UserError
 from brainsegfounder.networks import NetworkConfig, build_network, count_parameters, network_config
@@ -93,7 +93,9 @@ def test_ssl_checkpoint_loads_encoder_only(tmp_path):
     assert ckpt.kind == "ssl" and ckpt.is_encoder_only
     assert ckpt.network.in_channels == 1 and ckpt.network.out_channels == 0
     model = build_network(NetworkConfig(in_channels=1, out_channels=1, feature_size=12))
-    assert load_encoder(model, ckpt) == len(encoder)
+    state = {k.removeprefix(ENCODER_PREFIX): v for k, v in ckpt.state_dict.items() if k.startswith(ENCODER_PREFIX)}
+    assert len(state) == len(encoder)
+    load_strict(model.swinViT, state, "encoder")
     for key, value in encoder.items():
         assert torch.equal(model.swinViT.state_dict()[key], value)
     with pytest.raises(UserError, match="self-supervised encoder checkpoint"):
