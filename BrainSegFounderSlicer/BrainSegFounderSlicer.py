@@ -93,7 +93,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._parameterNodeGuiTag = None
         self._segmentJob = None
         self._finetuneJob = None
-        self._side = None  # downloads, imports, installs, device query: one at a time
+        self._auxiliaryJob = None  # (kind, work, extra): the one download, import, install or device query
         self._details = ""
         self._chartShown = False
 
@@ -232,7 +232,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             return
         self.ui.modelInfoLabel.text = (f"version {choice.version}; licence: {choice.license}; {choice.status()}"
                                        + (f"\n{choice.description}" if choice.description else ""))
-        self.ui.downloadButton.enabled = choice.can_download and self._side is None
+        self.ui.downloadButton.enabled = choice.can_download and self._auxiliaryJob is None
         unsupported = [m for m in choice.inputs if m not in PANEL_INPUTS]
         for modality in PANEL_INPUTS:
             used = modality in choice.inputs
@@ -277,7 +277,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             return False
         if plan.empty:
             self.ui.dependencyLabel.text = ""
-            if self.ui.deviceSelector.count <= 2 and self._side is None:
+            if self.ui.deviceSelector.count <= 2 and self._auxiliaryJob is None:
                 self._queryDevices()
             return True
         self.ui.dependencyLabel.text = plan.summary() + " They are installed when you first click Segment."
@@ -291,7 +291,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             constraints.write_text(plan.constraints_text())
             process = BackgroundProcess(dependencies.pip_command(python_executable(), requirements, constraints),
                                         env=dict(os.environ)).start()
-            self._side = ("install", process, plan.restart_required)
+            self._auxiliaryJob = ("install", process, plan.restart_required)
             self.ui.dependencyLabel.text = "Installing " + ", ".join(requirements) + "..."
             self._updateButtons()
         elif plan.restart_required:
@@ -319,7 +319,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def _queryDevices(self) -> None:
         process = BackgroundProcess(self.logic.devices_command()).start()
-        self._side = ("devices", process, None)
+        self._auxiliaryJob = ("devices", process, None)
 
     # -- model manager -----------------------------------------------------------------------
     def onDownload(self) -> None:
@@ -338,7 +338,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             state["finished"] = True
 
         thread = threading.Thread(target=work, daemon=True)
-        self._side = ("download", state, token)
+        self._auxiliaryJob = ("download", state, token)
         thread.start()
         self._updateButtons()
 
@@ -356,7 +356,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 return
             name = pathlib.Path(path).name.split(".")[0]
             process = BackgroundProcess(import_command(path, name)).start()
-            self._side = ("import", process, name)
+            self._auxiliaryJob = ("import", process, name)
             self.ui.statusLabel.text = f"Checking {pathlib.Path(path).name}..."
 
     # -- segmentation ------------------------------------------------------------------------
@@ -476,8 +476,8 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 job, self._finetuneJob = self._finetuneJob, None
                 self._finishFinetune(job)
                 self._updateButtons()
-        if self._side is not None:
-            self._pollSide()
+        if self._auxiliaryJob is not None:
+            self._pollAuxiliaryJob()
 
     @staticmethod
     def _showProgress(bar, label, job) -> None:
@@ -486,15 +486,15 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             bar.maximum, bar.value = 1000, int(progress.fraction * 1000)
             label.text = progress.text()
 
-    def _pollSide(self) -> None:
-        kind, work, extra = self._side
+    def _pollAuxiliaryJob(self) -> None:
+        kind, work, extra = self._auxiliaryJob
         if kind == "download":
             if work["total"]:
                 self.ui.progressBar.maximum, self.ui.progressBar.value = 1000, int(1000 * work["done"] / work["total"])
                 self.ui.statusLabel.text = f"Downloading: {work['done'] / 1e6:.0f} / {work['total'] / 1e6:.0f} MB"
             if not work["finished"]:
                 return
-            self._side = None
+            self._auxiliaryJob = None
             self.ui.statusLabel.text = work["error"] or "Downloaded; SHA-256 verified."
             self._fillModels()
             return
@@ -503,7 +503,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 self.ui.dependencyLabel.text = event["log"][-200:]
         if not work.finished:
             return
-        self._side = None
+        self._auxiliaryJob = None
         if kind == "devices" and work.status == "ok":
             for device in (work.final or {}).get("devices", []):
                 if device["id"] != "cpu":
@@ -532,10 +532,10 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         segmenting, tuning = self._segmentJob is not None, self._finetuneJob is not None
         self.ui.segmentButton.text = "Cancel" if segmenting else "Segment"
         self.ui.finetuneButton.text = "Stop fine-tuning" if tuning else "Start fine-tuning"
-        choice = self._choice()
-        self.ui.segmentButton.enabled = segmenting or (choice is not None and choice.available and self._side is None)
-        self.ui.downloadButton.enabled = choice is not None and choice.can_download and self._side is None
-        self.ui.importButton.enabled = self._side is None
+        choice, idle = self._choice(), self._auxiliaryJob is None
+        self.ui.segmentButton.enabled = segmenting or (choice is not None and choice.available and idle)
+        self.ui.downloadButton.enabled = choice is not None and choice.can_download and idle
+        self.ui.importButton.enabled = idle
         if not segmenting:
             self.ui.progressBar.value = 0
 
