@@ -231,7 +231,7 @@ class WorkflowLogic:
                        replay: Optional[os.PathLike] = None, name: Optional[str] = None, device: str = "auto",
                        run: Optional[os.PathLike] = None, overrides: Mapping[str, object] = ()) -> FinetuneJob:
         from brainsegfounder import registry
-        from brainsegfounder.atomic import plain_name
+        from brainsegfounder.names import plain_name
         from brainsegfounder.cases import is_case_root
 
         if not base.available:

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from brainsegfounder import registry
-from brainsegfounder.atomic import atomic_path, plain_name
+from brainsegfounder.atomic import atomic_path
 from brainsegfounder.errors import Cancelled, UserError
+from brainsegfounder.names import plain_name
 
 RESOURCES_DIR = Path(__file__).resolve().parents[2] / "Resources"  # extension resources (source tree and install)
 REGISTRY_FILE = RESOURCES_DIR / "models.json"

@@ -28,9 +28,10 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path, plain_name
+from .atomic import atomic_path
 from .errors import UserError
 from .geometry import same_grid
+from .names import plain_name
 
 CASE_FILE = "case.json"
 DATALIST = "datalist.json"

@@ -151,7 +151,7 @@ def _autocast(device, precision: str):
 
 
 def estimate_peak_bytes(feature_size: int, roi: Sequence[int], sw_batch_size: int, volume_shape: Sequence[int]) -> int:
-    """Memory one sliding-window pass needs beyond the weights: the lean forward's peak (measured
+    """Memory one sliding-window pass needs beyond the weights: the low-memory forward's peak (measured
     6.5 full-resolution feature maps for the 62M model at 128^3, rounded up to 7) plus the
     float32 input, blended output and weight map of the (cropped) volume."""
     window = 7 * sw_batch_size * math.prod(roi) * feature_size * 4

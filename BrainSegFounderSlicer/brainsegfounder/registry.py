@@ -82,7 +82,8 @@ def register_model(source: os.PathLike, name: str, task: Optional[str] = None) -
     import json
     import shutil
 
-    from .atomic import atomic_path, plain_name
+    from .atomic import atomic_path
+    from .names import plain_name
 
     plain_name(name, "model name")
     description = describe(source, task)

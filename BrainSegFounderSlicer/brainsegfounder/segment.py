@@ -21,7 +21,7 @@ from .geometry import orientation_code, reorient, resample_to
 from .imageio import read_volume
 from .inference import InferenceSettings, predict_probabilities, resolve_device
 from .labels import et_label, region_volumes, schema
-from .lean import LeanSwinUNETR
+from .low_memory_swin import LowMemorySwinUNETR
 from .modalities import match_inputs
 from .outputs import check_output_paths, write_outputs
 from .preprocess import BrainBox, normalize
@@ -73,8 +73,8 @@ class Segmenter:
         self.device = resolve_device(device)
         self.checkpoint: LoadedCheckpoint = load_checkpoint(resolve_model(model))
         # Scaled-dot-product attention: 22 vs 34 s per 128^3 window of the 62M model on a CPU,
-        # 3.7 vs 4.5 GiB peak; the lean forward takes the peak to 3.2 GiB (lean.py).
-        self.network = LeanSwinUNETR(network_from_checkpoint(self.checkpoint, use_flash_attention=True))
+        # 3.7 vs 4.5 GiB peak; the low-memory forward takes the peak to 3.2 GiB (low_memory_swin.py).
+        self.network = LowMemorySwinUNETR(network_from_checkpoint(self.checkpoint, use_flash_attention=True))
         self.meta: ModelMeta = resolve_meta(self.checkpoint, task)
         self.schema = schema(self.meta.label_schema)
         if self.schema.num_channels != self.checkpoint.network.out_channels:

@@ -11,7 +11,7 @@ import torch
 
 from brainsegfounder import inference, resources
 from brainsegfounder.inference import InferenceSettings, auto_precision, plan_memory, predict_probabilities
-from brainsegfounder.lean import LeanSwinUNETR
+from brainsegfounder.low_memory_swin import LowMemorySwinUNETR
 from brainsegfounder.networks import build_network, network_config
 
 from conftest import run_cli, segment_args
@@ -29,7 +29,7 @@ def test_lean_forward_equals_monai_and_keeps_the_weights(tiny_net):
     x = torch.randn(2, 4, 64, 64, 96)
     with torch.inference_mode():
         expected = tiny_net(x)
-        lean = LeanSwinUNETR(copy.deepcopy(tiny_net))
+        lean = LowMemorySwinUNETR(copy.deepcopy(tiny_net))
         got = lean(x)
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
@@ -41,7 +41,7 @@ def test_lean_forward_equals_monai_and_keeps_the_weights(tiny_net):
 
 def test_lean_forward_in_bf16_stays_close(tiny_net):
     x = torch.randn(1, 4, 64, 64, 64)
-    lean = LeanSwinUNETR(copy.deepcopy(tiny_net))
+    lean = LowMemorySwinUNETR(copy.deepcopy(tiny_net))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         got = lean(x).float()
     with torch.inference_mode():

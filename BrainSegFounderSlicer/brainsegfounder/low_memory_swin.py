@@ -38,7 +38,7 @@ def _up(block, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     return block.conv_block(joined)
 
 
-class LeanSwinUNETR(nn.Module):
+class LowMemorySwinUNETR(nn.Module):
     """Wraps a MONAI SwinUNETR v1 for inference (the wrapped module's weights are used as they are)."""
 
     def __init__(self, net: nn.Module):
