@@ -23,10 +23,11 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+from . import __version__
 from .atomic import atomic_path
 from .errors import UserError
 from .networks import PRESETS, NetworkConfig, build_network
@@ -38,6 +39,9 @@ FORMAT = "brainsegfounder"
 FORMAT_VERSION = 1
 ENCODER_PREFIX = "swinViT."
 SSL_HEAD_PREFIXES = ("rotation_head.", "contrastive_head.", "conv.")
+# Buffers the network rebuilds identically from its config (Swin's relative position indices:
+# 8 x 0.9 MB of int64 even in the tiny model); compact files leave them out.
+DERIVED_BUFFER_SUFFIX = "relative_position_index"
 
 
 @dataclass
@@ -266,11 +270,6 @@ def resolve_meta(ckpt: LoadedCheckpoint, task: Optional[str] = None) -> ModelMet
                                 provenance={"source": f"{ckpt.kind} checkpoint {ckpt.path.name}"})
 
 
-# Buffers the network rebuilds identically from its config (Swin's relative position indices:
-# 8 x 0.9 MB of int64 even in the tiny model); compact files leave them out.
-DERIVED_BUFFER_SUFFIX = "relative_position_index"
-
-
 def save_checkpoint(path: os.PathLike, model, meta: ModelMeta, dtype: Optional["torch.dtype"] = None) -> Path:
     """Write our self-describing checkpoint atomically. ``dtype`` (e.g. float16) makes a compact
     file: floating-point weights in that type (loading copies them back into the float32
@@ -280,10 +279,8 @@ def save_checkpoint(path: os.PathLike, model, meta: ModelMeta, dtype: Optional["
     path = Path(path)
     provenance = dict(meta.provenance)
     provenance.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    from . import __version__
-
     provenance.setdefault("brainsegfounder", __version__)
-    meta.provenance = provenance
+    meta = replace(meta, provenance=provenance)  # a copy: the caller's meta stays as it was
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta.to_dict(), "state_dict": state}
     if dtype is not None:

@@ -118,6 +118,14 @@ def test_our_checkpoint_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
 
 
+def test_saving_leaves_the_callers_metadata_as_it_was(tmp_path):
+    config = network_config("tiny", "atlas")
+    meta = ModelMeta.for_preset("atlas", config, provenance={"data": "synthetic"})
+    save_checkpoint(tmp_path / "m.pt", build_network(config), meta)
+    assert meta.provenance == {"data": "synthetic"}  # date and version went into the file only
+    assert "date" in load_checkpoint(tmp_path / "m.pt").meta.provenance
+
+
 def test_missing_keys_are_named(tmp_path):
     state = monai_swinunetr().state_dict()
     del state["decoder1.conv_block.conv1.conv.weight"]
