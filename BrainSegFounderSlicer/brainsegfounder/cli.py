@@ -44,113 +44,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brainsegfounder", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"brainsegfounder {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    seg = sub.add_parser("segment", help="segment one case")
-    seg.add_argument("--model", required=True, help="checkpoint path or local model name")
-    seg.add_argument("--input", dest="inputs", action="append", type=_input_pair, default=[],
-                     metavar="MODALITY=PATH", help="an input image (file or DICOM folder), named by modality")
-    seg.add_argument("--output", required=True, help="label map (.nii.gz, .nii, .nrrd, .mha)")
-    seg.add_argument("--seg-nrrd", help="also write a Slicer segmentation (.seg.nrrd)")
-    seg.add_argument("--summary", help="also write a JSON summary (volumes, model, timings)")
-    seg.add_argument("--preview", help="also write a PNG of a few slices with the labels overlaid")
-    seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    seg.add_argument("--labels", default="brats2021", choices=("brats2021", "brats2023"),
-                     help="BraTS label numbers: brats2021 ET=4 (default), brats2023 ET=3")
-    seg.add_argument("--task", help="task preset for checkpoints without metadata (brats, atlas)")
-    seg.add_argument("--roi", type=_roi, help="sliding-window size, default the model's training ROI")
-    seg.add_argument("--overlap", type=float, help="window overlap (default 0.5; 0.25 with --fast)")
-    seg.add_argument("--blend", default="gaussian", choices=("gaussian", "constant"))
-    seg.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 1 on CPU, 2 on GPU)")
-    seg.add_argument("--tta", action="store_true", help="average over the 8 mirror flips (8x slower)")
-    seg.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                     help="auto: bf16/fp16 autocast on a GPU, fp32 on the CPU")
-    seg.add_argument("--memory", default="auto", choices=("auto", "normal", "low"),
-                     help="low: smaller windows, one per batch (for 4-8 GB GPUs or 8 GB laptops); auto picks it "
-                          "when free memory is short")
-    seg.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
-    seg.add_argument("--fast", action="store_true",
-                     help="fast mode: 96^3 windows, overlap 0.25, bf16 where the hardware has it (about 3x faster on "
-                          "a CPU; see the README for its accuracy cost)")
-    _add_common(seg)
-
-    syn = sub.add_parser("synth", help="write a synthetic cohort on real anatomy")
-    syn.add_argument("--out", required=True, help="data set folder")
-    syn.add_argument("--kind", default="brats", choices=("brats", "stroke", "healthy"))
-    syn.add_argument("--layout", help="brats2021 / brats2023 (brats), atlas (stroke), ukb (healthy)")
-    syn.add_argument("--n", type=int, default=5, help="number of cases (default 5)")
-    syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm (default 1)")
-    syn.add_argument("--folds", type=int, default=5, help="folds in datalist.json (default 5)")
-    syn.add_argument("--start", type=int, default=0, help="index of the first case (to add to a cohort)")
-    syn.add_argument("--preview", action="store_true", help="write a PNG of each case into OUT/previews")
-    _add_common(syn)
-
-    mod = sub.add_parser("models", help="list, inspect or create models")
-    mod_sub = mod.add_subparsers(dest="models_command", required=True)
-    lst = mod_sub.add_parser("list", help="task presets, sizes and local models")
-    _add_common(lst)
-    ins = mod_sub.add_parser("inspect", help="print what a checkpoint holds")
-    ins.add_argument("checkpoint")
-    ins.add_argument("--task", help="task preset for checkpoints without metadata")
-    _add_common(ins)
-    reg = mod_sub.add_parser("register", help="check a checkpoint and add it to the local models")
-    reg.add_argument("checkpoint")
-    reg.add_argument("--name", help="local model name (default: the file name)")
-    reg.add_argument("--task", help="task preset for checkpoints without metadata (brats, atlas)")
-    _add_common(reg)
-    ini = mod_sub.add_parser("init", help="write a randomly initialised, self-describing model")
-    ini.add_argument("--size", default="tiny", help="62M, 64M, 70M, 277M, small or tiny")
-    ini.add_argument("--task", default="brats", help="brats or atlas")
-    ini.add_argument("--output", required=True)
-    ini.add_argument("--seed", type=int, default=0)
-    ini.add_argument("--name", help="model name (default: the file name)")
-    ini.add_argument("--roi", type=_roi, help="ROI stored with the model (default the task's)")
-    _add_common(ini)
-
-    dev = sub.add_parser("devices", help="the CPU and GPUs inference can use (JSON with --progress json)")
-    _add_common(dev)
-
-    demo = sub.add_parser("demo", help="segment a synthetic case end to end (built-in default)")
-    demo.add_argument("--out", default="demo_output", help="output folder (default ./demo_output)")
-    demo.add_argument("--spacing", type=float, default=2.0, help="voxel size of the synthetic case (mm)")
-    demo.add_argument("--seed", type=int, default=2026)
-    demo.add_argument("--device", default="auto")
-    _add_common(demo)
-    for register in _plugin_registrars():
-        COMMANDS.update(register(sub, _add_common))
-    return parser
-
-
-PLUGIN_GROUP = "brainsegfounder.commands"
-PLUGIN_ENV = "BRAINSEGFOUNDER_COMMANDS"
-
-
-def _plugin_registrars():
-    """Subcommands other packages add (the training pipeline's finetune, evaluate, ...).
-
-    They register through the ``brainsegfounder.commands`` entry point group, so the engine
-    never imports them: each entry is a function ``register(subparsers, add_common)``
-    returning ``{command: handler}``.
-    """
-    import importlib
-    import os
-    from importlib.metadata import entry_points
-
-    # Inside Slicer nothing is pip-installed, so no entry points exist: the module names the
-    # registrars in BRAINSEGFOUNDER_COMMANDS ("package.module:function", comma-separated).
-    targets = [ep.value for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)]
-    targets += [t.strip() for t in os.environ.get(PLUGIN_ENV, "").split(",") if t.strip() and t.strip() not in targets]
-    registrars = []
-    for target in targets:
-        module, _, attr = target.partition(":")
-        registrars.append(getattr(importlib.import_module(module), attr))
-    return registrars
-
-
 def _reporter(mode: str):
     if mode == "json":
         return JsonLinesReporter(sys.stdout)
@@ -258,17 +151,128 @@ def cmd_devices(args, report, cancel) -> dict:
     return {"devices": devices, "message": "\n".join(lines)}
 
 
+# The built-in subcommands' handlers; other packages add theirs (see _plugin_registrars).
 COMMANDS = {"segment": cmd_segment, "devices": cmd_devices, "synth": cmd_synth, "models": cmd_models, "demo": cmd_demo}
 
 
+PLUGIN_GROUP = "brainsegfounder.commands"
+PLUGIN_ENV = "BRAINSEGFOUNDER_COMMANDS"
+
+
+def _plugin_registrars():
+    """Subcommands other packages add (the training pipeline's finetune, evaluate, ...).
+
+    They register through the ``brainsegfounder.commands`` entry point group, so the engine
+    never imports them: each entry is a function ``register(subparsers, add_common)``
+    returning ``{command: handler}``.
+    """
+    import importlib
+    import os
+    from importlib.metadata import entry_points
+
+    # Inside Slicer nothing is pip-installed, so no entry points exist: the module names the
+    # registrars in BRAINSEGFOUNDER_COMMANDS ("package.module:function", comma-separated).
+    targets = [ep.value for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)]
+    targets += [t.strip() for t in os.environ.get(PLUGIN_ENV, "").split(",") if t.strip() and t.strip() not in targets]
+    registrars = []
+    for target in targets:
+        module, _, attr = target.partition(":")
+        registrars.append(getattr(importlib.import_module(module), attr))
+    return registrars
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainsegfounder", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"brainsegfounder {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment one case")
+    seg.add_argument("--model", required=True, help="checkpoint path or local model name")
+    seg.add_argument("--input", dest="inputs", action="append", type=_input_pair, default=[],
+                     metavar="MODALITY=PATH", help="an input image (file or DICOM folder), named by modality")
+    seg.add_argument("--output", required=True, help="label map (.nii.gz, .nii, .nrrd, .mha)")
+    seg.add_argument("--seg-nrrd", help="also write a Slicer segmentation (.seg.nrrd)")
+    seg.add_argument("--summary", help="also write a JSON summary (volumes, model, timings)")
+    seg.add_argument("--preview", help="also write a PNG of a few slices with the labels overlaid")
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    seg.add_argument("--labels", default="brats2021", choices=("brats2021", "brats2023"),
+                     help="BraTS label numbers: brats2021 ET=4 (default), brats2023 ET=3")
+    seg.add_argument("--task", help="task preset for checkpoints without metadata (brats, atlas)")
+    seg.add_argument("--roi", type=_roi, help="sliding-window size, default the model's training ROI")
+    seg.add_argument("--overlap", type=float, help="window overlap (default 0.5; 0.25 with --fast)")
+    seg.add_argument("--blend", default="gaussian", choices=("gaussian", "constant"))
+    seg.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 1 on CPU, 2 on GPU)")
+    seg.add_argument("--tta", action="store_true", help="average over the 8 mirror flips (8x slower)")
+    seg.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                     help="auto: bf16/fp16 autocast on a GPU, fp32 on the CPU")
+    seg.add_argument("--memory", default="auto", choices=("auto", "normal", "low"),
+                     help="low: smaller windows, one per batch (for 4-8 GB GPUs or 8 GB laptops); auto picks it "
+                          "when free memory is short")
+    seg.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
+    seg.add_argument("--fast", action="store_true",
+                     help="fast mode: 96^3 windows, overlap 0.25, bf16 where the hardware has it (about 3x faster on "
+                          "a CPU; see the README for its accuracy cost)")
+    _add_common(seg)
+
+    syn = sub.add_parser("synth", help="write a synthetic cohort on real anatomy")
+    syn.add_argument("--out", required=True, help="data set folder")
+    syn.add_argument("--kind", default="brats", choices=("brats", "stroke", "healthy"))
+    syn.add_argument("--layout", help="brats2021 / brats2023 (brats), atlas (stroke), ukb (healthy)")
+    syn.add_argument("--n", type=int, default=5, help="number of cases (default 5)")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm (default 1)")
+    syn.add_argument("--folds", type=int, default=5, help="folds in datalist.json (default 5)")
+    syn.add_argument("--start", type=int, default=0, help="index of the first case (to add to a cohort)")
+    syn.add_argument("--preview", action="store_true", help="write a PNG of each case into OUT/previews")
+    _add_common(syn)
+
+    mod = sub.add_parser("models", help="list, inspect or create models")
+    mod_sub = mod.add_subparsers(dest="models_command", required=True)
+    lst = mod_sub.add_parser("list", help="task presets, sizes and local models")
+    _add_common(lst)
+    ins = mod_sub.add_parser("inspect", help="print what a checkpoint holds")
+    ins.add_argument("checkpoint")
+    ins.add_argument("--task", help="task preset for checkpoints without metadata")
+    _add_common(ins)
+    reg = mod_sub.add_parser("register", help="check a checkpoint and add it to the local models")
+    reg.add_argument("checkpoint")
+    reg.add_argument("--name", help="local model name (default: the file name)")
+    reg.add_argument("--task", help="task preset for checkpoints without metadata (brats, atlas)")
+    _add_common(reg)
+    ini = mod_sub.add_parser("init", help="write a randomly initialised, self-describing model")
+    ini.add_argument("--size", default="tiny", help="62M, 64M, 70M, 277M, small or tiny")
+    ini.add_argument("--task", default="brats", help="brats or atlas")
+    ini.add_argument("--output", required=True)
+    ini.add_argument("--seed", type=int, default=0)
+    ini.add_argument("--name", help="model name (default: the file name)")
+    ini.add_argument("--roi", type=_roi, help="ROI stored with the model (default the task's)")
+    _add_common(ini)
+
+    dev = sub.add_parser("devices", help="the CPU and GPUs inference can use (JSON with --progress json)")
+    _add_common(dev)
+
+    demo = sub.add_parser("demo", help="segment a synthetic case end to end (built-in default)")
+    demo.add_argument("--out", default="demo_output", help="output folder (default ./demo_output)")
+    demo.add_argument("--spacing", type=float, default=2.0, help="voxel size of the synthetic case (mm)")
+    demo.add_argument("--seed", type=int, default=2026)
+    demo.add_argument("--device", default="auto")
+    _add_common(demo)
+    handlers = dict(COMMANDS)  # a copy: building a parser leaves the module as it was
+    for register in _plugin_registrars():
+        handlers.update(register(sub, _add_common))
+    for command, handler in handlers.items():
+        sub.choices[command].set_defaults(handler=handler)
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)  # also adds the plugins' commands to COMMANDS
+    args = build_parser().parse_args(argv)
     reporter = _reporter(args.progress)
     cancel = CancelToken()
     cancel.install_signal_handlers()
     report = reporter or (lambda *a, **k: None)
     try:
-        result = COMMANDS[args.command](args, report, cancel)
+        result = args.handler(args, report, cancel)
     except UserError as error:
         if args.debug:
             raise

@@ -100,3 +100,19 @@ def test_text_progress_bar_on_stderr(tmp_path, capsys, brats_model, brats_inputs
     code, out, err = run_cli(args, capsys)
     assert code == 0
     assert "inference [####" in err and out.startswith("wrote ") and "WT" in out
+
+
+def _register_hello(subparsers, add_common):
+    """A plugin's registrar, as the training pipeline's: one subcommand and its handler."""
+    add_common(subparsers.add_parser("hello", help="a plugin's command"))
+    return {"hello": lambda args, report, cancel: {"message": "hello"}}
+
+
+def test_plugin_commands_run_and_leave_the_built_in_table_as_it_was(monkeypatch, capsys):
+    from brainsegfounder import cli
+
+    before = dict(cli.COMMANDS)
+    monkeypatch.setenv(cli.PLUGIN_ENV, f"{__name__}:_register_hello")
+    cli.build_parser()
+    assert cli.main(["hello", "--progress", "none"]) == 0 and capsys.readouterr().out == "hello\n"
+    assert cli.COMMANDS == before  # building parsers changes no module state
