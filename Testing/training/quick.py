@@ -19,13 +19,14 @@ QUICK = ["model.size=tiny", "model.roi=[64,64,64]", "train.epochs=1", "train.ste
 
 
 def quick_recipe(data, *overrides, config="brats"):
-    from brainsegfounder_training.recipe import load_recipe
+    from brainsegfounder_training.finetuning.recipe import load_recipe
 
     return load_recipe(config, [f"data.path={data}", *QUICK, *overrides])
 
 
 def run_trainer(recipe, out, resume=False):
-    from brainsegfounder_training.trainer import RunFolder, Trainer
+    from brainsegfounder_training.finetuning.trainer import Trainer
+    from brainsegfounder_training.harness.run_folder import RunFolder
 
     return Trainer(recipe, RunFolder(out), resume, "cpu").fit()
 

@@ -8,7 +8,7 @@ import numpy as np
 def test_brats2023_and_atlas_folders_are_discovered(tmp_path):
     from brainsegfounder.labels import schema
     from brainsegfounder.synth.cohort import write_cohort
-    from brainsegfounder_training.datasets import check_cases, discover
+    from brainsegfounder_training.finetuning.datasets import check_cases, discover
 
     brats = write_cohort(tmp_path / "brats23", kind="brats", n=2, seed=3, spacing=4.0, layout="brats2023")
     (brats / "datalist.json").unlink()  # found by its file names alone
@@ -27,8 +27,8 @@ def test_brats2023_and_atlas_folders_are_discovered(tmp_path):
 
 def test_generic_recipe_is_one_channel_per_label():
     from brainsegfounder.labels import schema
-    from brainsegfounder_training.initialise import resolve_task
-    from brainsegfounder_training.recipe import load_recipe
+    from brainsegfounder_training.finetuning.initialise import resolve_task
+    from brainsegfounder_training.finetuning.recipe import load_recipe
 
     spec = resolve_task(load_recipe("generic", ["modalities=[T1w, dwi]", "labels=[lesion, edema]",
                                                 "model.size=tiny"]))

@@ -46,7 +46,7 @@ def _known_case(root):
 
 def test_metrics_match_monai_and_known_values(tmp_path):
     from brainsegfounder.labels import schema
-    from brainsegfounder_training.evaluate import evaluate
+    from brainsegfounder_training.finetuning.evaluate import evaluate
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
     truth, pred = _known_case(tmp_path)
@@ -77,7 +77,7 @@ def test_metrics_match_monai_and_known_values(tmp_path):
 
 
 def test_prediction_on_another_grid_is_refused(tmp_path):
-    from brainsegfounder_training.evaluate import evaluate
+    from brainsegfounder_training.finetuning.evaluate import evaluate
 
     truth, pred = _known_case(tmp_path)
     _write(pred, tmp_path / "pred" / "BraTS2021_00001.nii.gz", spacing=(1.0, 1.0, 1.0))
@@ -90,7 +90,7 @@ def test_evaluate_a_model_from_the_cli(tmp_path, brats_root, brats_model, capsys
     """--model: segment every case into OUT/predictions, then score them; the numbers in the
     CSV are those of the written label maps."""
     from brainsegfounder.labels import schema
-    from brainsegfounder_training.metrics import region_dice
+    from brainsegfounder_training.finetuning.metrics import region_dice
 
     code, out, err = run_cli(["evaluate", "--data", brats_root, "--model", brats_model, "--out", tmp_path / "eval",
                               "--progress", "none", "--device", "cpu"], capsys)

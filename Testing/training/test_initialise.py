@@ -28,7 +28,7 @@ def ssl_checkpoint(path, in_channels=1, seed=0):
 
 
 def test_ssl_one_channel_inflated_into_four(tmp_path, brats_root):
-    from brainsegfounder_training.initialise import build_model, resolve_task
+    from brainsegfounder_training.finetuning.initialise import build_model, resolve_task
 
     path, source = ssl_checkpoint(tmp_path / "ssl.pt", in_channels=1)
     recipe = quick_recipe(brats_root, f"init.checkpoint={path}")
@@ -56,7 +56,7 @@ def test_full_model_other_task_inflates_stem_and_reinitialises_head(tmp_path, br
     """A 1-channel stroke model as the start of a 4-channel BraTS model: the encoder, decoder and
     the inflated stems are kept, only the 1-channel output layer is new."""
     from brainsegfounder.checkpoints import load_checkpoint
-    from brainsegfounder_training.initialise import build_model, resolve_task
+    from brainsegfounder_training.finetuning.initialise import build_model, resolve_task
 
     recipe = quick_recipe(brats_root, f"init.checkpoint={atlas_model}")
     model, report = build_model(resolve_task(recipe), recipe)
@@ -75,7 +75,7 @@ def test_full_model_other_task_inflates_stem_and_reinitialises_head(tmp_path, br
 
 def test_depth_mismatch_is_an_error(tmp_path, brats_root):
     path, _ = ssl_checkpoint(tmp_path / "ssl.pt")
-    from brainsegfounder_training.initialise import resolve_task
+    from brainsegfounder_training.finetuning.initialise import resolve_task
 
     with pytest.raises(UserError, match="model.size=auto"):
         resolve_task(quick_recipe(brats_root, f"init.checkpoint={path}", "model.size=small"))
@@ -86,7 +86,7 @@ def test_base_model_with_other_inputs_is_refused(tmp_path, brats_root, brats_mod
     would be fed the wrong contrasts)."""
     from brainsegfounder.checkpoints import load_checkpoint, save_checkpoint
     from brainsegfounder.networks import build_network
-    from brainsegfounder_training.initialise import resolve_task
+    from brainsegfounder_training.finetuning.initialise import resolve_task
 
     ckpt = load_checkpoint(brats_model)
     meta = ckpt.meta

@@ -91,7 +91,7 @@ def test_contrastive_loss_goes_down(healthy_root):
 def stage1_run(tmp_path_factory, healthy_root):
     from brainsegfounder_training.pretraining.loop import Pretrainer
     from brainsegfounder_training.pretraining.recipe import load_pretrain_recipe
-    from brainsegfounder_training.trainer import RunFolder
+    from brainsegfounder_training.harness.run_folder import RunFolder
 
     out = tmp_path_factory.mktemp("stage1") / "run"
     recipe = load_pretrain_recipe("stage1-ukb", [f"data.path={healthy_root}", *PT_QUICK, "train.steps=4",

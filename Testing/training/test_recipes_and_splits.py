@@ -7,7 +7,8 @@ from brainsegfounder.errors import UserError
 
 
 def test_bundled_recipes_load():
-    from brainsegfounder_training.recipe import CONFIG_DIR, load_recipe
+    from brainsegfounder_training.finetuning.recipe import load_recipe
+    from brainsegfounder_training.harness.recipe import CONFIG_DIR
 
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert {"brats", "atlas", "generic", "corrections", "demo"} <= set(names)
@@ -22,7 +23,7 @@ def test_bundled_recipes_load():
 
 
 def test_overrides_and_typos():
-    from brainsegfounder_training.recipe import load_recipe
+    from brainsegfounder_training.finetuning.recipe import load_recipe
 
     recipe = load_recipe("brats", ["train.epochs=7", "model.roi=[96,96,96]", "data.replay=/x"])
     assert recipe["train"]["epochs"] == 7 and recipe["model"]["roi"] == [96, 96, 96]
@@ -35,14 +36,14 @@ def test_overrides_and_typos():
 
 
 def _cases(n, folds=None):
-    from brainsegfounder_training.datasets import Case
+    from brainsegfounder_training.finetuning.datasets import Case
 
     return [Case(f"c{i:02d}", {"t1": f"/d/c{i}.nii.gz"}, f"/d/c{i}_seg.nii.gz",
                  None if folds is None else i % folds) for i in range(n)]
 
 
 def test_splits_are_seeded_held_out_and_label_fraction():
-    from brainsegfounder_training.splits import make_split
+    from brainsegfounder_training.finetuning.splits import make_split
 
     data = {"split": "folds", "folds": 5, "fold": 2, "val_fraction": 0.2, "label_fraction": 0.5,
             "replay_ratio": 1.0}
@@ -61,7 +62,7 @@ def test_splits_are_seeded_held_out_and_label_fraction():
 
 
 def test_fewer_cases_than_folds():
-    from brainsegfounder_training.splits import make_split
+    from brainsegfounder_training.finetuning.splits import make_split
 
     data = {"split": "folds", "folds": 5, "fold": 0, "val_fraction": 0.2, "label_fraction": 1.0,
             "replay_ratio": 1.0}

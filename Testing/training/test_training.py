@@ -21,10 +21,11 @@ def test_a_few_steps_lower_the_loss_and_raise_the_dice(tmp_path, train_root):
     """Twelve steps from scratch: at 3 mm one 64^3 crop holds the whole brain. The Dice is measured
     with the run's validator on one of the cases before and after."""
     from brainsegfounder.labels import schema
-    from brainsegfounder_training import distributed
-    from brainsegfounder_training.datasets import check_cases, discover
-    from brainsegfounder_training.initialise import build_model, resolve_task
-    from brainsegfounder_training.trainer import Validator, load_state
+    from brainsegfounder_training.harness import distributed
+    from brainsegfounder_training.finetuning.datasets import check_cases, discover
+    from brainsegfounder_training.finetuning.initialise import build_model, resolve_task
+    from brainsegfounder_training.finetuning.trainer import STATE_FORMAT, Validator
+    from brainsegfounder_training.harness.state import load_state
 
     recipe = quick_recipe(train_root, "train.steps_per_epoch=12", "train.lr=2e-3", "train.loss=dice_ce",
                           "train.crop=posneg", "augment.flip=0", "data.cache=memory")
@@ -40,7 +41,7 @@ def test_a_few_steps_lower_the_loss_and_raise_the_dice(tmp_path, train_root):
     losses = [r["loss"] for r in records if r["type"] == "step"]
     assert len(losses) == 12
     assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.03, losses
-    model.load_state_dict(load_state(tmp_path / "run" / "state.pt")["model"])
+    model.load_state_dict(load_state(tmp_path / "run" / "state.pt", STATE_FORMAT, "finetune")["model"])
     after = validator(model)["dice"]
     assert after["WT"] > before["WT"] + 0.3, (before, after)
     assert (tmp_path / "run" / "learning_curves.png").is_file()

@@ -1,8 +1,11 @@
 """The bundled training pipeline of BrainSegFounderSlicer, on top of the ``brainsegfounder`` engine.
 
-Fine-tuning (``brainsegfounder finetune``), evaluation (``brainsegfounder evaluate``) and
-learning from saved corrections. The engine never imports this package: its commands reach
-the CLI through the ``brainsegfounder.commands`` entry point group.
-"""
+harness      what every run shares: run folder, recipes, loop base, optimisation, state, metrics
+finetuning   fine-tuning (``brainsegfounder finetune``, learning from saved corrections) and
+             evaluation (``brainsegfounder evaluate``)
+pretraining  self-supervised pretraining (``brainsegfounder pretrain``)
+commands     the subcommands, registered with the engine's CLI
 
-__version__ = "0.1.0"
+The engine never imports this package: its commands reach the CLI through the
+``brainsegfounder.commands`` entry point group. Its version is the engine's.
+"""

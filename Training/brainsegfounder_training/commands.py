@@ -6,7 +6,24 @@ engine's CLI offers them without importing this package.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from brainsegfounder.errors import UserError
+
+from .finetuning.recipe import RESUMABLE, load_recipe
+from .harness.run_folder import prepare_run
+from .pretraining.recipe import PRETRAIN_RESUMABLE, load_pretrain_recipe
+
+
+def add_run_arguments(parser, recipes: str, example: str, resumes: str) -> None:
+    """The arguments every training run takes: recipe, overrides, run folder, resume, device."""
+    parser.add_argument("--config", help=f"recipe: a YAML file or a bundled name ({recipes})")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"recipe overrides, e.g. {example}")
+    parser.add_argument("--out", help="run folder (default the recipe's output.dir)")
+    parser.add_argument("--resume", metavar="RUN", help=f"continue the run in this folder {resumes}")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per process)")
 
 
 def register(subparsers, add_common) -> dict:
@@ -14,17 +31,13 @@ def register(subparsers, add_common) -> dict:
         "finetune", help="fine-tune a model (BraTS, ATLAS, generic) or learn from saved corrections",
         description="Fine-tune from a recipe. Single process: brainsegfounder finetune ...; several GPUs or "
                     "nodes: torchrun --nproc_per_node=N -m brainsegfounder finetune ... (same arguments).")
-    ft.add_argument("--config", help="recipe: a YAML file or a bundled name (brats, atlas, generic, corrections, "
-                                     "demo); default corrections when --base is given")
-    ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. train.epochs=5")
+    add_run_arguments(ft, "brats, atlas, generic, corrections, demo; default corrections when --base is given",
+                      "train.epochs=5", "from its last finished epoch")
     ft.add_argument("--data", help="datalist.json, BraTS 2021/2023 or ATLAS folder, or saved training cases")
     ft.add_argument("--base", help="model to start from (path or local model name); sets init.checkpoint")
     ft.add_argument("--replay", help="data set mixed into training so a few corrections do not make it forget")
     ft.add_argument("--epochs", type=int, help="sets train.epochs")
-    ft.add_argument("--out", help="run folder (default the recipe's output.dir)")
     ft.add_argument("--register", metavar="NAME", help="add the best model to the local models as NAME")
-    ft.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last finished epoch")
-    ft.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per process)")
     add_common(ft)
 
     pt = subparsers.add_parser(
@@ -33,14 +46,10 @@ def register(subparsers, add_common) -> dict:
                     "brainsegfounder pretrain ...; several GPUs or nodes: torchrun --nproc_per_node=N -m "
                     "brainsegfounder pretrain ... (same arguments). The run's best.pt is what stage 2 (--init) "
                     "and finetune (--base) take.")
-    pt.add_argument("--config", help="recipe: a YAML file or a bundled name (stage1-ukb, stage2-brats, stage2-atlas)")
-    pt.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. train.steps=1000")
+    add_run_arguments(pt, "stage1-ukb, stage2-brats, stage2-atlas", "train.steps=1000", "from its last saved step")
     pt.add_argument("--data", help="datalist.json, or a folder: BIDS, UK Biobank-style, BraTS, one folder per subject")
     pt.add_argument("--init", help="stage 2: the stage-1 model to start from (sets init.checkpoint)")
     pt.add_argument("--steps", type=int, help="sets train.steps")
-    pt.add_argument("--out", help="run folder (default the recipe's output.dir)")
-    pt.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last saved step")
-    pt.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per process)")
     add_common(pt)
 
     ev = subparsers.add_parser("evaluate", help="Dice, HD95, volume error and lesion-wise metrics")
@@ -67,10 +76,6 @@ def _overrides(args, flags) -> list:
 
 
 def finetune_recipe(args) -> dict:
-    from brainsegfounder.errors import UserError
-
-    from .recipe import load_recipe
-
     overrides = _overrides(args, (("data", "data.path"), ("base", "init.checkpoint"), ("replay", "data.replay"),
                                   ("epochs", "train.epochs"), ("register", "register")))
     if args.resume:
@@ -85,18 +90,16 @@ def finetune_recipe(args) -> dict:
 def cmd_finetune(args, report, cancel) -> dict:
     from brainsegfounder.registry import free_name, register_model
 
-    from .trainer import Trainer, prepare_run
+    from .finetuning.trainer import Trainer
 
     loaded = finetune_recipe(args)
     if args.resume:
-        recipe, run, resuming = prepare_run(None, None, args.resume, loaded)
+        recipe, run, resuming = prepare_run(None, None, args.resume, loaded, load=load_recipe, resumable=RESUMABLE)
     else:
         recipe, run, resuming = prepare_run(loaded, args.out, None)
     if recipe["register"] and not resuming:
         recipe["model"]["name"] = free_name(str(recipe["register"]))
     summary = Trainer(recipe, run, resuming, args.device, report, cancel).fit()
-    import os
-
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports and registers
         return {"message": ""}
     best = summary["best"]
@@ -113,11 +116,7 @@ def cmd_finetune(args, report, cancel) -> dict:
 
 
 def cmd_pretrain(args, report, cancel) -> dict:
-    from brainsegfounder.errors import UserError
-
     from .pretraining.loop import Pretrainer
-    from .pretraining.recipe import PRETRAIN_RESUMABLE, load_pretrain_recipe
-    from .trainer import prepare_run
 
     overrides = _overrides(args, (("data", "data.path"), ("init", "init.checkpoint"), ("steps", "train.steps")))
     if args.resume:
@@ -128,8 +127,6 @@ def cmd_pretrain(args, report, cancel) -> dict:
             raise UserError("give a recipe with --config (stage1-ukb, stage2-brats, stage2-atlas or a YAML file)")
         recipe, run, resuming = prepare_run(load_pretrain_recipe(args.config, overrides), args.out, None)
     summary = Pretrainer(recipe, run, resuming, args.device, report, cancel).fit()
-    import os
-
     if int(os.environ.get("RANK", "0")) != 0:
         return {"message": ""}
     best = summary["best"]
@@ -141,7 +138,7 @@ def cmd_pretrain(args, report, cancel) -> dict:
 
 
 def cmd_evaluate(args, report, cancel) -> dict:
-    from .evaluate import evaluate, format_table
+    from .finetuning.evaluate import evaluate, format_table
 
     summary = evaluate(args.data, args.out, pred=args.pred, model=args.model, task=args.task, run=args.run,
                        device=args.device, lesion_wise=not args.no_lesion_wise, progress=report, cancel=cancel)

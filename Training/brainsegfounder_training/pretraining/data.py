@@ -14,7 +14,6 @@ lost disk, a wrong data path) stop the run, with the state of its last checkpoin
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -24,7 +23,7 @@ import torch
 from brainsegfounder.errors import UserError
 from monai.transforms import MapTransform
 
-from ..pipeline import read_network_volume
+from ..harness.data import files_key, read_network_volume
 from .subjects import Subject
 
 READ_ERRORS = (UserError, RuntimeError, OSError, ValueError, EOFError, zlib.error)
@@ -57,11 +56,9 @@ class LoadSubject(MapTransform):
         return {"image": volume.astype(np.float16), "id": subject.subject_id}
 
 
-def _cache_key(item) -> bytes:
-    """Disk-cache key: the subject's files and modification times (a changed file is read again)."""
-    subject: Subject = item["subject"]
-    text = "|".join(f"{p}:{Path(p).stat().st_mtime_ns}" for p in subject.images.values())
-    return hashlib.sha256(text.encode()).hexdigest().encode()
+def subject_key(item) -> bytes:
+    """Disk-cache key of a subject: its files and their modification times."""
+    return files_key(item["subject"].images.values())
 
 
 class CropStream(torch.utils.data.Dataset):
@@ -77,7 +74,7 @@ class CropStream(torch.utils.data.Dataset):
         load = LoadSubject(orientation)
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            self.volumes = PersistentDataset(items, load, cache_dir=cache_dir, hash_func=_cache_key,
+            self.volumes = PersistentDataset(items, load, cache_dir=cache_dir, hash_func=subject_key,
                                              hash_transform=None)
         else:
             self.volumes = Dataset(items, load)

@@ -17,11 +17,15 @@ parameters keeps the index pattern 0, 4, 8, ... of the release.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, List
+from typing import List
 
 import torch
+from brainsegfounder.checkpoints import ENCODER_PREFIX, SSL_HEAD_PREFIXES, load_strict
+from brainsegfounder.errors import UserError
 from brainsegfounder.networks import NetworkConfig, build_network
 from torch import nn
+
+from ..harness.initial_weights import InitReport, inflate
 
 ROTATIONS = 4
 CONTRASTIVE_DIM = 512
@@ -73,21 +77,6 @@ def ssl_network_config(in_channels: int, depths, num_heads, feature_size: int) -
 
 
 
-def head_shapes(feature_size: int, in_channels: int) -> Dict[str, tuple]:
-    """The 16 head tensors of the release layout and their shapes (for checks and tests)."""
-    dim = 16 * feature_size
-    shapes = {"rotation_head.weight": (ROTATIONS, dim), "rotation_head.bias": (ROTATIONS,),
-              "contrastive_head.weight": (CONTRASTIVE_DIM, dim), "contrastive_head.bias": (CONTRASTIVE_DIM,)}
-    channels = [dim, dim // 2, dim // 4, dim // 8, dim // 16, dim // 16]
-    for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
-        shapes[f"conv.{4 * i}.weight"] = (c_out, c_in, 3, 3, 3)
-        shapes[f"conv.{4 * i}.bias"] = (c_out,)
-    shapes["conv.20.weight"] = (in_channels, channels[-1], 1, 1, 1)
-    shapes["conv.20.bias"] = (in_channels,)
-    return shapes
-
-
-HEAD_PREFIXES = ("rotation_head.", "contrastive_head.", "conv.")
 PATCH_EMBED = "swinViT.patch_embed.proj.weight"
 
 
@@ -97,17 +86,12 @@ def load_into_head(head: SSLHead, ckpt, target_modalities, source_modalities=Non
     inflated when the channels differ and the reconstruction layer's output rows are mapped by
     modality (never re-drawn at random). Head tensors a checkpoint lacks (a fine-tuned model
     has none) start fresh and are reported. Returns an InitReport."""
-    from brainsegfounder.checkpoints import ENCODER_PREFIX, load_strict
-    from brainsegfounder.errors import UserError
-
-    from ..initialise import InitReport, inflate
-
     report = InitReport(source=str(ckpt.path), kind=ckpt.kind)
     source_modalities = ckpt.meta.modalities if ckpt.meta is not None else source_modalities
     target = head.state_dict()
     state = dict(target)
     for key, value in ckpt.state_dict.items():
-        if not key.startswith((ENCODER_PREFIX,) + HEAD_PREFIXES):
+        if not key.startswith((ENCODER_PREFIX,) + SSL_HEAD_PREFIXES):
             report.ignored.append(key)  # a fine-tuned model's decoder
             continue
         if key not in target:
@@ -129,7 +113,7 @@ def load_into_head(head: SSLHead, ckpt, target_modalities, source_modalities=Non
     if missing:
         raise UserError(f"{ckpt.path.name} lacks {len(missing)} encoder tensors ({', '.join(missing[:3])}); "
                         "it is a different architecture")
-    report.reinitialised = sorted(k for k in target if k.startswith(HEAD_PREFIXES) and k not in ckpt.state_dict)
+    report.reinitialised = sorted(k for k in target if k.startswith(SSL_HEAD_PREFIXES) and k not in ckpt.state_dict)
     load_strict(head, state, f"initialisation from {ckpt.path.name}")
     report.loaded.sort()
     report.ignored.sort()

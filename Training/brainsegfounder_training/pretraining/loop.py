@@ -19,17 +19,26 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
+from brainsegfounder.checkpoints import ModelMeta, load_checkpoint
 from brainsegfounder.errors import Cancelled, UserError
 from brainsegfounder.modalities import canonical
-from brainsegfounder.progress import CancelToken, ProgressCallback, null_progress
+from brainsegfounder.networks import SIZES, NetworkConfig
+from brainsegfounder.progress import CancelToken, ProgressCallback, null_progress, read_jsonl
+from brainsegfounder.registry import resolve_model
 
-from .. import distributed
-from ..recipe import dump
-from ..trainer import MetricsLog, Optimisation, RunFolder, RunLoop, _peak_memory_gib, _save_torch, _seed_everything
+from ..harness import distributed
+from ..harness.host import peak_memory_gib, seed_everything
+from ..harness.initial_weights import InitReport
+from ..harness.metrics_log import MetricsLog
+from ..harness.optimisation import Optimisation
+from ..harness.plots import pretraining_curves
+from ..harness.run_folder import RunFolder
+from ..harness.run_loop import RunLoop
 from .data import CropStream, batches, item_seed, stream_loader
 from .head import SSLHead, load_into_head, ssl_network_config
 from .pretext import PretextSettings, make_views, pretext_losses
@@ -52,8 +61,6 @@ def split_subjects(subjects: List[Subject], recipe: dict, seed: int):
 
 
 def _network(recipe: dict, init_ckpt):
-    from brainsegfounder.networks import SIZES
-
     size = recipe["model"]["size"]
     channels = len(recipe["modalities"])
     if size == "auto":
@@ -70,7 +77,49 @@ def _network(recipe: dict, init_ckpt):
     return config
 
 
+@dataclass
+class Cohort:
+    """The subjects a run trains and validates on, and those left out (with the reason)."""
+
+    train: List[Subject]
+    validation: List[Subject]
+    left_out: List[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"train": [s.to_dict() for s in self.train], "validation": [s.to_dict() for s in self.validation],
+                "left_out": self.left_out}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Cohort":
+        return cls([Subject.from_dict(s) for s in data["train"]], [Subject.from_dict(s) for s in data["validation"]],
+                   data["left_out"])
+
+
+@dataclass
+class PretrainRun:
+    """A started pretraining run: its model, data streams and how far it got."""
+
+    cohort: Cohort
+    model: SSLHead                  # the network (its state is what is saved)
+    net: Any                        # what steps: the network, or its DDP wrapper
+    config: Any                     # the encoder's NetworkConfig
+    init_ckpt: Any                  # the checkpoint it started from, if any
+    init_report: Optional[InitReport]
+    opt: Optimisation
+    total: int                      # steps of the whole run
+    log: Optional[MetricsLog] = None
+    step: int = 0                   # finished steps
+    best: Optional[dict] = None     # {"step", "val_*"} of best.pt
+    val_stream: Optional[CropStream] = None
+    loader: Any = None
+    t_log: float = 0.0              # when the last step record was written (for crops per second)
+    crops_since: int = 0            # crops trained on since then, all processes together
+
+
 class Pretrainer(RunLoop):
+    state_format = STATE_FORMAT
+    command = "pretrain"
+
     def __init__(self, recipe: dict, run: RunFolder, resuming: bool, device: str = "auto",
                  progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):
         super().__init__(recipe, run, resuming, device, progress, cancel)
@@ -78,13 +127,24 @@ class Pretrainer(RunLoop):
         self.settings = PretextSettings.from_recipe(recipe["ssl"])
         self.pending_skips: List[dict] = []
 
+    def fit(self) -> dict:
+        t_start = time.perf_counter()
+        run = self._start()
+        self._open_streams(run)
+        if not self.resuming:  # the untrained model's validation losses: where the curves start
+            run.log.write({"type": "validation", "step": 0, **self.validate(run)})
+        run.t_log = time.perf_counter()
+        run.model.train()
+        for batch in batches(run.loader):
+            self._train_step(run, batch)
+        run.log.close()
+        return self._finish(run, t_start)
+
     # -- set-up -------------------------------------------------------------------------
-    def _subjects(self) -> dict:
+    def _cohort(self) -> Cohort:
         path = self.run / "subjects.json"
         if self.resuming and path.is_file():  # the lists the run started with, whatever changed on disk since
-            data = json.loads(path.read_text())
-            return {k: [Subject.from_dict(s) for s in data[k]] if k in ("train", "validation") else data[k]
-                    for k in data}
+            return Cohort.from_dict(json.loads(path.read_text()))
         data = self.recipe["data"]
         subjects, left_out = discover_subjects(data["path"], self.modalities)
         if data["validation"]:
@@ -94,13 +154,9 @@ class Pretrainer(RunLoop):
             train = [s for s in subjects if not val_files & set(s.images.values())]
         else:
             train, val = split_subjects(subjects, self.recipe, self.seed)
-        return {"train": train, "validation": val, "left_out": left_out}
+        return Cohort(train, val, left_out)
 
     def _model(self, state: Optional[dict]):
-        from brainsegfounder.checkpoints import load_checkpoint
-        from brainsegfounder.networks import NetworkConfig
-        from brainsegfounder.registry import resolve_model
-
         model_cfg = self.recipe["model"]
         if state is not None:
             config = NetworkConfig.from_dict(state["network"])
@@ -109,7 +165,7 @@ class Pretrainer(RunLoop):
             init_ckpt = load_checkpoint(resolve_model(str(self.recipe["init"]["checkpoint"]))) \
                 if self.recipe["init"]["checkpoint"] else None
             config = _network(self.recipe, init_ckpt)
-        _seed_everything(self.seed)
+        seed_everything(self.seed)
         model = SSLHead(config, use_checkpoint=bool(model_cfg["gradient_checkpointing"]),
                         use_flash_attention=bool(model_cfg["flash_attention"]))
         report = None
@@ -117,118 +173,105 @@ class Pretrainer(RunLoop):
             report = load_into_head(model, init_ckpt, self.modalities, self.recipe["init"]["modalities"])
         return model, config, report, init_ckpt
 
-    # -- the run ------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def _start(self) -> PretrainRun:
+        """Cohort, model and its first weights (or state.pt), the run's first files, optimisation."""
         import torch
 
-        recipe, d, train_cfg = self.recipe, self.d, self.recipe["train"]
-        t_start = time.perf_counter()
-        subjects = self._subjects()
-        state = self._load_state() if self.resuming else None
+        d, train = self.d, self.recipe["train"]
+        cohort = self._cohort()
+        state = self.load_state() if self.resuming else None
         model, config, report, init_ckpt = self._model(state)
-        if d.main:  # only once the data and the model are known good: a failed start leaves no files
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            self.run.write_json("subjects.json", {k: [s.to_dict() for s in v] if k != "left_out" else v
-                                                  for k, v in subjects.items()})
-            self.run.write_text("recipe.yaml", dump(recipe))
-            if report is not None:
-                self.run.write_json("init.json", report.to_dict())
+        self.write_start({"subjects.json": cohort.to_dict(),
+                          "init.json": report.to_dict() if report is not None else None})
         if report is not None:
             self.progress("init", 1, 1, report.summary())
-        distributed.barrier(d)
         model.to(d.device)
-        net = self.wrap(model)
-
-        total, warmup = int(train_cfg["steps"]), int(train_cfg["warmup_steps"])
-        opt = Optimisation(model, train_cfg, d.device, warmup, total)
-        torch.autograd.set_detect_anomaly(bool(train_cfg["anomaly_detection"]))
-
-        step, best = 0, None
+        total = int(train["steps"])
+        run = PretrainRun(cohort=cohort, model=model, net=self.wrap(model), config=config, init_ckpt=init_ckpt,
+                          init_report=report, opt=Optimisation(model, train, d.device, int(train["warmup_steps"]), total),
+                          total=total)
+        torch.autograd.set_detect_anomaly(bool(train["anomaly_detection"]))
         if state is not None:
             model.load_state_dict(state["model"])
-            opt.load_state_dict(state)
-            step, best = int(state["step"]), state["best"]
-            self.progress("resume", step, total, f"resuming after step {step}")
-            if step >= total:
+            run.opt.load_state_dict(state)
+            run.step, run.best = int(state["step"]), state["best"]
+            self.progress("resume", run.step, total, f"resuming after step {run.step}")
+            if run.step >= total:
                 raise UserError(f"{self.run.path} already finished its {total} steps; raise train.steps to train "
                                 f"longer (e.g. train.steps={total * 2})")
-        log = MetricsLog(self.run, d.main, step if state is not None else None, key="step")
-        data = recipe["data"]
+        run.log = MetricsLog(self.run, d.main, run.step if state is not None else None, key="step")
+        return run
+
+    def _open_streams(self, run: PretrainRun) -> None:
+        """The training stream from the run's step on, and this process's fixed validation crops."""
+        recipe, d = self.recipe, self.d
+        data, train = recipe["data"], recipe["train"]
         cache_dir = None
         if data["cache"] == "disk":
             cache_dir = Path(data["cache_dir"]) if data["cache_dir"] else self.run / "cache"
-        roi, crops = tuple(recipe["model"]["roi"]), int(train_cfg["crops_per_volume"])
-        orientation = recipe["orientation"]
-        stream = CropStream(subjects["train"], orientation, roi, crops, cache_dir, int(data["max_tries"]))
-        val_stream = CropStream(subjects["validation"][d.rank::d.world], orientation, roi, crops, cache_dir,
-                                int(data["max_tries"]))
-        batch = int(train_cfg["batch_size"])
-        loader = stream_loader(stream, batch, self.seed, step, total, d.rank, d.world, int(data["workers"]),
-                               pin_memory=d.device.type == "cuda")
-        ctx = dict(model=model, opt=opt, config=config)
-        self.progress("pretrain", step, total, f"{len(subjects['train'])} subjects, {crops} crops of "
-                                               f"{'x'.join(map(str, roi))} per volume, {batch} volumes per process")
-        if state is None:  # the untrained model's validation losses: where the curves start
-            log.write({"type": "validation", "step": 0, **self.validate(model, val_stream)})
-        t_log, crops_since = time.perf_counter(), 0
-        model.train()
-        for batch_data in batches(loader):
-            if distributed.any_flag(self.cancel.cancelled, d):
-                self._save_state(ctx, step, best)
-                raise Cancelled(f"stopped at step {step}; its state is saved: continue with --resume {self.run.path}")
-            x = batch_data["image"].to(d.device, non_blocking=True)
-            self.pending_skips += batch_data["skipped"]
-            rng = np.random.default_rng([self.seed, step, d.rank])
-            generator = torch.Generator(d.device).manual_seed(item_seed(self.seed + d.rank, step))
-            inputs, targets, rotations = make_views(x, rng, generator, self.settings)
-            opt.optimizer.zero_grad(set_to_none=True)
-            with opt.autocast():
-                outputs = net(inputs)
-            losses = pretext_losses(outputs, targets, rotations, self.settings)
-            if not torch.isfinite(losses.total):
-                raise UserError(f"the loss became {losses.total.item()} at step {step + 1}; lower train.lr or turn "
-                                f"off train.amp, then --resume {self.run.path}")
-            opt.step(losses.total, model.parameters(), train_cfg["grad_clip"])
-            step += 1
-            crops_since += x.shape[0] * d.world
-            if step % int(train_cfg["log_every"]) == 0 or step == total:
-                parts = distributed.gather(losses.values(), d)
-                values = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
-                elapsed = time.perf_counter() - t_log
-                log.write({"type": "step", "step": step, **values, "lr": opt.lr,
-                           "crops_per_s": round(crops_since / max(elapsed, 1e-9), 3)})
-                t_log, crops_since = time.perf_counter(), 0
-                self.progress("pretrain", step, total, f"step {step}/{total} loss {values['loss']:.4f}")
-            if step % int(train_cfg["val_every"]) == 0 or step == total:
-                result = self.validate(model, val_stream)
-                if best is None or result["val_reconstruction"] < best["val_reconstruction"]:
-                    best = {"step": step, **result}
-                    self._save_best(model, config, subjects, best, init_ckpt)
-                log.write({"type": "validation", "step": step, **result,
-                           "best_val_reconstruction": best["val_reconstruction"], **_peak_memory_gib(d.device)})
-            if step % int(train_cfg["save_every"]) == 0 or step == total:
-                self._save_state(ctx, step, best)
-        log.close()
-        skipped = self._skipped_ids()
-        summary = {"run": str(self.run.path), "best_model": str(self.run / "best.pt"), "best": best, "steps": step,
-                   "stage": recipe["stage"], "train_subjects": len(subjects["train"]),
-                   "validation_subjects": len(subjects["validation"]), "left_out": len(subjects["left_out"]),
-                   "skipped": len(skipped), "processes": d.world, "device": str(d.device),
-                   "time_s": round(time.perf_counter() - t_start, 1)}
-        from ..plots import pretraining_curves
+        roi, crops = tuple(recipe["model"]["roi"]), int(train["crops_per_volume"])
+        orientation, tries = recipe["orientation"], int(data["max_tries"])
+        stream = CropStream(run.cohort.train, orientation, roi, crops, cache_dir, tries)
+        run.val_stream = CropStream(run.cohort.validation[d.rank::d.world], orientation, roi, crops, cache_dir, tries)
+        batch = int(train["batch_size"])
+        run.loader = stream_loader(stream, batch, self.seed, run.step, run.total, d.rank, d.world,
+                                   int(data["workers"]), pin_memory=d.device.type == "cuda")
+        self.progress("pretrain", run.step, run.total,
+                      f"{len(run.cohort.train)} subjects, {crops} crops of {'x'.join(map(str, roi))} per volume, "
+                      f"{batch} volumes per process")
 
-        return self.finish(summary, pretraining_curves, "pretraining_curves.png")
+    # -- the loop -----------------------------------------------------------------------
+    def _train_step(self, run: PretrainRun, batch: dict) -> None:
+        import torch
+
+        d, train = self.d, self.recipe["train"]
+        if self.cancelled():
+            self._save_state(run)
+            raise Cancelled(f"stopped at step {run.step}; its state is saved: continue with --resume {self.run.path}")
+        x = batch["image"].to(d.device, non_blocking=True)
+        self.pending_skips += batch["skipped"]
+        rng = np.random.default_rng([self.seed, run.step, d.rank])
+        generator = torch.Generator(d.device).manual_seed(item_seed(self.seed + d.rank, run.step))
+        inputs, targets, rotations = make_views(x, rng, generator, self.settings)
+        run.opt.optimizer.zero_grad(set_to_none=True)
+        with run.opt.autocast():
+            outputs = run.net(inputs)
+        losses = pretext_losses(outputs, targets, rotations, self.settings)
+        self.check_finite(losses.total, run.step + 1)
+        run.opt.step(losses.total, run.model.parameters(), train["grad_clip"])
+        run.step += 1
+        run.crops_since += x.shape[0] * d.world
+        last = run.step == run.total
+        if run.step % int(train["log_every"]) == 0 or last:
+            parts = distributed.gather(losses.values(), d)
+            values = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
+            elapsed = time.perf_counter() - run.t_log
+            run.log.write({"type": "step", "step": run.step, **values, "lr": run.opt.lr,
+                           "crops_per_s": round(run.crops_since / max(elapsed, 1e-9), 3)})
+            run.t_log, run.crops_since = time.perf_counter(), 0
+            self.progress("pretrain", run.step, run.total, f"step {run.step}/{run.total} loss {values['loss']:.4f}")
+        if run.step % int(train["val_every"]) == 0 or last:
+            result = self.validate(run)
+            if run.best is None or result["val_reconstruction"] < run.best["val_reconstruction"]:
+                run.best = {"step": run.step, **result}
+                self._save_best(run)
+            run.log.write({"type": "validation", "step": run.step, **result,
+                           "best_val_reconstruction": run.best["val_reconstruction"], **peak_memory_gib(d.device)})
+        if run.step % int(train["save_every"]) == 0 or last:
+            self._save_state(run)
 
     # -- validation ---------------------------------------------------------------------
-    def validate(self, model, val_stream: CropStream) -> dict:
+    def validate(self, run: PretrainRun) -> dict:
         """The three losses on fixed crops and corruptions of this process's validation subjects
         (the same every time), averaged over all processes; negatives within each batch only."""
         import torch
 
+        model, val_stream = run.model, run.val_stream
         was_training = model.training
         model.eval()
         batch = int(self.recipe["train"]["batch_size"])
-        sums, count = {}, 0
+        sums: Dict[str, float] = {}
+        count = 0
         with torch.no_grad():
             for first in range(0, len(val_stream), batch):
                 items = [val_stream[(i, item_seed(self.seed + VALIDATION_STREAM, i))]
@@ -238,8 +281,7 @@ class Pretrainer(RunLoop):
                 rng = np.random.default_rng([self.seed, VALIDATION_STREAM, first])
                 generator = torch.Generator(self.d.device).manual_seed(item_seed(self.seed + VALIDATION_STREAM, first))
                 inputs, targets, rotations = make_views(x, rng, generator, self.settings)
-                amp = bool(self.recipe["train"]["amp"]) and self.d.device.type == "cuda"
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                with run.opt.autocast():
                     outputs = model(inputs)
                 values = pretext_losses(outputs, targets, rotations, self.settings, gather=False).values()
                 for key, value in values.items():
@@ -255,14 +297,10 @@ class Pretrainer(RunLoop):
         keys = sorted({k for s, _ in parts for k in s})
         return {f"val_{k}": sum(s.get(k, 0.0) for s, _ in parts) / total for k in keys}
 
-    # -- files --------------------------------------------------------------------------
+    # -- what it keeps ------------------------------------------------------------------
     def _skipped_ids(self) -> set:
         path = self.run / "skipped.jsonl"
-        if not path.is_file():
-            return set()
-        from ..plots import read_jsonl
-
-        return {r["id"] for r in read_jsonl(path)}
+        return {r["id"] for r in read_jsonl(path)} if path.is_file() else set()
 
     def _write_skips(self) -> None:
         """All processes' newly skipped subjects, once each, into skipped.jsonl (rank 0)."""
@@ -278,53 +316,43 @@ class Pretrainer(RunLoop):
             self.progress("skipped", len(known) + len(new), len(known) + len(new),
                           f"skipped {', '.join(new)} (unreadable; listed in skipped.jsonl)")
 
-    def _save_state(self, ctx: dict, step: int, best: Optional[dict]) -> None:
+    def _save_state(self, run: PretrainRun) -> None:
         self._write_skips()
-        if self.d.main:
-            kept = "the last saved step is kept in state.pt." if self.run.has_state else "no step was saved yet."
-            _save_torch({"format": STATE_FORMAT, "step": step, "network": ctx["config"].to_dict(),
-                         "model": {k: v.detach().cpu() for k, v in ctx["model"].state_dict().items()},
-                         **ctx["opt"].state_dict(), "best": best},
-                        self.run / "state.pt", kept)
-        distributed.barrier(self.d)
+        kept = "the last saved step is kept in state.pt." if self.run.has_state else "no step was saved yet."
+        self.save_state({"step": run.step, "network": run.config.to_dict(), "model": self.weights(run.model),
+                         **run.opt.state_dict(), "best": run.best}, kept)
 
-    def _load_state(self) -> dict:
-        from brainsegfounder.checkpoints import read_checkpoint_file
-
-        path = self.run / "state.pt"
-        state = read_checkpoint_file(path)
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise UserError(f"{path} is not a training state written by brainsegfounder pretrain")
-        return state
-
-    def _save_best(self, model, config, subjects: dict, best: dict, init_ckpt) -> None:
+    def _save_best(self, run: PretrainRun) -> None:
         if not self.d.main:
             return
-        from brainsegfounder.checkpoints import ModelMeta, save_checkpoint
-
-        recipe = self.recipe
+        recipe, best = self.recipe, run.best
         base = "scratch"
-        if init_ckpt is not None:
-            meta = init_ckpt.meta
-            base = f"{meta.name} {meta.version}" if meta is not None else str(init_ckpt.path)
+        if run.init_ckpt is not None:
+            meta = run.init_ckpt.meta
+            base = f"{meta.name} {meta.version}" if meta is not None else str(run.init_ckpt.path)
         elif self.resuming and (self.run / "init.json").is_file():
             base = json.loads((self.run / "init.json").read_text())["source"]
         provenance = {"stage": recipe["stage"], "base": base, "data": str(recipe["data"]["path"]),
                       "run": str(self.run.path.resolve()), "step": best["step"],
                       "val_reconstruction_l1": round(best["val_reconstruction"], 5),
-                      "train_subjects": len(subjects["train"]), "validation_subjects": len(subjects["validation"]),
+                      "train_subjects": len(run.cohort.train), "validation_subjects": len(run.cohort.validation),
                       "seed": self.seed, "pretext": "rotation + contrastive (NT-Xent) + inpainting (L1), "
                       f"weights {self.settings.rotation_weight:g}:{self.settings.contrastive_weight:g}:"
                       f"{self.settings.reconstruction_weight:g}"}
         name = recipe["model"]["name"] or self.run.path.name
-        meta = ModelMeta(network=config, modalities=tuple(self.modalities), label_schema="", name=name,
+        meta = ModelMeta(network=run.config, modalities=tuple(self.modalities), label_schema="", name=name,
                          version=f"{time.strftime('%Y%m%d')}-s{best['step']}", task="ssl",
                          roi_size=tuple(recipe["model"]["roi"]), orientation=recipe["orientation"],
                          provenance=provenance,
                          description=f"self-supervised stage {recipe['stage']} encoder and heads (brainsegfounder "
                                      "pretrain); fine-tune it with brainsegfounder finetune --base")
-        try:
-            save_checkpoint(self.run / "best.pt", model, meta)
-        except OSError as error:
-            raise UserError(f"cannot write {self.run / 'best.pt'} ({error.strerror or error}); the previous best "
-                            f"model is kept. Free space and continue with --resume {self.run.path}") from None
+        self.save_best(run.model, meta)
+
+    def _finish(self, run: PretrainRun, t_start: float) -> dict:
+        cohort = run.cohort
+        summary = {"run": str(self.run.path), "best_model": str(self.run / "best.pt"), "best": run.best,
+                   "steps": run.step, "stage": self.recipe["stage"], "train_subjects": len(cohort.train),
+                   "validation_subjects": len(cohort.validation), "left_out": len(cohort.left_out),
+                   "skipped": len(self._skipped_ids()), "processes": self.d.world, "device": str(self.d.device),
+                   "time_s": round(time.perf_counter() - t_start, 1)}
+        return self.finish(summary, pretraining_curves, "pretraining_curves.png")

@@ -12,7 +12,7 @@ from typing import Iterable, Optional
 from brainsegfounder.errors import UserError
 from brainsegfounder.modalities import canonical
 
-from ..recipe import CONFIG_DIR, get, load_recipe
+from ..harness.recipe import CONFIG_DIR, check_choices, check_open_fraction, check_roi, check_whole_numbers, read_recipe
 
 PRETRAIN_CONFIG_DIR = CONFIG_DIR / "pretrain"
 
@@ -74,20 +74,14 @@ PRETRAIN_RESUMABLE = ("train.steps", "train.val_every", "train.save_every", "tra
 
 
 def check_pretrain(recipe: dict) -> None:
-    for key, allowed in PRETRAIN_CHOICES.items():
-        if get(recipe, key) not in allowed:
-            raise UserError(f"recipe {key} is {get(recipe, key)!r}; choose one of {', '.join(allowed)}")
-    for key in ("train.steps", "train.batch_size", "train.crops_per_volume", "train.val_every", "train.save_every",
-                "train.log_every", "data.max_val_subjects", "data.max_tries"):
-        if not isinstance(get(recipe, key), int) or get(recipe, key) < 1:
-            raise UserError(f"recipe {key} must be a whole number of at least 1, got {get(recipe, key)!r}")
-    if not isinstance(recipe["train"]["warmup_steps"], int) or recipe["train"]["warmup_steps"] < 0:
-        raise UserError("recipe train.warmup_steps must be a whole number of at least 0")
+    check_choices(recipe, PRETRAIN_CHOICES)
+    check_whole_numbers(recipe, ("train.steps", "train.batch_size", "train.crops_per_volume", "train.val_every",
+                                 "train.save_every", "train.log_every", "data.max_val_subjects", "data.max_tries"))
+    check_whole_numbers(recipe, ("train.warmup_steps",), minimum=0)
     if recipe["train"]["batch_size"] * recipe["train"]["crops_per_volume"] < 2:
         raise UserError("contrastive coding needs at least 2 crops per step: raise train.batch_size or "
                         "train.crops_per_volume")
-    if not 0 < float(recipe["data"]["val_fraction"]) < 1:
-        raise UserError("recipe data.val_fraction must be in (0, 1)")
+    check_open_fraction(recipe, "data.val_fraction")
     if not 0 < float(recipe["ssl"]["temperature"]):
         raise UserError("recipe ssl.temperature must be positive")
     if not 0 <= float(recipe["ssl"]["max_drop"]) < 1 or not 0 < float(recipe["ssl"]["max_block"]) <= 1:
@@ -102,9 +96,7 @@ def check_pretrain(recipe: dict) -> None:
     if len(set(names)) != len(names):
         raise UserError(f"recipe modalities {modalities} name a contrast twice")
     roi = recipe["model"]["roi"]
-    if not (isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) and r >= 64 and r % 32 == 0
-                                                             for r in roi)):
-        raise UserError(f"recipe model.roi {roi!r} must be three multiples of 32, each at least 64")
+    check_roi(roi)
     if roi[0] != roi[1]:
         raise UserError(f"recipe model.roi {roi!r}: the first two sides must be equal (crops are rotated in that "
                         "plane)")
@@ -117,5 +109,4 @@ def check_pretrain(recipe: dict) -> None:
 
 
 def load_pretrain_recipe(name_or_path: Optional[str], overrides: Iterable[str] = ()) -> dict:
-    return load_recipe(name_or_path, overrides, defaults=PRETRAIN_DEFAULTS, check=check_pretrain,
-                       folder=PRETRAIN_CONFIG_DIR)
+    return read_recipe(name_or_path, overrides, PRETRAIN_DEFAULTS, check_pretrain, PRETRAIN_CONFIG_DIR)

@@ -31,7 +31,7 @@ from typing import Dict, List, Sequence, Tuple
 from brainsegfounder.errors import UserError
 from brainsegfounder.modalities import canonical, guess_from_text
 
-from ..datasets import BRATS_TAGS
+from ..harness.data import BRATS_TAGS, data_path, inside
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 UKB_FILES = {"t1": ("T1", "T1_brain_to_MNI.nii.gz"), "flair": ("T2_FLAIR", "T2_FLAIR_brain_to_MNI.nii.gz"),
@@ -67,13 +67,6 @@ def _complete(found: Dict[str, Dict[str, str]], modalities: Sequence[str]) -> Fo
     return subjects, left_out
 
 
-def _inside(root: Path, rel: str) -> str:
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise UserError(f"datalist entry {rel!r} points outside its folder {root}; keep the images inside it")
-    return str(path)
-
-
 def from_datalist(path: Path, modalities: Sequence[str], section: str = "training") -> Found:
     try:
         data = json.loads(path.read_text())
@@ -101,7 +94,7 @@ def from_datalist(path: Path, modalities: Sequence[str], section: str = "trainin
         subject_id = str(entry.get("id") or entry.get("case_id") or Path(first).parts[0].split(".")[0])
         if subject_id in found:
             subject_id = f"{subject_id}#{i}"
-        found[subject_id] = {m: _inside(root, p) for m, p in named.items()}
+        found[subject_id] = {m: inside(root, p) for m, p in named.items()}
     return _complete(found, modalities)
 
 
@@ -175,12 +168,8 @@ def from_plain_folders(root: Path, modalities: Sequence[str]) -> Found:
 
 def discover_subjects(path, modalities: Sequence[str], section: str = "training") -> Found:
     """Subjects of a cohort (stable order) and those left out with their reasons."""
-    if path is None:
-        raise UserError("no pretraining data given; set --data (data.path) to a datalist.json or a folder of "
-                        "subjects (BIDS, UK Biobank-style, BraTS or one folder per subject)")
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"data set {path} does not exist; check the path")
+    path = data_path(path, "no pretraining data given; set --data (data.path) to a datalist.json or a folder of "
+                           "subjects (BIDS, UK Biobank-style, BraTS or one folder per subject)")
     modalities = [canonical(m) or m.lower() for m in modalities]
     if path.is_file():
         found = from_datalist(path, modalities, section)

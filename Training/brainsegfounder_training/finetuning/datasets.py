@@ -23,6 +23,8 @@ from brainsegfounder.labels import LabelSchema
 from brainsegfounder.modalities import canonical
 from brainsegfounder.progress import ProgressCallback, null_progress
 
+from ..harness.data import BRATS_TAGS, data_path, inside
+
 
 @dataclass(frozen=True)
 class Case:
@@ -36,14 +38,6 @@ class Case:
 
     def image_list(self) -> List[str]:
         return list(self.images.values())
-
-
-def _inside(root: Path, rel: str) -> str:
-    """``root / rel``, refusing paths that leave the data set folder."""
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise UserError(f"data set entry {rel!r} points outside its folder {root}; keep the images inside it")
-    return str(path)
 
 
 def _order(names: Sequence[str], modalities: Sequence[str], where: str) -> List[int]:
@@ -89,16 +83,12 @@ def from_datalist(path: Path, modalities: Sequence[str]) -> List[Case]:
                             f"{len(modalities)} ({', '.join(modalities)})")
         if len(images) <= max(order):
             raise UserError(f"datalist {path} entry {i} has {len(images)} images, fewer than its description lists")
-        label = _inside(root, entry["label"])
+        label = inside(root, entry["label"])
         case_id = entry.get("case_id") or _case_id_of(entry["label"])
         fold = entry.get("fold")
-        cases.append(Case(str(case_id), {m: _inside(root, images[j]) for m, j in zip(modalities, order)}, label,
+        cases.append(Case(str(case_id), {m: inside(root, images[j]) for m, j in zip(modalities, order)}, label,
                           int(fold) if fold is not None else None, convention))
     return cases
-
-
-BRATS_TAGS = {"brats2021": {"flair": "flair", "t1ce": "t1ce", "t1": "t1", "t2": "t2"},
-              "brats2023": {"flair": "t2f", "t1ce": "t1c", "t1": "t1n", "t2": "t2w"}}
 
 
 def from_brats_folder(root: Path, modalities: Sequence[str]) -> List[Case]:
@@ -144,12 +134,8 @@ def from_saved_cases(root: Path, modalities: Sequence[str]) -> List[Case]:
 
 def discover(path: os.PathLike, modalities: Sequence[str]) -> List[Case]:
     """All labelled cases of a data source, in a stable order."""
-    if path is None:
-        raise UserError("no training data given; set data.path (or --data) to a datalist.json, a BraTS or "
-                        "ATLAS folder, or a folder of saved training cases")
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"data set {path} does not exist; check the path")
+    path = data_path(path, "no training data given; set data.path (or --data) to a datalist.json, a BraTS or "
+                           "ATLAS folder, or a folder of saved training cases")
     if path.is_file():
         cases = from_datalist(path, modalities)
     elif is_case_root(path):

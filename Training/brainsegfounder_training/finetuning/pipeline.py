@@ -9,17 +9,16 @@ see identical arrays. The deterministic part is what caching keeps (in memory or
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 from brainsegfounder.errors import UserError
 from brainsegfounder.geometry import reorient, same_grid
 from brainsegfounder.labels import LabelSchema
-from brainsegfounder.preprocess import BrainBox, normalize
-from brainsegfounder.segment import load_inputs, to_network_array
 from monai.transforms import MapTransform
 
+from ..harness.data import files_key, read_network_volume
 from .datasets import Case
 
 
@@ -44,19 +43,23 @@ class LoadCase(MapTransform):
                 "spacing": np.asarray(reference.GetSpacing(), dtype=np.float64)}
 
 
-def read_network_volume(images: Dict[str, str], orientation: str, crop_to_brain: bool = True):
-    """Inputs as ``segment`` sees them: resampled onto the first input's grid, in the network's
-    orientation, cropped to the brain and z-scored over it. Returns (volume (C,i,j,k) float32,
-    the brain box, the first input image)."""
-    loaded, _ = load_inputs(dict(images))
-    volume = to_network_array(loaded, orientation)
-    box = BrainBox.of(volume) if crop_to_brain else BrainBox((0, 0, 0), volume.shape[1:], volume.shape[1:])
-    return normalize(box.crop(volume)), box, loaded[0]
+def case_key(item) -> bytes:
+    """Disk-cache key of a case: its files, their modification times and its label convention."""
+    case: Case = item["case"]
+    return files_key(case.image_list() + [case.label], salt=case.convention)
 
 
 def train_transforms(schema: LabelSchema, orientation: str, roi: Sequence[int], recipe: dict):
-    from monai.transforms import (Compose, EnsureTyped, RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd,
-                                  RandShiftIntensityd, RandSpatialCropd, SpatialPadd)
+    from monai.transforms import (
+        Compose,
+        EnsureTyped,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        RandSpatialCropd,
+        SpatialPadd,
+    )
 
     roi = tuple(roi)
     aug, train = recipe["augment"], recipe["train"]
@@ -94,24 +97,5 @@ def make_dataset(cases: Sequence[Case], transform, cache: str, cache_dir: Option
     if cache == "disk":
         cache_dir.mkdir(parents=True, exist_ok=True)
         return PersistentDataset(items, transform, cache_dir=cache_dir, hash_transform=None,
-                                 hash_func=_case_hash)
+                                 hash_func=case_key)
     return Dataset(items, transform)
-
-
-def _case_hash(item) -> bytes:
-    """Disk-cache key: the case's files and their modification times (a changed file re-caches)."""
-    import hashlib
-
-    case: Case = item["case"]
-    text = "|".join(f"{p}:{Path(p).stat().st_mtime_ns}" for p in case.image_list() + [case.label])
-    return hashlib.sha256((case.convention + text).encode()).hexdigest().encode()
-
-
-def collate_val(batch):
-    """Validation runs one whole case at a time; keep its id and spacing as plain values."""
-    import torch
-
-    (item,) = batch
-    return {"image": torch.as_tensor(item["image"])[None], "label": torch.as_tensor(item["label"])[None],
-            "case_id": item["case_id"], "spacing": item["spacing"]}
-

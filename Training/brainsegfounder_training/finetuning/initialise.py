@@ -11,16 +11,18 @@ the keys. What was loaded, inflated and re-initialised is returned and written t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
 
-from brainsegfounder.checkpoints import (ENCODER_PREFIX, LoadedCheckpoint, ModelMeta, load_checkpoint,
-                                         load_strict)
+from brainsegfounder.checkpoints import ENCODER_PREFIX, LoadedCheckpoint, ModelMeta, load_checkpoint, load_strict
 from brainsegfounder.errors import UserError
 from brainsegfounder.labels import MULTILABEL_PREFIX, schema
 from brainsegfounder.modalities import canonical
 from brainsegfounder.networks import PRESETS, SIZES, NetworkConfig, build_network
 from brainsegfounder.registry import resolve_model
+
+from ..harness.initial_weights import InitReport, inflate
 
 # SwinUNETR tensors whose second axis is the input channels: the patch embedding and the
 # first residual block on the raw image (its 3x3x3 conv and 1x1x1 shortcut).
@@ -46,31 +48,6 @@ class TaskSpec:
         return ModelMeta(network=self.network, modalities=self.modalities, label_schema=self.label_schema,
                          name=name, version=version, task=self.task, roi_size=self.roi,
                          orientation=self.orientation, provenance=provenance, description=description)
-
-
-@dataclass
-class InitReport:
-    source: str = "random initialisation"
-    kind: str = "scratch"
-    loaded: List[str] = field(default_factory=list)
-    inflated: Dict[str, str] = field(default_factory=dict)
-    reinitialised: List[str] = field(default_factory=list)
-    ignored: List[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"source": self.source, "kind": self.kind, "loaded_count": len(self.loaded),
-                "loaded": self.loaded, "inflated": self.inflated, "reinitialised": self.reinitialised,
-                "ignored": self.ignored}
-
-    def summary(self) -> str:
-        if self.kind == "scratch":
-            return "weights: random initialisation"
-        text = f"weights: {len(self.loaded)} tensors from {self.source} ({self.kind})"
-        if self.inflated:
-            text += f"; inflated {len(self.inflated)} input kernels"
-        if self.reinitialised:
-            text += f"; re-initialised {len(self.reinitialised)} output tensors"
-        return text
 
 
 def resolve_task(recipe: dict) -> TaskSpec:
@@ -126,28 +103,6 @@ def resolve_task(recipe: dict) -> TaskSpec:
     return TaskSpec(task, tuple(modalities), label_schema, orientation, network, roi, base, base_meta)
 
 
-def inflate(kernel, source_modalities: Optional[Sequence[str]], target_modalities: Sequence[str], axis: int = 1,
-            scale: bool = True):
-    """Channels of ``kernel`` along ``axis`` (C_src) -> one per target modality (C_new): the
-    source's channel of the same modality where known, else the mean over the source channels.
-    Input kernels (axis 1) are scaled by C_src / C_new so the summed response keeps its size;
-    output rows (axis 0, e.g. a reconstruction layer) are not scaled."""
-    c_src, c_new = kernel.shape[axis], len(target_modalities)
-    mean = kernel.mean(dim=axis)
-    src = [canonical(m) or m for m in source_modalities] if source_modalities else []
-    columns, how = [], []
-    for modality in target_modalities:
-        if modality in src and len(src) == c_src:
-            columns.append(kernel.select(axis, src.index(modality)))
-            how.append(f"{modality}<-{modality}")
-        else:
-            columns.append(mean)
-            how.append(f"{modality}<-mean")
-    import torch
-
-    return torch.stack(columns, dim=axis) * (c_src / c_new if scale else 1.0), ", ".join(how)
-
-
 def initialise(model, spec: TaskSpec, recipe: dict) -> InitReport:
     """Load the recipe's init checkpoint into ``model`` (a SwinUNETR built from ``spec``)."""
     report = InitReport()
@@ -197,8 +152,6 @@ def build_model(spec: TaskSpec, recipe: dict):
     loss): with bias 0 every voxel starts at probability 0.5, and the first hundreds of steps
     go into learning that most of the brain is not tumour.
     """
-    import math
-
     import torch
 
     model = build_network(spec.network, use_checkpoint=bool(recipe["model"]["gradient_checkpointing"]))

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from brainsegfounder.errors import UserError
+from brainsegfounder.inference import resolve_device
 
 
 @dataclass
@@ -30,7 +31,6 @@ class Dist:
 
 def setup(device_name: str = "auto") -> Dist:
     import torch
-    from brainsegfounder.inference import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -15,14 +15,19 @@ from typing import List, Optional
 import numpy as np
 import SimpleITK as sitk
 from brainsegfounder.atomic import atomic_path, ensure_writable_dir
+from brainsegfounder.checkpoints import load_checkpoint, resolve_meta
 from brainsegfounder.errors import UserError
 from brainsegfounder.geometry import same_grid
 from brainsegfounder.labels import schema as label_schema
 from brainsegfounder.networks import PRESETS
 from brainsegfounder.progress import CancelToken, ProgressCallback, null_progress
+from brainsegfounder.registry import resolve_model
 
+from ..harness.plots import box_plots, learning_curves
 from .datasets import Case, check_cases, discover
+from .initialise import resolve_task
 from .metrics import NUMERIC, case_metrics, summarise
+from .recipe import load_recipe
 
 PRED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd")
 
@@ -30,14 +35,10 @@ PRED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd")
 def _task_of(model: Optional[str], task: Optional[str], run: Optional[Path]):
     """(modalities, label schema name) from the model, the run's recipe, or a task preset."""
     if model:
-        from brainsegfounder.checkpoints import load_checkpoint, resolve_meta
-        from brainsegfounder.registry import resolve_model
 
         meta = resolve_meta(load_checkpoint(resolve_model(model)), task)
         return meta.modalities, meta.label_schema
     if run is not None:
-        from .initialise import resolve_task
-        from .recipe import load_recipe
 
         spec = resolve_task(load_recipe(str(run / "recipe.yaml")))
         return spec.modalities, spec.label_schema
@@ -118,7 +119,6 @@ def evaluate(data: str, out: str, pred: Optional[str] = None, model: Optional[st
     _write_csv(out_dir / "metrics.csv", rows)
     with atomic_path(out_dir / "summary.json", suffix=".json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    from .plots import box_plots, learning_curves
 
     shown = [m for m in ("dice", "hd95_mm", "volume_error_ml", "lesion_f1") if any(m in r for r in rows)]
     box_plots(rows, shown, out_dir / "boxplots.png")

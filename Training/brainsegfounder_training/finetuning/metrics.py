@@ -47,8 +47,13 @@ def region_hd95(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float]) ->
 def lesion_wise(pred: np.ndarray, true: np.ndarray) -> Dict[str, float]:
     """panoptica's lesion-wise metrics for one binary region."""
     import panoptica
-    from panoptica import (ConnectedComponentsInstanceApproximator, InputType, Metric, NaiveThresholdMatching,
-                           Panoptica_Evaluator)
+    from panoptica import (
+        ConnectedComponentsInstanceApproximator,
+        InputType,
+        Metric,
+        NaiveThresholdMatching,
+        Panoptica_Evaluator,
+    )
 
     panoptica.disable_citation_reminder()
     evaluator = Panoptica_Evaluator(expected_input=InputType.SEMANTIC,

@@ -1,22 +1,19 @@
-"""Recipes: YAML files of training settings, defaults for every key, and ``a.b=value`` overrides.
+"""Fine-tuning recipes: the keys, their defaults and their checks.
 
 A recipe names its task (a preset of the engine, ``generic`` with its own modalities and
 labels, or ``from_base`` to take everything from the base model), the network, how the
-weights start, the data and the training schedule. Unknown keys are errors (a typo must not
-silently train with a default), and the resolved recipe is written next to the run.
+weights start, the data and the training schedule. Bundled recipes live in Training/configs.
 """
 
 from __future__ import annotations
 
-import copy
-import os
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional
 
-import yaml
 from brainsegfounder.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from ..harness.recipe import CONFIG_DIR, check_choices, check_open_fraction, check_roi, check_whole_numbers, read_recipe
+
+RESUMABLE = ("train.epochs",)  # what may change when a run is resumed
 
 DEFAULTS: Dict[str, Any] = {
     "task": "brats",            # brats, atlas, generic or from_base
@@ -78,99 +75,22 @@ CHOICES = {
 }
 
 
-def recipe_path(name_or_path: str, folder: Path = CONFIG_DIR) -> Path:
-    """A recipe file: a path, or the name of one in ``folder`` (``brats`` -> configs/brats.yaml)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    bundled = folder / f"{name_or_path}.yaml"
-    if os.sep not in name_or_path and bundled.is_file():
-        return bundled
-    known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
-    raise UserError(f"recipe {name_or_path} not found; give a YAML file or one of the bundled recipes ({known})")
-
-
-def _merge(base: dict, update: dict, where: str = "") -> dict:
-    for key, value in update.items():
-        name = f"{where}{key}"
-        if key not in base:
-            raise UserError(f"unknown recipe key {name!r}; known keys here: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise UserError(f"recipe key {name!r} must be a mapping of {', '.join(sorted(base[key]))}")
-            _merge(base[key], value, name + ".")
-        else:
-            base[key] = value
-    return base
-
-
-def parse_override(text: str) -> dict:
-    """``train.epochs=5`` -> ``{"train": {"epochs": 5}}`` (the value parsed as YAML)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"override {text!r} must look like key.sub=value, e.g. train.epochs=5")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        raise UserError(f"cannot parse the value of override {text!r} as YAML") from None
-    result: Dict[str, Any] = {}
-    node = result
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = parsed
-    return result
-
-
-def load_recipe(name_or_path: Optional[str], overrides: Iterable[str] = (), defaults: Optional[dict] = None,
-                check: Optional[Callable[[dict], None]] = None, folder: Path = CONFIG_DIR) -> dict:
-    """Defaults <- recipe file <- overrides, checked (fine-tuning's unless others are given)."""
-    recipe = copy.deepcopy(DEFAULTS if defaults is None else defaults)
-    if name_or_path:
-        path = recipe_path(name_or_path, folder)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise UserError(f"recipe {path} is not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"recipe {path} must be a mapping of settings")
-        _merge(recipe, data)
-    for text in overrides:
-        _merge(recipe, parse_override(text))
-    (check or check_recipe)(recipe)
-    return recipe
-
-
-def get(recipe: dict, dotted: str):
-    node = recipe
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def check_recipe(recipe: dict) -> None:
-    for key, allowed in CHOICES.items():
-        if get(recipe, key) not in allowed:
-            raise UserError(f"recipe {key} is {get(recipe, key)!r}; choose one of {', '.join(allowed)}")
-    positive = ("train.epochs", "train.batch_size", "train.val_every", "data.folds", "train.log_every")
-    for key in positive:
-        if not isinstance(get(recipe, key), int) or get(recipe, key) < 1:
-            raise UserError(f"recipe {key} must be a whole number of at least 1, got {get(recipe, key)!r}")
+    check_choices(recipe, CHOICES)
+    check_whole_numbers(recipe, ("train.epochs", "train.batch_size", "train.val_every", "data.folds",
+                                 "train.log_every"))
     if not 0 < float(recipe["data"]["label_fraction"]) <= 1:
         raise UserError("recipe data.label_fraction must be in (0, 1]")
     if not 0 < float(recipe["init"]["output_prior"]) < 1:
         raise UserError("recipe init.output_prior must be a probability in (0, 1)")
-    if not 0 < float(recipe["data"]["val_fraction"]) < 1:
-        raise UserError("recipe data.val_fraction must be in (0, 1)")
+    check_open_fraction(recipe, "data.val_fraction")
     if not 0 <= int(recipe["data"]["fold"]) < int(recipe["data"]["folds"]):
         raise UserError(f"recipe data.fold {recipe['data']['fold']} must be in 0..{recipe['data']['folds'] - 1}")
-    roi = recipe["model"]["roi"]
-    if roi == "auto":
+    if recipe["model"]["roi"] == "auto":
         if not recipe["init"]["checkpoint"]:
             raise UserError("model.roi auto takes the ROI of the init checkpoint; give one or set model.roi")
-        return
-    if not (isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) and r >= 64 and r % 32 == 0 for r in roi)):
-        raise UserError(f"recipe model.roi {roi!r} must be three multiples of 32, each at least 64")
+    else:
+        check_roi(recipe["model"]["roi"])
     if recipe["task"] == "generic" and not (recipe["modalities"] and recipe["labels"]):
         raise UserError("a generic recipe needs `modalities` (inputs in channel order) and `labels` (names of "
                         "label values 1..N)")
@@ -178,5 +98,6 @@ def check_recipe(recipe: dict) -> None:
         raise UserError("task from_base needs a base model: give --base MODEL (init.checkpoint)")
 
 
-def dump(recipe: dict) -> str:
-    return yaml.safe_dump(recipe, sort_keys=False)
+def load_recipe(name_or_path: Optional[str], overrides: Iterable[str] = ()) -> dict:
+    """A fine-tuning recipe: defaults <- the file (a path or a bundled name) <- overrides, checked."""
+    return read_recipe(name_or_path, overrides, DEFAULTS, check_recipe, CONFIG_DIR)

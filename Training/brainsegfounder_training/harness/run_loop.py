@@ -1,0 +1,97 @@
+"""What every training run has, whatever it learns: a recipe, a run folder, its processes,
+progress, a cancel flag, and the files it starts with, keeps and ends with."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from brainsegfounder.errors import UserError
+from brainsegfounder.progress import CancelToken, ProgressCallback, null_progress
+
+from . import distributed
+from .recipe import dump
+from .run_folder import RunFolder
+from .state import load_state, save_best_model, save_state
+
+
+class RunLoop:
+    """The base of the fine-tuning and the pretraining loop.
+
+    Args:
+        recipe: the resolved recipe.
+        run: the run folder; resuming: whether to continue from its state.pt.
+        device: auto, cpu, cuda or cuda:N (under torchrun each process takes its own GPU).
+        progress: the progress callback (rank 0 reports; the others are silent).
+        cancel: checked between steps on every process; one process asked to stop stops all.
+    """
+
+    state_format = ""  # what a state.pt of this kind of run says it is
+    command = ""       # the brainsegfounder command that runs it, named in errors
+
+    def __init__(self, recipe: dict, run: RunFolder, resuming: bool, device: str = "auto",
+                 progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):
+        self.recipe, self.run, self.resuming = recipe, run, resuming
+        self.d = distributed.setup(device)
+        self.progress = progress if self.d.main else null_progress
+        self.cancel = cancel or CancelToken()
+        self.seed = int(recipe["train"]["seed"])
+
+    # -- start ------------------------------------------------------------------------------
+    def write_start(self, files: dict) -> None:
+        """recipe.yaml and the run's other first files ({name: JSON data}), rank 0 only. Called
+        once the data and the model are known good, so a failed start leaves no files."""
+        if self.d.main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.run.write_text("recipe.yaml", dump(self.recipe))
+            for name, data in files.items():
+                if data is not None:
+                    self.run.write_json(name, data)
+        distributed.barrier(self.d)
+
+    def wrap(self, model):
+        """The model DDP trains (the model itself in one process)."""
+        import torch
+
+        if not self.d.enabled:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.d.local_rank] if self.d.device.type == "cuda" else None)
+
+    # -- each step --------------------------------------------------------------------------
+    def cancelled(self) -> bool:
+        return distributed.any_flag(self.cancel.cancelled, self.d)
+
+    def check_finite(self, loss, step: int) -> None:
+        import torch
+
+        if not torch.isfinite(loss):
+            raise UserError(f"the loss became {loss.item()} at step {step}; lower train.lr or turn off train.amp, "
+                            f"then --resume {self.run.path}")
+
+    # -- what the run keeps -----------------------------------------------------------------
+    def load_state(self) -> dict:
+        return load_state(self.run / "state.pt", self.state_format, self.command)
+
+    def save_state(self, payload: dict, kept: str) -> None:
+        """state.pt = {"format", **payload} (rank 0), then every process waits for it."""
+        if self.d.main:
+            save_state({"format": self.state_format, **payload}, self.run / "state.pt", kept)
+        distributed.barrier(self.d)
+
+    def save_best(self, model, meta, dtype=None) -> None:
+        if self.d.main:
+            save_best_model(self.run / "best.pt", model, meta, dtype=dtype)
+
+    @staticmethod
+    def weights(model) -> dict:
+        """The model's tensors on the CPU, for state.pt."""
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    # -- end --------------------------------------------------------------------------------
+    def finish(self, summary: dict, plot: Callable, picture: str) -> dict:
+        """summary.json and the curves (rank 0 writes), then leave the process group."""
+        if self.d.main:
+            self.run.write_json("summary.json", summary)
+            plot(self.run / "metrics.jsonl", self.run / picture)
+        distributed.teardown(self.d)
+        return summary
