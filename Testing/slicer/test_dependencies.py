@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -50,15 +54,45 @@ def test_a_requirement_that_would_replace_a_shipped_package_is_refused():
         plan(version_of=versions.get)
 
 
-def test_pip_honours_the_constraints(tmp_path):
-    """pip itself refuses to change a pinned package (a dry run, no network needed to fail)."""
-    from importlib.metadata import version
+def _wheel(folder: Path, name: str, version: str, *requires: str) -> None:
+    """A tiny metadata-only wheel, enough for pip's resolver."""
+    info = f"{name}-{version}.dist-info"
+    metadata = "".join([f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+                        *(f"Requires-Dist: {r}\n" for r in requires)])
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as whl:
+        whl.writestr(f"{info}/METADATA", metadata)
+        whl.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        whl.writestr(f"{info}/RECORD", "")
 
+
+def test_pip_honours_the_constraints(tmp_path):
+    """pip keeps a pinned package at its pin: offline, on tiny wheels where the newest release of
+    the requested package needs a newer version of the pinned one."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "bsf_shipped", "1.0")
+    _wheel(wheels, "bsf_shipped", "2.0")
+    _wheel(wheels, "bsf_addon", "1.0", "bsf_shipped>=1")
+    _wheel(wheels, "bsf_addon", "2.0", "bsf_shipped>=2")
     constraints = tmp_path / "constraints.txt"
-    constraints.write_text(f"numpy=={version('numpy')}\n")
-    command = dependencies.pip_command(sys.executable, ["numpy!=" + version("numpy")], constraints)
-    result = subprocess.run(command + ["--dry-run", "--no-index"], capture_output=True, text=True)
-    assert result.returncode != 0 and "numpy" in result.stderr
+    constraints.write_text("bsf_shipped==1.0\n")
+    offline = ["--dry-run", "--ignore-installed", "--no-index", "--find-links", str(wheels), "--quiet"]
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull}
+
+    def resolve(requirement):
+        report = tmp_path / "report.json"
+        command = dependencies.pip_command(sys.executable, [requirement], constraints)
+        result = subprocess.run([*command, *offline, "--report", str(report)], capture_output=True, text=True,
+                                env=env, timeout=120)
+        if result.returncode:
+            return result
+        return {i["metadata"]["name"]: i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+
+    # unconstrained, pip would take bsf_addon 2.0 and replace bsf_shipped with 2.0
+    assert resolve("bsf_addon") == {"bsf_addon": "1.0", "bsf_shipped": "1.0"}
+    refused = resolve("bsf_shipped>=2")
+    assert not isinstance(refused, dict), refused
+    assert "bsf-shipped" in refused.stderr.lower().replace("_", "-"), refused.stderr
 
 
 def test_the_plan_pins_what_the_package_requires():
