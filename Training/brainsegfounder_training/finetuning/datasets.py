@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+
 from brainsegfounder.cases import is_case_root, list_cases
 from brainsegfounder.errors import UserError
 from brainsegfounder.geometry import same_grid
@@ -86,8 +87,8 @@ def from_datalist(path: Path, modalities: Sequence[str]) -> List[Case]:
         label = inside(root, entry["label"])
         case_id = entry.get("case_id") or _case_id_of(entry["label"])
         fold = entry.get("fold")
-        cases.append(Case(str(case_id), {m: inside(root, images[j]) for m, j in zip(modalities, order)}, label,
-                          int(fold) if fold is not None else None, convention))
+        paths = {m: inside(root, images[j]) for m, j in zip(modalities, order, strict=True)}
+        cases.append(Case(str(case_id), paths, label, int(fold) if fold is not None else None, convention))
     return cases
 
 
@@ -126,7 +127,7 @@ def from_saved_cases(root: Path, modalities: Sequence[str]) -> List[Case]:
         info = saved.info
         order = _order(info["modalities"], modalities, f"saved case {saved.case_id}")
         names = [info["images"][info["modalities"][j]] for j in order]
-        cases.append(Case(saved.case_id, {m: str(saved.folder / n) for m, n in zip(modalities, names)},
+        cases.append(Case(saved.case_id, {m: str(saved.folder / n) for m, n in zip(modalities, names, strict=True)},
                           str(saved.folder / info["label"]), None, info.get("label_convention", "auto"),
                           extra={"revision": saved.revision, "content_sha256": info.get("content_sha256")}))
     return cases
@@ -188,7 +189,7 @@ def check_cases(cases: Sequence[Case], schema: LabelSchema, convention: str = "a
     checked = []
     for i, case in enumerate(cases):
         progress("check_data", i, len(cases), case.case_id)
-        for modality, path in list(case.images.items()) + [("label", case.label)]:
+        for modality, path in [*list(case.images.items()), ("label", case.label)]:
             if not Path(path).is_file():
                 raise UserError(f"case {case.case_id}: {modality} file {path} is missing; fix the data set")
         first = _info(case.image_list()[0])

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import numpy as np
 import SimpleITK as sitk
+
 from brainsegfounder.atomic import atomic_path, ensure_writable_dir
 from brainsegfounder.checkpoints import load_checkpoint, resolve_meta
 from brainsegfounder.errors import UserError

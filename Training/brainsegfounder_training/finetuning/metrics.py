@@ -15,6 +15,7 @@ import warnings
 from typing import Dict, Sequence
 
 import numpy as np
+
 from brainsegfounder.metrics import region_dice
 
 NUMERIC = ("dice", "hd95_mm", "volume_pred_ml", "volume_true_ml", "volume_error_ml", "lesion_dice", "lesion_f1",
@@ -96,7 +97,7 @@ def summarise(rows: Sequence[dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
             values = values[np.isfinite(values)]
             if len(values):
                 summary[region][metric] = {"mean": float(values.mean()), "sd": float(values.std()),
-                                           "median": float(np.median(values)), "n": int(len(values))}
+                                           "median": float(np.median(values)), "n": len(values)}
     return summary
 
 

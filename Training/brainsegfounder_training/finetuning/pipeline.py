@@ -13,10 +13,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from monai.transforms import MapTransform
+
 from brainsegfounder.errors import UserError
 from brainsegfounder.geometry import reorient, same_grid
 from brainsegfounder.labels import LabelSchema
-from monai.transforms import MapTransform
 
 from ..harness.data import files_key, read_network_volume
 from .datasets import Case
@@ -46,7 +47,7 @@ class LoadCase(MapTransform):
 def case_key(item) -> bytes:
     """Disk-cache key of a case: its files, their modification times and its label convention."""
     case: Case = item["case"]
-    return files_key(case.image_list() + [case.label], salt=case.convention)
+    return files_key([*case.image_list(), case.label], salt=case.convention)
 
 
 def train_transforms(schema: LabelSchema, orientation: str, roi: Sequence[int], recipe: dict):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Sequence
 
 import numpy as np
+
 from brainsegfounder.errors import UserError
 
 from .datasets import Case

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+
 from brainsegfounder.errors import Cancelled, UserError
 from brainsegfounder.inference import InferenceSettings, predict_probabilities
 from brainsegfounder.labels import schema as label_schema
@@ -74,7 +75,7 @@ class Validator:
             probs, _ = predict_probabilities(model, image, self.roi, self.settings, self.d.device, cancel=cancel)
             pred = (probs > self.settings.threshold) & np.any(image != 0, axis=0)
             dice = region_dice(pred, np.asarray(item["label"]) > 0)
-            per_case[item["case_id"]] = {n: float(v) for n, v in zip(self.schema.channels, dice)}
+            per_case[item["case_id"]] = {n: float(v) for n, v in zip(self.schema.channels, dice, strict=True)}
             progress("validate", i + 1, len(self.dataset), item["case_id"])
         model.train(was_training)
         merged: Dict[str, Dict[str, float]] = {}

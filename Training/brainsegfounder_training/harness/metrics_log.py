@@ -40,7 +40,7 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with self.path.open("a") as f:
             f.write(json.dumps(record, default=to_plain) + "\n")
         if self.writer is not None:
             step = record.get("step", 0)

@@ -50,7 +50,7 @@ def box_plots(rows: Sequence[dict], metrics: Sequence[str], out: Path) -> Path:
     plt = _pyplot()
     regions = list(dict.fromkeys(r["region"] for r in rows))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         data = [[r[metric] for r in rows if r["region"] == g and r.get(metric) is not None] for g in regions]
         ax.boxplot(data, showmeans=True)
         ax.set_xticks(range(1, len(regions) + 1), regions)

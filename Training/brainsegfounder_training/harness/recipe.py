@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import yaml
+
 from brainsegfounder.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"

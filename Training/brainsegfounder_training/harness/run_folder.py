@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
+
 from brainsegfounder.atomic import atomic_path
 from brainsegfounder.errors import UserError
 

@@ -20,8 +20,9 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from brainsegfounder.errors import UserError
 from monai.transforms import MapTransform
+
+from brainsegfounder.errors import UserError
 
 from ..harness.data import files_key, read_network_volume
 from .subjects import Subject

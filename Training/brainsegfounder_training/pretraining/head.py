@@ -16,14 +16,16 @@ parameters keeps the index pattern 0, 4, 8, ... of the release.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from typing import List
 
 import torch
+from torch import nn
+
 from brainsegfounder.checkpoints import ENCODER_PREFIX, SSL_HEAD_PREFIXES, load_strict
 from brainsegfounder.errors import UserError
 from brainsegfounder.networks import NetworkConfig, build_network
-from torch import nn
 
 from ..harness.initial_weights import InitReport, inflate
 
@@ -35,7 +37,7 @@ RECONSTRUCTION_OUT = "conv.20."  # the 1^3 conv whose outputs are the input chan
 def reconstruction_decoder(dim: int, out_channels: int) -> nn.Sequential:
     channels = [dim, dim // 2, dim // 4, dim // 8, dim // 16, dim // 16]
     layers: List[nn.Module] = []
-    for c_in, c_out in zip(channels[:-1], channels[1:]):
+    for c_in, c_out in itertools.pairwise(channels):
         layers += [nn.Conv3d(c_in, c_out, kernel_size=3, padding=1), nn.InstanceNorm3d(c_out), nn.LeakyReLU(),
                    nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False)]
     layers.append(nn.Conv3d(channels[-1], out_channels, kernel_size=1))
@@ -91,7 +93,7 @@ def load_into_head(head: SSLHead, ckpt, target_modalities, source_modalities=Non
     target = head.state_dict()
     state = dict(target)
     for key, value in ckpt.state_dict.items():
-        if not key.startswith((ENCODER_PREFIX,) + SSL_HEAD_PREFIXES):
+        if not key.startswith((ENCODER_PREFIX, *SSL_HEAD_PREFIXES)):
             report.ignored.append(key)  # a fine-tuned model's decoder
             continue
         if key not in target:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+
 from brainsegfounder.checkpoints import ModelMeta, load_checkpoint
 from brainsegfounder.errors import Cancelled, UserError
 from brainsegfounder.modalities import canonical
@@ -187,9 +188,9 @@ class Pretrainer(RunLoop):
             self.progress("init", 1, 1, report.summary())
         model.to(d.device)
         total = int(train["steps"])
+        opt = Optimisation(model, train, d.device, int(train["warmup_steps"]), total)
         run = PretrainRun(cohort=cohort, model=model, net=self.wrap(model), config=config, init_ckpt=init_ckpt,
-                          init_report=report, opt=Optimisation(model, train, d.device, int(train["warmup_steps"]), total),
-                          total=total)
+                          init_report=report, opt=opt, total=total)
         torch.autograd.set_detect_anomaly(bool(train["anomaly_detection"]))
         if state is not None:
             model.load_state_dict(state["model"])
@@ -311,7 +312,7 @@ class Pretrainer(RunLoop):
         known = self._skipped_ids()
         new = {s["id"]: s for s in found if s["id"] not in known}
         if new:
-            with open(self.run / "skipped.jsonl", "a") as f:
+            with (self.run / "skipped.jsonl").open("a") as f:
                 f.writelines(json.dumps(s) + "\n" for s in new.values())
             self.progress("skipped", len(known) + len(new), len(known) + len(new),
                           f"skipped {', '.join(new)} (unreadable; listed in skipped.jsonl)")

@@ -28,7 +28,7 @@ SPATIAL_PLANE = (1, 2)  # axes of a (C, i, j, k) crop: the axial plane in RAS / 
 def rotate(views: torch.Tensor, rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
     """Each (C, i, j, k) crop of ``views`` rotated by a random k x 90 degrees; returns (rotated, k)."""
     ks = rng.integers(0, 4, size=views.shape[0])
-    rotated = torch.stack([torch.rot90(v, int(k), dims=SPATIAL_PLANE) for v, k in zip(views, ks)])
+    rotated = torch.stack([torch.rot90(v, int(k), dims=SPATIAL_PLANE) for v, k in zip(views, ks, strict=True)])
     return rotated, torch.as_tensor(ks, dtype=torch.long, device=views.device)
 
 
@@ -37,9 +37,9 @@ def _cuboids(rng: np.random.Generator, shape, budget: float, max_block: float):
     covered = 0
     while covered < budget:
         sides = [int(rng.integers(max(1, n // 20), max(2, int(n * max_block)) + 1)) for n in shape]
-        starts = [int(rng.integers(0, n - s + 1)) for n, s in zip(shape, sides)]
+        starts = [int(rng.integers(0, n - s + 1)) for n, s in zip(shape, sides, strict=True)]
         covered += int(np.prod(sides))
-        yield tuple(slice(a, a + s) for a, s in zip(starts, sides))
+        yield tuple(slice(a, a + s) for a, s in zip(starts, sides, strict=True))
 
 
 def corrupt(views: torch.Tensor, rng: np.random.Generator, generator: torch.Generator, max_drop: float = 0.3,
@@ -50,12 +50,12 @@ def corrupt(views: torch.Tensor, rng: np.random.Generator, generator: torch.Gene
     voxels = float(np.prod(spatial))
     for i in range(views.shape[0]):
         for box in _cuboids(rng, spatial, rng.uniform(0, max_drop) * voxels, max_block):
-            region = out[(i, slice(None)) + box]
+            region = out[(i, slice(None), *box)]
             region.copy_(torch.randn(region.shape, generator=generator, device=generator.device).to(region.dtype))
         partner = int(rng.integers(0, views.shape[0]))
         if cross_sample and partner != i:
             for box in _cuboids(rng, spatial, rng.uniform(0, max_drop) * voxels, max_block):
-                out[(i, slice(None)) + box] = views[(partner, slice(None)) + box]
+                out[(i, slice(None), *box)] = views[(partner, slice(None), *box)]
     return out
 
 

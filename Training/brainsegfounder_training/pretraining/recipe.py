@@ -82,7 +82,7 @@ def check_pretrain(recipe: dict) -> None:
         raise UserError("contrastive coding needs at least 2 crops per step: raise train.batch_size or "
                         "train.crops_per_volume")
     check_open_fraction(recipe, "data.val_fraction")
-    if not 0 < float(recipe["ssl"]["temperature"]):
+    if not float(recipe["ssl"]["temperature"]) > 0:
         raise UserError("recipe ssl.temperature must be positive")
     if not 0 <= float(recipe["ssl"]["max_drop"]) < 1 or not 0 < float(recipe["ssl"]["max_block"]) <= 1:
         raise UserError("recipe ssl.max_drop must be in [0, 1) and ssl.max_block in (0, 1]")

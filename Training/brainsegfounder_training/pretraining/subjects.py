@@ -84,9 +84,9 @@ def from_datalist(path: Path, modalities: Sequence[str], section: str = "trainin
         if isinstance(images, dict):
             named = {canonical(k) or k.lower(): v for k, v in images.items()}
         elif isinstance(images, list) and described and len(images) == len(described):
-            named = dict(zip(described, images))
+            named = dict(zip(described, images, strict=True))
         elif isinstance(images, list) and len(images) == len(modalities):
-            named = dict(zip(modalities, images))  # no names given: the recipe's order is assumed
+            named = dict(zip(modalities, images, strict=True))  # no names given: the recipe's order is assumed
         else:
             raise UserError(f"datalist {path} {section} entry {i} needs 'image' as a list in the order of "
                             f"description.modalities, or a mapping of modality to path")
@@ -112,9 +112,9 @@ def from_ukb_folder(root: Path, modalities: Sequence[str]) -> Found:
         folders = sorted(e.path for e in entries if e.is_dir() and not e.name.startswith("."))
     for folder in folders:
         for modality, (sub, name) in UKB_FILES.items():
-            path = os.path.join(folder, sub, name)
-            if os.path.isfile(path):
-                found.setdefault(_ukb_subject(os.path.basename(folder)), {})[modality] = path
+            path = Path(folder, sub, name)
+            if path.is_file():
+                found.setdefault(_ukb_subject(Path(folder).name), {})[modality] = str(path)
     return _complete(found, modalities) if found else ([], [])
 
 
