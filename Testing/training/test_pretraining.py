@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from helpers import run_cli
 from quick import ENV, QUICK, cli, kill_after_first_state
 
 # Tiny model, 64^3 crops (at 3 mm the whole brain), 2 volumes x 1 crop per step: the crops of one
@@ -183,7 +183,7 @@ def test_killed_pretraining_resumes_where_it_stopped(tmp_path, healthy_root):
 def test_two_process_torchrun_skips_unreadable_subjects(tmp_path, healthy_root):
     """3 of the 5 training subjects are truncated: 2 processes x 2 steps draw 4 different subjects
     of the first pass, so at least 2 are skipped, listed, and the run still finishes."""
-    from brainsegfounder_training.pretraining.loop import split_subjects
+    from brainsegfounder_training.pretraining.subjects import split_subjects
     from brainsegfounder_training.pretraining.recipe import load_pretrain_recipe
     from brainsegfounder_training.pretraining.subjects import discover_subjects
 
@@ -192,7 +192,7 @@ def test_two_process_torchrun_skips_unreadable_subjects(tmp_path, healthy_root):
     overrides = [f"data.path={root}", *PT_QUICK, "train.batch_size=1", "train.crops_per_volume=2", "train.steps=2",
                  "train.val_every=2"]
     recipe = load_pretrain_recipe("stage1-ukb", overrides)
-    train, _ = split_subjects(discover_subjects(root, ["t1", "flair"])[0], recipe, 0)
+    train, _ = split_subjects(discover_subjects(root, ["t1", "flair"])[0], recipe["data"], 0)
     broken = {s.subject_id for s in train[:3]}
     for subject in train[:3]:
         t1 = subject.images["t1"]

@@ -25,7 +25,7 @@ from torch import nn
 
 from brainsegfounder.checkpoints import ENCODER_PREFIX, SSL_HEAD_PREFIXES, load_strict
 from brainsegfounder.errors import UserError
-from brainsegfounder.networks import NetworkConfig, build_network
+from brainsegfounder.networks import SIZES, NetworkConfig, build_network
 
 from ..harness.initial_weights import InitReport, inflate
 
@@ -77,6 +77,25 @@ def ssl_network_config(in_channels: int, depths, num_heads, feature_size: int) -
     return NetworkConfig(in_channels=in_channels, out_channels=0, depths=tuple(depths), num_heads=tuple(num_heads),
                          feature_size=int(feature_size))
 
+
+
+def ssl_config_of_recipe(recipe: dict, init_ckpt) -> NetworkConfig:
+    """The encoder a pretraining recipe asks for: ``model.size``, or the init checkpoint's
+    architecture (``auto``); a named size must match the init checkpoint's."""
+    size = recipe["model"]["size"]
+    channels = len(recipe["modalities"])
+    if size == "auto":
+        net = init_ckpt.network
+        return ssl_network_config(channels, net.depths, net.num_heads, net.feature_size)
+    if size not in SIZES:
+        raise UserError(f"unknown model.size {size!r}; choose {', '.join(SIZES)} or auto")
+    config = ssl_network_config(channels, **SIZES[size])
+    if init_ckpt is not None:
+        theirs = (init_ckpt.network.depths, init_ckpt.network.num_heads, init_ckpt.network.feature_size)
+        if theirs != (config.depths, config.num_heads, config.feature_size):
+            raise UserError(f"the init checkpoint is depths {list(theirs[0])}, heads {list(theirs[1])}, feature size "
+                            f"{theirs[2]}, but model.size {size} differs; set model.size=auto or the matching size")
+    return config
 
 
 PATCH_EMBED = "swinViT.patch_embed.proj.weight"

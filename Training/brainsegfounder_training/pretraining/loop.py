@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -28,7 +28,7 @@ import numpy as np
 from brainsegfounder.checkpoints import ModelMeta, load_checkpoint
 from brainsegfounder.errors import Cancelled, UserError
 from brainsegfounder.modalities import canonical
-from brainsegfounder.networks import SIZES, NetworkConfig
+from brainsegfounder.networks import NetworkConfig
 from brainsegfounder.progress import CancelToken, ProgressCallback, null_progress, read_jsonl
 from brainsegfounder.registry import resolve_model
 
@@ -41,59 +41,12 @@ from ..harness.plots import pretraining_curves
 from ..harness.run_folder import RunFolder
 from ..harness.run_loop import RunLoop
 from .data import CropStream, batches, item_seed, stream_loader
-from .head import SSLHead, load_into_head, ssl_network_config
+from .head import SSLHead, load_into_head, ssl_config_of_recipe
 from .pretext import PretextSettings, make_views, pretext_losses
-from .subjects import Subject, discover_subjects
+from .subjects import Cohort, find_cohort
 
 STATE_FORMAT = "brainsegfounder-pretrain-state"
 VALIDATION_STREAM = 1_000_003  # seeds of the fixed validation crops, apart from the training stream
-
-
-def split_subjects(subjects: List[Subject], recipe: dict, seed: int):
-    """(train, validation): a seeded share held out (BrainSegFounder: 1,917 of 41,400)."""
-    data = recipe["data"]
-    if len(subjects) < 2:
-        raise UserError(f"pretraining needs at least 2 subjects (1 to train, 1 to validate); found {len(subjects)}")
-    n_val = min(int(data["max_val_subjects"]), max(1, round(float(data["val_fraction"]) * len(subjects))),
-                len(subjects) - 1)
-    order = np.random.default_rng(seed).permutation(len(subjects))
-    held = set(order[:n_val].tolist())
-    return [s for i, s in enumerate(subjects) if i not in held], [s for i, s in enumerate(subjects) if i in held]
-
-
-def _network(recipe: dict, init_ckpt):
-    size = recipe["model"]["size"]
-    channels = len(recipe["modalities"])
-    if size == "auto":
-        net = init_ckpt.network
-        return ssl_network_config(channels, net.depths, net.num_heads, net.feature_size)
-    if size not in SIZES:
-        raise UserError(f"unknown model.size {size!r}; choose {', '.join(SIZES)} or auto")
-    config = ssl_network_config(channels, **SIZES[size])
-    if init_ckpt is not None:
-        theirs = (init_ckpt.network.depths, init_ckpt.network.num_heads, init_ckpt.network.feature_size)
-        if theirs != (config.depths, config.num_heads, config.feature_size):
-            raise UserError(f"the init checkpoint is depths {list(theirs[0])}, heads {list(theirs[1])}, feature size "
-                            f"{theirs[2]}, but model.size {size} differs; set model.size=auto or the matching size")
-    return config
-
-
-@dataclass
-class Cohort:
-    """The subjects a run trains and validates on, and those left out (with the reason)."""
-
-    train: List[Subject]
-    validation: List[Subject]
-    left_out: List[dict] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"train": [s.to_dict() for s in self.train], "validation": [s.to_dict() for s in self.validation],
-                "left_out": self.left_out}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Cohort":
-        return cls([Subject.from_dict(s) for s in data["train"]], [Subject.from_dict(s) for s in data["validation"]],
-                   data["left_out"])
 
 
 @dataclass
@@ -146,16 +99,7 @@ class Pretrainer(RunLoop):
         path = self.run / "subjects.json"
         if self.resuming and path.is_file():  # the lists the run started with, whatever changed on disk since
             return Cohort.from_dict(json.loads(path.read_text()))
-        data = self.recipe["data"]
-        subjects, left_out = discover_subjects(data["path"], self.modalities)
-        if data["validation"]:
-            val, val_left = discover_subjects(data["validation"], self.modalities)
-            left_out += val_left
-            val_files = {p for s in val for p in s.images.values()}
-            train = [s for s in subjects if not val_files & set(s.images.values())]
-        else:
-            train, val = split_subjects(subjects, self.recipe, self.seed)
-        return Cohort(train, val, left_out)
+        return find_cohort(self.recipe["data"], self.modalities, self.seed)
 
     def _model(self, state: Optional[dict]):
         model_cfg = self.recipe["model"]
@@ -165,7 +109,7 @@ class Pretrainer(RunLoop):
         else:
             init_ckpt = load_checkpoint(resolve_model(str(self.recipe["init"]["checkpoint"]))) \
                 if self.recipe["init"]["checkpoint"] else None
-            config = _network(self.recipe, init_ckpt)
+            config = ssl_config_of_recipe(self.recipe, init_ckpt)
         seed_everything(self.seed)
         model = SSLHead(config, use_checkpoint=bool(model_cfg["gradient_checkpointing"]),
                         use_flash_attention=bool(model_cfg["flash_attention"]))

@@ -24,9 +24,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
 
 from brainsegfounder.errors import UserError
 from brainsegfounder.modalities import canonical, guess_from_text
@@ -188,3 +190,46 @@ def discover_subjects(path, modalities: Sequence[str], section: str = "training"
         raise UserError(f"no subjects with {', '.join(modalities)} found in {path}{reason}; give a datalist.json, "
                         "BIDS, UK Biobank-style, BraTS or one-folder-per-subject data")
     return subjects, left_out
+
+
+@dataclass
+class Cohort:
+    """The subjects a run trains and validates on, and those left out (with the reason)."""
+
+    train: List[Subject]
+    validation: List[Subject]
+    left_out: List[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"train": [s.to_dict() for s in self.train], "validation": [s.to_dict() for s in self.validation],
+                "left_out": self.left_out}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Cohort":
+        return cls([Subject.from_dict(s) for s in data["train"]], [Subject.from_dict(s) for s in data["validation"]],
+                   data["left_out"])
+
+
+def split_subjects(subjects: List[Subject], data: dict, seed: int):
+    """(train, validation): a seeded share held out (BrainSegFounder: 1,917 of 41,400); ``data``
+    is the recipe's data block (``val_fraction``, ``max_val_subjects``)."""
+    if len(subjects) < 2:
+        raise UserError(f"pretraining needs at least 2 subjects (1 to train, 1 to validate); found {len(subjects)}")
+    n_val = min(int(data["max_val_subjects"]), max(1, round(float(data["val_fraction"]) * len(subjects))),
+                len(subjects) - 1)
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    held = set(order[:n_val].tolist())
+    return [s for i, s in enumerate(subjects) if i not in held], [s for i, s in enumerate(subjects) if i in held]
+
+
+def find_cohort(data: dict, modalities: Sequence[str], seed: int) -> Cohort:
+    """The recipe's ``data`` block as a cohort: ``data.validation`` as the validation subjects
+    (and out of training), or a seeded share of ``data.path`` held out."""
+    subjects, left_out = discover_subjects(data["path"], modalities)
+    if data["validation"]:
+        val, val_left = discover_subjects(data["validation"], modalities)
+        val_files = {p for s in val for p in s.images.values()}
+        train = [s for s in subjects if not val_files & set(s.images.values())]
+        return Cohort(train, val, left_out + val_left)
+    train, val = split_subjects(subjects, data, seed)
+    return Cohort(train, val, left_out)
