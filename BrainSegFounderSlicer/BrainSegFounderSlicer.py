@@ -12,8 +12,10 @@ import os
 import pathlib
 import tempfile
 import threading
+import time
 from typing import Annotated, Optional
 
+import numpy as np
 import qt
 import slicer
 import vtk
@@ -23,11 +25,14 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from brainsegfounder.progress import CancelToken
 from BrainSegFounderSlicerLib import dependencies
 from BrainSegFounderSlicerLib.assignment import modality_label
 from BrainSegFounderSlicerLib.logic import WorkflowLogic
 from BrainSegFounderSlicerLib.models import import_command
+from BrainSegFounderSlicerLib.results import label_image
 from BrainSegFounderSlicerLib.runner import BackgroundProcess, python_executable
+from BrainSegFounderSlicerLib.sampledata import SAMPLE_DIR, sample_data_source, truth_file
 from BrainSegFounderSlicerLib.training import case_count, case_id_from, default_cases_root, pretrain_hint
 
 PANEL_INPUTS = ("flair", "t1ce", "t1", "t2")  # the selectors of the panel; a model uses some of them
@@ -58,8 +63,6 @@ def registerSampleData():
         import SampleData
     except ImportError:
         return
-    from BrainSegFounderSlicerLib.sampledata import sample_data_source
-
     SampleData.SampleDataLogic.registerCustomSampleDataSource(**sample_data_source())
 
 
@@ -323,8 +326,6 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     # -- model manager -----------------------------------------------------------------------
     def onDownload(self) -> None:
-        from brainsegfounder.progress import CancelToken
-
         choice = self._choice()
         state = {"done": 0, "total": 0, "error": None, "finished": False}
         token = CancelToken()
@@ -571,12 +572,7 @@ class BrainSegFounderSlicerTest(ScriptedLoadableModuleTest):
         self.test_segment_and_save_case()
 
     def test_segment_and_save_case(self):
-        import time
-
-        import numpy as np
-
-        from BrainSegFounderSlicerLib.results import label_image
-        from BrainSegFounderSlicerLib.sampledata import SAMPLE_DIR, sample_data_source, truth_file
+        import SimpleITK as sitk
 
         self.delayDisplay("Loading the synthetic sample case")
         source = sample_data_source()
@@ -601,8 +597,6 @@ class BrainSegFounderSlicerTest(ScriptedLoadableModuleTest):
 
         truth = slicer.util.arrayFromVolume(slicer.util.loadLabelVolume(str(truth_file())))
         known = {1: "Necrotic tumor core", 2: "Peritumoral edema", 3: "Enhancing tumor"}
-        import SimpleITK as sitk
-
         ours = sitk.GetArrayFromImage(label_image(slicer.mrmlScene, job.segmentation, assignment["flair"], known))
         whole = np.logical_and(ours > 0, truth > 0).sum() * 2 / ((ours > 0).sum() + (truth > 0).sum())
         self.assertGreater(whole, 0.8)  # the demo model on its synthetic kind of data

@@ -16,13 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+from brainsegfounder import registry
+from brainsegfounder.cases import is_case_root
 from brainsegfounder.errors import UserError
+from brainsegfounder.labels import schema
+from brainsegfounder.names import plain_name
 
 from .assignment import check_assignment, guess_assignment, scalar_volumes
 from .models import ModelChoice, ModelManager
 from .results import fill_volume_table, label_image, load_segmentation, region_rows, show_in_3d
 from .runner import BackgroundProcess, engine_command
-from .training import default_cases_root, finetune_command, update_metrics_plot
+from .training import default_cases_root, finetune_command, save_training_case, update_metrics_plot
 from .volumes import same_parent_transform, write_volume
 
 
@@ -92,8 +96,6 @@ class Job:
         self.process.cancel()
 
     def wait(self, timeout: Optional[float] = None) -> Optional[str]:
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.poll():
             if deadline is not None and time.monotonic() > deadline:
@@ -200,8 +202,6 @@ class WorkflowLogic:
     def update_volume_table(self, segmentation, reference, choice: ModelChoice, convention: str = "brats2021",
                             table=None):
         """Region volumes (mL) of the segmentation as it is now (after corrections too)."""
-        from brainsegfounder.labels import schema
-
         label_schema = schema(choice.label_schema)
         known = {v: s.name for v, s in label_schema.label_values(convention).items()}
         labels = label_image(self.scene, segmentation, reference, known)
@@ -214,10 +214,6 @@ class WorkflowLogic:
     def save_training_case(self, assignment: Mapping[str, object], segmentation, choice: ModelChoice,
                            case_id: str, root: Optional[os.PathLike] = None, convention: str = "brats2021",
                            note: str = ""):
-        from brainsegfounder.labels import schema
-
-        from .training import save_training_case
-
         inputs = check_assignment({m: assignment.get(m) for m in choice.inputs})
         known = {v: s.name for v, s in schema(choice.label_schema).label_values(convention).items()}
         return save_training_case(self.scene, inputs, segmentation, root or default_cases_root(), case_id,
@@ -230,10 +226,6 @@ class WorkflowLogic:
     def start_finetune(self, base: ModelChoice, data: Optional[os.PathLike] = None, epochs: int = 20,
                        replay: Optional[os.PathLike] = None, name: Optional[str] = None, device: str = "auto",
                        run: Optional[os.PathLike] = None, overrides: Mapping[str, object] = ()) -> FinetuneJob:
-        from brainsegfounder import registry
-        from brainsegfounder.names import plain_name
-        from brainsegfounder.cases import is_case_root
-
         if not base.available:
             raise UserError(f"base model {base.title} is not on this computer yet: {base.status()}")
         data = Path(data or default_cases_root())

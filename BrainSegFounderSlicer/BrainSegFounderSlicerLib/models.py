@@ -26,6 +26,8 @@ from brainsegfounder.atomic import atomic_path
 from brainsegfounder.errors import Cancelled, UserError
 from brainsegfounder.names import plain_name
 
+from .runner import engine_command
+
 RESOURCES_DIR = Path(__file__).resolve().parents[2] / "Resources"  # extension resources (source tree and install)
 REGISTRY_FILE = RESOURCES_DIR / "models.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -252,6 +254,4 @@ def _read_description(path: Path) -> Optional[dict]:
 
 def import_command(source: os.PathLike, name: str) -> List[str]:
     """The engine command that checks a checkpoint loads and adds it to the local models."""
-    from .runner import engine_command
-
     return engine_command("models", "register", str(source), "--name", plain_name(name, "model name"))

@@ -17,6 +17,7 @@ import vtk
 from vtk.util import numpy_support
 
 from brainsegfounder.errors import UserError
+from brainsegfounder.labels import region_volumes
 
 from .volumes import volume_to_image
 
@@ -145,8 +146,6 @@ def label_image(scene, node, reference, known: Optional[Mapping[int, str]] = Non
 
 def region_rows(labels: sitk.Image, label_schema, convention: str = "brats2021") -> List[Tuple[str, str, float]]:
     """(region, label value, volume in mL) per written label and per predicted region (BraTS TC, WT)."""
-    from brainsegfounder.labels import region_volumes
-
     return [(info["name"] if "label" in info else f"{key} (region)", str(info.get("label", "")), info["volume_ml"])
             for key, info in region_volumes(labels, label_schema, convention).items()]
 

@@ -19,6 +19,7 @@ from brainsegfounder import registry
 from brainsegfounder.cases import SavedCase, list_cases, save_case
 from brainsegfounder.errors import UserError
 from brainsegfounder.geometry import resample_to
+from brainsegfounder.modalities import guess_from_text
 from brainsegfounder.progress import read_jsonl
 
 from .results import label_image
@@ -36,8 +37,6 @@ def case_count(root: os.PathLike) -> int:
 
 def case_id_from(name: str) -> str:
     """A usable case id from a volume name ('BraTS2021_00001_flair' -> 'BraTS2021_00001')."""
-    from brainsegfounder.modalities import guess_from_text
-
     tokens = [t for t in re.split(r"[^A-Za-z0-9]+", name) if t]
     if len(tokens) > 1 and guess_from_text(tokens[-1]):
         tokens = tokens[:-1]

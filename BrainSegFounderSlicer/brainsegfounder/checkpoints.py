@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, ensure_writable_dir
 from .errors import UserError
-from .networks import PRESETS, NetworkConfig, build_network
+from .labels import schema
+from .networks import PRESETS, NetworkConfig, build_network, network_config
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, keeping this module cheap to import
     import torch
@@ -251,8 +252,6 @@ def resolve_meta(ckpt: LoadedCheckpoint, task: Optional[str] = None) -> ModelMet
             raise UserError(f"model {ckpt.meta.name} is for task {ckpt.meta.task!r}, not {task!r}; "
                             "drop --task or choose another model")
         return ckpt.meta
-    from .labels import schema
-
     if task and task not in PRESETS:
         raise UserError(f"unknown task {task!r}; choose one of {', '.join(PRESETS)}")
     net = ckpt.network
@@ -296,9 +295,6 @@ def save_checkpoint(path: os.PathLike, model, meta: ModelMeta, dtype: Optional["
 def init_model(output, size: str, task: str, seed: int = 0, name: Optional[str] = None, roi=None) -> Path:
     """A randomly initialised, self-describing checkpoint (deterministic by seed)."""
     import torch
-
-    from .atomic import ensure_writable_dir
-    from .networks import network_config
 
     config = network_config(size, task)
     ensure_writable_dir(Path(output).parent)

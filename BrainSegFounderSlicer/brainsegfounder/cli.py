@@ -8,14 +8,24 @@ and turns a :class:`~brainsegfounder.errors.UserError` into one line on stderr a
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 from . import __version__
+from .atomic import ensure_writable_dir
+from .checkpoints import init_model, load_checkpoint, resolve_meta
+from .demo import run_demo
 from .errors import Cancelled, UserError
+from .inference import InferenceSettings, fast_settings
+from .networks import PRESETS, SIZES, build_network, count_parameters
 from .progress import CancelToken, JsonLinesReporter, TextReporter
+from .registry import local_models, models_dir, register_model
+from .resources import compute_devices
 
 
 def _input_pair(text: str) -> Tuple[str, str]:
@@ -53,14 +63,11 @@ def _reporter(mode: str):
 
 
 def cmd_segment(args, report, cancel) -> dict:
-    from .inference import InferenceSettings, fast_settings
     from .segment import segment_files
 
     if not args.inputs:
         raise UserError("no inputs given; add one --input MODALITY=PATH per modality the model needs")
     if args.preview:  # fail before the work, not after it
-        from .atomic import ensure_writable_dir
-
         if not args.preview.lower().endswith(".png"):
             raise UserError(f"--preview {args.preview} must end in .png")
         ensure_writable_dir(Path(args.preview).parent)
@@ -101,11 +108,7 @@ def cmd_synth(args, report, cancel) -> dict:
 
 
 def cmd_models(args, report, cancel) -> dict:
-    from .networks import PRESETS, SIZES
-
     if args.models_command == "list":
-        from .registry import local_models, models_dir
-
         lines = ["task presets:"]
         lines += [f"  {p.name:8s} inputs {','.join(p.modalities)} -> {p.description}" for p in PRESETS.values()]
         lines += ["sizes: " + ", ".join(SIZES), f"local models ({models_dir()}):"]
@@ -113,9 +116,6 @@ def cmd_models(args, report, cancel) -> dict:
         print("\n".join(lines))
         return {"message": ""}
     if args.models_command == "inspect":
-        from .checkpoints import load_checkpoint, resolve_meta
-        from .networks import build_network, count_parameters
-
         ckpt = load_checkpoint(args.checkpoint)
         info = {"path": str(ckpt.path), "format": ckpt.kind, "network": ckpt.network.to_dict(),
                 "tensors": len(ckpt.state_dict)}
@@ -125,27 +125,19 @@ def cmd_models(args, report, cancel) -> dict:
         print(json.dumps(info, indent=2))
         return {"message": ""}
     if args.models_command == "register":
-        from .registry import register_model
-
         path = register_model(args.checkpoint, args.name or Path(args.checkpoint).name.split(".")[0], args.task)
         return {"output": str(path), "name": path.stem,
                 "message": f"registered {args.checkpoint} as {path.stem} ({path}); segment with --model {path.stem}"}
-    from .checkpoints import init_model
-
     return {"output": str(init_model(args.output, args.size, args.task, args.seed, args.name, args.roi)),
             "message": f"wrote {args.output}"}
 
 
 def cmd_demo(args, report, cancel) -> dict:
-    from .demo import run_demo
-
     return run_demo(Path(args.out), spacing=args.spacing, seed=args.seed, device=args.device,
                     progress=report, cancel=cancel)
 
 
 def cmd_devices(args, report, cancel) -> dict:
-    from .resources import compute_devices
-
     devices = compute_devices()
     lines = [f"{d['id']:8s} {d['name']}" + (f", {d['memory_gib']} GiB" if d["memory_gib"] else "") for d in devices]
     return {"devices": devices, "message": "\n".join(lines)}
@@ -166,10 +158,6 @@ def _plugin_registrars():
     never imports them: each entry is a function ``register(subparsers, add_common)``
     returning ``{command: handler}``.
     """
-    import importlib
-    import os
-    from importlib.metadata import entry_points
-
     # Inside Slicer nothing is pip-installed, so no entry points exist: the module names the
     # registrars in BRAINSEGFOUNDER_COMMANDS ("package.module:function", comma-separated).
     targets = [ep.value for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)]

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 from .atomic import ensure_writable_dir
+from .errors import UserError
+from .labels import schema
+from .metrics import region_dice
 from .progress import CancelToken, ProgressCallback, null_progress
 
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "brats-synthetic-demo.pt"
@@ -21,8 +24,6 @@ def dice_per_region(prediction, truth, label_schema, convention: str = "brats202
     """Dice per region between two label images on the same grid."""
     import SimpleITK as sitk
 
-    from .metrics import region_dice
-
     pred = label_schema.labels_to_regions(sitk.GetArrayFromImage(prediction), convention)
     true = label_schema.labels_to_regions(sitk.GetArrayFromImage(truth), convention)
     return {name: round(float(v), 4) for name, v in zip(label_schema.channels, region_dice(pred, true))}
@@ -30,8 +31,6 @@ def dice_per_region(prediction, truth, label_schema, convention: str = "brats202
 
 def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "auto",
              progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None) -> dict:
-    from .errors import UserError
-    from .labels import schema
     from .preview import save_preview_from_files
     from .segment import segment_files
     from .synth.cohort import case_files, write_cohort

@@ -6,7 +6,9 @@ Each is checked to be a finite, non-empty, scalar 3D volume, with one clear erro
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +54,6 @@ def _nifti_payload_short(path: Path) -> int:
     undefined. The gzip trailer holds the uncompressed size, so the usual check costs 4 bytes;
     only when it disagrees (a truncated file, or a multi-member gzip as bgzip writes) are the
     bytes counted."""
-    import gzip
-    import zlib
-
     import nibabel as nib
 
     header = nib.load(str(path)).header

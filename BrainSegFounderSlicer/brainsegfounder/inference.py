@@ -15,13 +15,16 @@ default.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import resources
 from .errors import UserError
 from .progress import CancelToken, ProgressCallback, null_progress
 
@@ -141,8 +144,6 @@ def auto_precision(device, asked: str = "auto") -> str:
 
 
 def _autocast(device, precision: str):
-    import contextlib
-
     import torch
 
     if precision == "fp32":
@@ -173,8 +174,6 @@ def plan_memory(settings: InferenceSettings, device, roi: Sequence[int], batch: 
                 volume_shape: Sequence[int]) -> MemoryPlan:
     """Normal settings, or the low-memory mode (windows of at most LOW_MEMORY_ROI, one per batch,
     the blended output in host memory) when asked or when free memory would not hold normal."""
-    from .resources import available_gpu_bytes, available_host_bytes
-
     roi = tuple(int(r) for r in roi)
     if feature_size is None:  # not a network we can estimate: run as asked
         return MemoryPlan(roi, batch, "normal", False)
@@ -184,7 +183,7 @@ def plan_memory(settings: InferenceSettings, device, roi: Sequence[int], batch: 
     if settings.memory == "low":
         return MemoryPlan(low_roi, 1, "low", device.type == "cuda", "low-memory mode asked for")
     need = estimate_peak_bytes(feature_size, roi, batch, volume_shape)
-    free = available_gpu_bytes(device) if device.type == "cuda" else available_host_bytes()
+    free = resources.available_gpu_bytes(device) if device.type == "cuda" else resources.available_host_bytes()
     if free is None or need <= 0.8 * free:
         return MemoryPlan(roi, batch, "normal", False)
     return MemoryPlan(low_roi, 1, "low", device.type == "cuda",
@@ -263,11 +262,7 @@ def predict_probabilities(model, volume: np.ndarray, roi: Sequence[int], setting
     Plans memory first (:func:`plan_memory`); on out-of-memory retries as
     :func:`fallback_plan` says, reporting each step.
     """
-    import time
-
     import torch
-
-    from .resources import thread_limit
 
     cancel = cancel or CancelToken()
     flips = flip_sets(settings.tta)
@@ -282,7 +277,7 @@ def predict_probabilities(model, volume: np.ndarray, roi: Sequence[int], setting
         output_device = torch.device("cpu") if plan.output_on_host else dev
         try:
             t0 = time.perf_counter()
-            with thread_limit(settings.threads) as threads:
+            with resources.thread_limit(settings.threads) as threads:
                 probs, windows = _sliding_probabilities(model, volume, plan.roi, settings, batch, dev, progress,
                                                         cancel, flips, volume.shape[1:], precision, output_device)
             if dev.type == "cuda":

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Tuple
 
 from .errors import UserError
+from .labels import schema
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,6 @@ def network_config(size: str, preset: str) -> NetworkConfig:
     if size not in SIZES:
         raise UserError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
     task = task_preset(preset)
-    from .labels import schema
     return NetworkConfig(in_channels=len(task.modalities),
                          out_channels=schema(task.label_schema).num_channels, **SIZES[size])
 

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 import numpy as np
 import SimpleITK as sitk
+import slicerio
 
 from .atomic import atomic_path, ensure_writable_dir
 from .errors import UserError
@@ -74,8 +75,6 @@ def write_outputs(labels: sitk.Image, output: os.PathLike, segments: Dict[int, S
                   seg_nrrd: Optional[os.PathLike] = None, summary: Optional[dict] = None,
                   summary_path: Optional[os.PathLike] = None) -> None:
     """Write every requested output, all or nothing."""
-    import slicerio
-
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(output, suffix=_suffix(Path(output))))
         sitk.WriteImage(labels, str(tmp), useCompression=True)

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from .atomic import atomic_path
 from .errors import UserError
+from .imageio import read_volume
 
 # BraTS colours by label value (2021 and 2023 numbering), lesion = 1
 LABEL_COLORS = {1: (0.85, 0.15, 0.15), 2: (0.30, 0.75, 0.30), 3: (0.95, 0.85, 0.20), 4: (0.95, 0.85, 0.20)}
@@ -63,8 +64,6 @@ def save_preview(images: Dict[str, sitk.Image], path: os.PathLike, labels: Optio
 
 def save_preview_from_files(inputs, path: os.PathLike, labels: Optional[os.PathLike] = None) -> Path:
     """Preview of ``[(modality, image path)]`` with the label map file overlaid."""
-    from .imageio import read_volume
-
     images = {name: read_volume(p, f"input {name}") for name, p in inputs}
     # Labels are read without input checks: an empty label map is a valid result.
     return save_preview(images, path, sitk.ReadImage(str(labels)) if labels else None)

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Optional, TextIO
 
 from .errors import Cancelled
@@ -124,8 +125,6 @@ class TextReporter:
 def read_jsonl(path) -> list:
     """The records of a JSON-lines file (metrics, progress logs); a line cut short by a process
     that is still writing or was killed is skipped."""
-    from pathlib import Path
-
     records = []
     for line in Path(path).read_text().splitlines():
         try:

@@ -7,11 +7,16 @@ file ``NAME.pt`` there; a path to any checkpoint works as well.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Dict, Optional
 
+from .atomic import atomic_path
+from .checkpoints import load_checkpoint, resolve_meta
 from .errors import UserError
+from .names import plain_name
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
@@ -59,8 +64,6 @@ def free_name(name: str) -> str:
 def describe(path: os.PathLike, task: Optional[str] = None) -> dict:
     """What a panel needs to offer a model without loading torch: name, version, task, inputs in
     channel order, label schema, ROI, description and provenance (from the checkpoint's metadata)."""
-    from .checkpoints import load_checkpoint, resolve_meta
-
     ckpt = load_checkpoint(path)
     if ckpt.is_encoder_only:
         raise UserError(f"{Path(path).name} is a self-supervised encoder without a segmentation head; it can be "
@@ -79,12 +82,6 @@ def register_model(source: os.PathLike, name: str, task: Optional[str] = None) -
     """Copy a checkpoint into the local model folder as ``NAME.pt`` with its description
     ``NAME.json`` (atomically; an existing model of that name is never replaced: the next free
     ``NAME-N`` is used). The checkpoint is loaded first, so only a usable model is registered."""
-    import json
-    import shutil
-
-    from .atomic import atomic_path
-    from .names import plain_name
-
     plain_name(name, "model name")
     description = describe(source, task)
     folder = models_dir()

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from .errors import UserError
+
 CGROUP = Path("/sys/fs/cgroup")
 
 
@@ -57,8 +59,6 @@ def configure_threads(threads: Optional[int] = None) -> int:
 
     if threads is not None:
         if threads < 1:
-            from .errors import UserError
-
             raise UserError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     elif torch.get_num_threads() > usable_cpus():
