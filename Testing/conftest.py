@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 sys.path.insert(0, str(ROOT / "BrainSegFounderSlicer"))  # the engine, also without pip install -e
 sys.path.insert(0, str(ROOT / "Training"))  # the training pipeline, likewise
 
@@ -67,22 +67,6 @@ def atlas_model(tmp_path_factory):
     from brainsegfounder.checkpoints import init_model
 
     return init_model(tmp_path_factory.mktemp("model") / "tiny-atlas.pt", "tiny", "atlas", seed=4, roi=TEST_ROI)
-
-
-def run_cli(args, capsys):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    from brainsegfounder.cli import main
-
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def segment_args(model, inputs, output, *extra):
-    args = ["segment", "--model", model, "--output", output, "--progress", "none", *extra]
-    for name, path in inputs:
-        args += ["--input", f"{name}={path}"]
-    return args
 
 
 @pytest.fixture(scope="session")

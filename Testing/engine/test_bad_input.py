@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_cli, segment_args
+from helpers import ROOT, run_cli, segment_args, ssl_checkpoint, write_dicom_series
 
 
 def expect_clean_failure(capsys, args, out_dir, pattern):
@@ -192,8 +193,6 @@ def test_pickled_whole_model(capsys, case):
 
 def test_ssl_checkpoint_cannot_segment(capsys, case):
     inputs, _, tmp, _ = case
-    from test_networks_and_checkpoints import ssl_checkpoint
-
     ssl_checkpoint(tmp / "ssl.pt", in_ch=4)
     args = segment_args(tmp / "ssl.pt", inputs, tmp / "out.nii.gz")
     expect_clean_failure(capsys, args, tmp, r"self-supervised encoder checkpoint .*fine-tune it first")
@@ -238,8 +237,7 @@ def test_cli_exit_code_and_single_line_in_a_real_process(tmp_path, brats_inputs,
     inputs, _ = brats_inputs
     args = segment_args(brats_model, inputs[:3], tmp_path / "out.nii.gz")
     result = subprocess.run([sys.executable, "-m", "brainsegfounder", *map(str, args)], capture_output=True,
-                            text=True, env={**__import__("os").environ, "PYTHONPATH": str(
-                                __import__("conftest").ROOT / "BrainSegFounderSlicer")})
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "BrainSegFounderSlicer")})
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: missing input for t2")
 
@@ -262,8 +260,6 @@ def test_bad_settings(capsys, case, extra, pattern):
 
 def test_folder_with_two_dicom_series(capsys, case):
     inputs, model, tmp, like = case
-    from test_segment import write_dicom_series
-
     write_dicom_series(like, tmp / "a")
     second = sitk.Image(like)
     second.SetOrigin(tuple(np.array(like.GetOrigin()) + 1.0))

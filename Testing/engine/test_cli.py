@@ -10,7 +10,7 @@ import sys
 import time
 
 
-from conftest import ROOT, run_cli, segment_args
+from helpers import ROOT, run_cli, segment_args
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "BrainSegFounderSlicer"), "PYTHONUNBUFFERED": "1"}
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import SimpleITK as sitk
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_demo_segments_a_fresh_case_well(tmp_path, capsys):
@@ -22,5 +23,5 @@ def test_demo_segments_a_fresh_case_well(tmp_path, capsys):
     reference = sitk.ReadImage(summary["inputs"]["flair"]["path"])
     assert sitk.ReadImage(str(demo / "labels.nii.gz")).GetSize() == reference.GetSize()
     assert summary["model"]["name"] == "brats-synthetic-demo"
-    dice = {k: float(v) for k, v in __import__("re").findall(r"'(\w+)': ([0-9.]+)", out)}
+    dice = {k: float(v) for k, v in re.findall(r"'(\w+)': ([0-9.]+)", out)}
     assert dice["WT"] > 0.7 and dice["TC"] > 0.5, out

@@ -14,7 +14,7 @@ from brainsegfounder.inference import InferenceSettings, auto_precision, plan_me
 from brainsegfounder.low_memory_swin import LowMemorySwinUNETR
 from brainsegfounder.networks import build_network, network_config
 
-from conftest import run_cli, segment_args
+from helpers import run_cli, segment_args
 
 CPU = torch.device("cpu")
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.nets import SwinUNETR
 
 from brainsegfounder.checkpoints import (ENCODER_PREFIX, ModelMeta, infer_network, load_checkpoint, load_strict,
                                          network_from_checkpoint, resolve_meta, save_checkpoint)
 from brainsegfounder.errors import UserError
 from brainsegfounder.networks import NetworkConfig, build_network, count_parameters, network_config
+
+from helpers import monai_swinunetr, ssl_checkpoint
 
 
 @pytest.mark.parametrize("size,params", [("62M", 62_191_941), ("64M", 64_076_853), ("70M", 69_731_589)])
@@ -24,13 +25,6 @@ def test_presets_set_channels():
     assert network_config("tiny", "atlas").out_channels == 1
     with pytest.raises(UserError, match="unknown model size"):
         network_config("5M", "brats")
-
-
-def monai_swinunetr(in_ch=4, out_ch=3, depths=(2, 2, 2, 2), heads=(3, 6, 12, 24), feature=12, seed=0):
-    """A network built with MONAI directly, as BrainSegFounder's code builds it."""
-    torch.manual_seed(seed)
-    return SwinUNETR(in_channels=in_ch, out_channels=out_ch, depths=depths, num_heads=heads, feature_size=feature,
-                     norm_name="instance", use_v2=False, downsample="merging").eval()
 
 
 def outputs_equal(a, b, in_ch=4):
@@ -66,25 +60,6 @@ def test_architecture_inferred_for_other_heads_and_channels():
     config = infer_network(state)
     assert config == NetworkConfig(in_channels=1, out_channels=1, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
                                    feature_size=12)
-
-
-def ssl_checkpoint(path, in_ch=1):
-    """Laid out like BrainSegFounder's SSL release: module.swinViT.* plus the 16 head keys."""
-    encoder = monai_swinunetr(in_ch=in_ch, seed=5).swinViT.state_dict()
-    bottleneck = 16 * 12
-    state = {f"module.swinViT.{k}": v for k, v in encoder.items()}
-    state["module.rotation_head.weight"] = torch.randn(4, bottleneck)
-    state["module.rotation_head.bias"] = torch.randn(4)
-    state["module.contrastive_head.weight"] = torch.randn(512, bottleneck)
-    state["module.contrastive_head.bias"] = torch.randn(512)
-    channels = [bottleneck, bottleneck // 2, bottleneck // 4, bottleneck // 8, bottleneck // 16, bottleneck // 16]
-    for i, idx in enumerate((0, 4, 8, 12, 16)):
-        state[f"module.conv.{idx}.weight"] = torch.randn(channels[i + 1], channels[i], 3, 3, 3)
-        state[f"module.conv.{idx}.bias"] = torch.randn(channels[i + 1])
-    state["module.conv.20.weight"] = torch.randn(in_ch, channels[-1], 1, 1, 1)
-    state["module.conv.20.bias"] = torch.randn(in_ch)
-    torch.save({"global_step": 1000, "epoch": 3, "state_dict": state, "optimizer": {}}, path)
-    return encoder
 
 
 def test_ssl_checkpoint_loads_encoder_only(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from conftest import run_cli, segment_args
+from helpers import run_cli, segment_args, write_dicom_series
 
 
 def assert_same_grid(a: sitk.Image, b: sitk.Image):
@@ -115,28 +115,6 @@ def test_orientation_of_the_files_does_not_change_the_result(tmp_path, capsys, b
     assert_same_grid(ras, sitk.ReadImage(ras_inputs[0][1]))
     assert sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(ras.GetDirection()) == "RAS"
     assert np.array_equal(sitk.GetArrayFromImage(sitk.DICOMOrient(ras, "LPS")), sitk.GetArrayFromImage(lps))
-
-
-def write_dicom_series(image: sitk.Image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1.42"):
-    """Write a volume as an int16 DICOM series (one file per slice)."""
-    folder.mkdir()
-    image = sitk.Cast(image, sitk.sitkInt16)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    direction = image.GetDirection()
-    for k in range(image.GetDepth()):
-        slice_ = image[:, :, k]
-        position = image.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
-            "0008|0060": "MR", "0020|000d": series_uid + ".0", "0020|000e": series_uid,
-            "0020|0013": str(k + 1), "0020|0032": "\\".join(map(str, position)),
-            "0020|0037": "\\".join(map(str, direction[0::3] + direction[1::3])),
-            "0018|0050": str(image.GetSpacing()[2]), "0008|0018": f"{series_uid}.{k + 1}",
-        }
-        for tag, value in tags.items():
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{k:04d}.dcm"))
-        writer.Execute(slice_)
 
 
 def test_dicom_series_folder_as_reference_input(tmp_path, capsys, brats_model, brats_inputs):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import run_cli
+from helpers import run_cli
 from quick import QUICK
 
 
@@ -66,7 +67,7 @@ def test_bad_data_sets(tmp_path, train_root, capsys, problem, expected):
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert __import__("re").search(expected, lines[0]), lines[0]
+    assert re.search(expected, lines[0]), lines[0]
     assert not (tmp_path / "run" / "state.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
 
 

@@ -4,23 +4,8 @@ from __future__ import annotations
 
 import json
 
-import SimpleITK as sitk
-
-from conftest import run_cli
+from helpers import run_cli, save_cases
 from quick import QUICK
-
-
-def save_cases(root, data_root, indices):
-    """Save synthetic cases as an annotator would (inputs + corrected label) with the engine."""
-    from brainsegfounder.cases import save_case
-    from brainsegfounder.synth.cohort import case_files
-
-    for i in indices:
-        folder, images, label = case_files("brats2021", i)
-        save_case(root, f"patient-{i}", {m: sitk.ReadImage(str(data_root / p)) for m, p in images.items()},
-                  sitk.ReadImage(str(data_root / label)), "brats_regions", "brats2021",
-                  source_model={"name": "tiny-brats", "version": "0"}, author="annotator")
-    return root
 
 
 def test_corrections_make_a_registered_model(tmp_path, home, train_root, brats_root, brats_model, capsys):

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 from brainsegfounder.errors import UserError
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 SPACING = (1.0, 1.0, 2.0)  # x, y, z in mm: HD95 must use it

@@ -6,7 +6,7 @@ import pytest
 import torch
 from brainsegfounder.errors import UserError
 
-from conftest import run_cli
+from helpers import run_cli
 from quick import QUICK, quick_recipe
 
 

@@ -16,6 +16,8 @@ import pytest
 import torch
 from brainsegfounder.errors import UserError
 
+from helpers import run_cli
+
 TINY = dict(depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), feature_size=12)
 
 
@@ -288,8 +290,6 @@ def test_stream_positions_are_shared_out_without_overlap():
 ])
 def test_bad_pretraining_settings_fail_cleanly_and_write_nothing(tmp_path, healthy_root, capsys, overrides, message):
     import re
-
-    from conftest import run_cli
 
     torch.save({"global_step": 1, "epoch": 1, "state_dict": release_state(in_channels=1), "optimizer": {}},
                tmp_path / "ssl.pt")

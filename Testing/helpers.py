@@ -1,0 +1,115 @@
+"""Helpers shared by the test suites (fixtures live in conftest.py).
+
+Importable as ``helpers`` from any test module: pytest puts this folder on ``sys.path`` for
+Testing/conftest.py (the default "prepend" import mode), and pyproject.toml names it in
+``pythonpath`` too.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_until(condition, timeout, what, interval=0.05, on_timeout=None):
+    """Call ``condition()`` every ``interval`` s until it returns something true, and return that.
+    After ``timeout`` s fail the test with "timed out ... waiting for WHAT", calling
+    ``on_timeout()`` first (to end a process the test started, say)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            if on_timeout is not None:
+                on_timeout()
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}", pytrace=False)
+        time.sleep(interval)
+
+
+def run_cli(args, capsys):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    from brainsegfounder.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def segment_args(model, inputs, output, *extra):
+    args = ["segment", "--model", model, "--output", output, "--progress", "none", *extra]
+    for name, path in inputs:
+        args += ["--input", f"{name}={path}"]
+    return args
+
+
+def save_cases(root, data_root, indices):
+    """Save synthetic cases as an annotator would (inputs + corrected label) with the engine."""
+    from brainsegfounder.cases import save_case
+    from brainsegfounder.synth.cohort import case_files
+
+    for i in indices:
+        _, images, label = case_files("brats2021", i)
+        save_case(root, f"patient-{i}", {m: sitk.ReadImage(str(data_root / p)) for m, p in images.items()},
+                  sitk.ReadImage(str(data_root / label)), "brats_regions", "brats2021",
+                  source_model={"name": "tiny-brats", "version": "0"}, author="annotator")
+    return root
+
+
+def write_dicom_series(image: sitk.Image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1.42"):
+    """Write a volume as an int16 DICOM series (one file per slice)."""
+    folder.mkdir()
+    image = sitk.Cast(image, sitk.sitkInt16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = image.GetDirection()
+    for k in range(image.GetDepth()):
+        slice_ = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0008|0060": "MR", "0020|000d": series_uid + ".0", "0020|000e": series_uid,
+            "0020|0013": str(k + 1), "0020|0032": "\\".join(map(str, position)),
+            "0020|0037": "\\".join(map(str, direction[0::3] + direction[1::3])),
+            "0018|0050": str(image.GetSpacing()[2]), "0008|0018": f"{series_uid}.{k + 1}",
+        }
+        for tag, value in tags.items():
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:04d}.dcm"))
+        writer.Execute(slice_)
+
+
+def monai_swinunetr(in_ch=4, out_ch=3, depths=(2, 2, 2, 2), heads=(3, 6, 12, 24), feature=12, seed=0):
+    """A network built with MONAI directly, as BrainSegFounder's code builds it."""
+    import torch
+    from monai.networks.nets import SwinUNETR
+
+    torch.manual_seed(seed)
+    return SwinUNETR(in_channels=in_ch, out_channels=out_ch, depths=depths, num_heads=heads, feature_size=feature,
+                     norm_name="instance", use_v2=False, downsample="merging").eval()
+
+
+def ssl_checkpoint(path, in_ch=1):
+    """Laid out like BrainSegFounder's SSL release: module.swinViT.* plus the 16 head keys.
+    Returns the encoder's state dict."""
+    import torch
+
+    encoder = monai_swinunetr(in_ch=in_ch, seed=5).swinViT.state_dict()
+    bottleneck = 16 * 12
+    state = {f"module.swinViT.{k}": v for k, v in encoder.items()}
+    state["module.rotation_head.weight"] = torch.randn(4, bottleneck)
+    state["module.rotation_head.bias"] = torch.randn(4)
+    state["module.contrastive_head.weight"] = torch.randn(512, bottleneck)
+    state["module.contrastive_head.bias"] = torch.randn(512)
+    channels = [bottleneck, bottleneck // 2, bottleneck // 4, bottleneck // 8, bottleneck // 16, bottleneck // 16]
+    for i, idx in enumerate((0, 4, 8, 12, 16)):
+        state[f"module.conv.{idx}.weight"] = torch.randn(channels[i + 1], channels[i], 3, 3, 3)
+        state[f"module.conv.{idx}.bias"] = torch.randn(channels[i + 1])
+    state["module.conv.20.weight"] = torch.randn(in_ch, channels[-1], 1, 1, 1)
+    state["module.conv.20.bias"] = torch.randn(in_ch)
+    torch.save({"global_step": 1000, "epoch": 3, "state_dict": state, "optimizer": {}}, path)
+    return encoder
