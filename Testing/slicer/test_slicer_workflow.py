@@ -7,11 +7,13 @@ the shipped demo model; results come back through Slicer's segmentation reader.
 from __future__ import annotations
 
 import os
-import time
+import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
+from helpers import save_cases, wait_until
 
 slicer = pytest.importorskip("slicer")
 if not hasattr(slicer, "vtkMRMLScene"):
@@ -69,9 +71,14 @@ def segmented(brats_inputs, tmp_path_factory):
     assignment = logic.guess_inputs(choice)
     job = logic.start_segmentation(assignment, choice, device="cpu")
     stages = []
-    while not job.poll():
+
+    def finished():
+        if job.poll():
+            return True
         stages.append(job.progress.stage)
-        time.sleep(0.05)
+        return False
+
+    wait_until(finished, 600, "the background segmentation to finish", on_timeout=job.cancel)
     yield dict(scene=scene, nodes=nodes, logic=logic, choice=choice, job=job, stages=stages, inputs=inputs,
                truth=truth, assignment=assignment)
     os.environ.pop("BRAINSEGFOUNDER_HOME", None)
@@ -218,10 +225,8 @@ def test_cancel_ends_the_process_tree_and_writes_nothing(brats_inputs, logic_env
     choice = logic.models.choice(DEMO)
     job = logic.start_segmentation(logic.guess_inputs(choice), choice, device="cpu")
     pid = job.process.process.pid
-    deadline = time.monotonic() + 120
-    while job.progress.stage == "" and time.monotonic() < deadline:  # cancel once the engine is working
-        job.poll()
-        time.sleep(0.02)
+    wait_until(lambda: job.poll() or job.progress.stage, 120, "the engine to report its first stage",
+               interval=0.02, on_timeout=job.cancel)  # cancel once the engine is working
     job.cancel()
     assert job.wait(timeout=60) == "cancelled"
     with pytest.raises(ProcessLookupError):
@@ -233,30 +238,31 @@ def test_cancel_ends_the_process_tree_and_writes_nothing(brats_inputs, logic_env
 def test_cancel_reaches_children_of_the_engine(tmp_path):
     from BrainSegFounderSlicerLib.runner import BackgroundProcess
 
-    import sys
-
     script = ("import subprocess, sys, time; "
               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
               "print(child.pid, flush=True); time.sleep(60)")
     process = BackgroundProcess([sys.executable, "-c", script], env=dict(os.environ), grace_s=0.5).start()
-    events = []
-    while not events:
-        events = process.poll()
-        time.sleep(0.02)
+    events = wait_until(process.poll, 30, "the engine stand-in to print its child's pid", interval=0.02,
+                        on_timeout=process.cancel)
     child = int(events[0]["log"]) if "log" in events[0] else int(events[0])
     process.cancel()
     process.wait(timeout=30)
-    time.sleep(0.2)
-    with pytest.raises(ProcessLookupError):
-        os.kill(child, 0) if not _zombie(child) else (_ for _ in ()).throw(ProcessLookupError())
+    wait_until(lambda: _gone(child), 10, f"the engine's child process {child} to end after cancel")
 
 
-def _zombie(pid: int) -> bool:
+def _gone(pid: int) -> bool:
+    """No process ``pid`` is left, or only its zombie (it has ended, its parent has not reaped it)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
+            if f.read().split(")")[-1].split()[0] == "Z":
+                return True
     except OSError:
-        return False
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def test_engine_error_arrives_as_one_line_with_details(brats_inputs, logic_env, tmp_path):
@@ -276,11 +282,6 @@ def test_engine_error_arrives_as_one_line_with_details(brats_inputs, logic_env, 
 
 def test_finetune_from_the_panel_plots_and_adds_a_version(segmented, train_root, tmp_path):
     """Fine-tune the demo model on saved cases in a background process, as the panel does."""
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "training"))
-    from test_corrections import save_cases
-
     logic, base = segmented["logic"], segmented["choice"]
     cases = save_cases(tmp_path / "cases", train_root, range(3))
     job = logic.start_finetune(base, cases, epochs=1, name="demo-ft", device="cpu",

@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers import ROOT, wait_until
+
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "BrainSegFounderSlicer"), str(ROOT / "Training")])}
 
 # A run of one 64^3 step per epoch with the tiny model: seconds on a 2-core CPU.
@@ -43,9 +43,8 @@ def kill_after_first_state(args, out: Path) -> Path:
     and return that state's path."""
     killed = cli([*args, "--out", out])
     state = Path(out) / "state.pt"
-    deadline = time.time() + 300
-    while not state.exists() and killed.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: state.exists() or killed.poll() is not None, 300, f"{state} to be written",
+               on_timeout=killed.kill)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL, killed.stderr.read()[-2000:]
