@@ -230,6 +230,7 @@ def test_debug_shows_the_traceback(capsys, case):
         run_cli(segment_args(model, inputs[:3], tmp / "out.nii.gz", "--debug"), capsys)
 
 
+@pytest.mark.slow
 def test_cli_exit_code_and_single_line_in_a_real_process(tmp_path, brats_inputs, brats_model):
     import subprocess
     import sys

@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from helpers import ROOT, run_cli, segment_args
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "BrainSegFounderSlicer"), "PYTHONUNBUFFERED": "1"}
 
 
+@pytest.mark.slow
 def test_sigterm_cancels_between_windows_and_writes_nothing(tmp_path, brats_model):
     from brainsegfounder.synth.cohort import case_files, write_cohort
 
@@ -72,6 +74,7 @@ def test_models_init_inspect_and_list(tmp_path, capsys, monkeypatch):
     assert code == 2 and "unknown model size '9M'" in err and not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.slow
 def test_local_model_names_resolve(tmp_path, capsys, monkeypatch, brats_model, brats_inputs):
     monkeypatch.setenv("BRAINSEGFOUNDER_HOME", str(tmp_path))
     (tmp_path / "models").mkdir()
@@ -93,6 +96,7 @@ def test_synth_command_with_previews(tmp_path, capsys):
     assert code == 2 and "does not fit kind 'stroke'" in err
 
 
+@pytest.mark.slow
 def test_text_progress_bar_on_stderr(tmp_path, capsys, brats_model, brats_inputs):
     inputs, _ = brats_inputs
     args = segment_args(brats_model, inputs, tmp_path / "o.nii.gz", "--overlap", "0.75", "--sw-batch-size", "1")

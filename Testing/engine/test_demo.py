@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import SimpleITK as sitk
 
 from helpers import run_cli
 
 
+@pytest.mark.slow
 def test_demo_segments_a_fresh_case_well(tmp_path, capsys):
     """The shipped demo model on a synthetic case from a seed it was not trained on, at the
     README's default settings."""

@@ -25,6 +25,7 @@ def tiny_net():
     return build_network(network_config("tiny", "brats")).eval()
 
 
+@pytest.mark.slow
 def test_lean_forward_equals_monai_and_keeps_the_weights(tiny_net):
     x = torch.randn(2, 4, 64, 64, 96)
     with torch.inference_mode():
@@ -39,6 +40,7 @@ def test_lean_forward_equals_monai_and_keeps_the_weights(tiny_net):
     assert not any(isinstance(m, torch.nn.InstanceNorm3d) for m in lean.modules())
 
 
+@pytest.mark.slow
 def test_lean_forward_in_bf16_stays_close(tiny_net):
     x = torch.randn(1, 4, 64, 64, 64)
     lean = LowMemorySwinUNETR(copy.deepcopy(tiny_net))
@@ -78,6 +80,7 @@ def test_memory_plan_switches_to_low_mode_when_memory_is_short(monkeypatch):
     assert plan_memory(InferenceSettings(memory="low"), CPU, (64,) * 3, 1, 12, shape).roi == (64, 64, 64)
 
 
+@pytest.mark.slow
 def test_low_memory_mode_is_chosen_and_reported(monkeypatch, tiny_net):
     volume = np.random.default_rng(3).standard_normal((4, 100, 100, 100)).astype(np.float32)
     messages = []
@@ -111,6 +114,7 @@ def test_cpu_and_memory_grants_from_cgroup_files(tmp_path, monkeypatch):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_cli_fast_and_low_memory_modes(tmp_path, capsys, brats_model, brats_inputs):
     inputs, _ = brats_inputs
     for extra, roi, overlap in ((["--fast"], 96, 0.25), (["--fast", "--overlap", "0.5"], 96, 0.5),

@@ -34,7 +34,13 @@ def outputs_equal(a, b, in_ch=4):
         return torch.allclose(a.eval()(x), b.eval()(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("layout", ["state_dict", "epoch_best_acc", "module_prefix", "plain", "monai_model_key"])
+@pytest.mark.parametrize("layout", [  # each builds and runs two networks: one layout in the quick tier
+    pytest.param("state_dict", marks=pytest.mark.slow),
+    pytest.param("epoch_best_acc", marks=pytest.mark.slow),
+    pytest.param("module_prefix", marks=pytest.mark.slow),
+    "plain",
+    pytest.param("monai_model_key", marks=pytest.mark.slow),
+])
 def test_released_finetuned_formats_load_strictly_and_match_monai(tmp_path, layout):
     reference = monai_swinunetr(depths=(2, 2, 6, 2))
     state = reference.state_dict()

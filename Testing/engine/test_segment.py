@@ -158,6 +158,7 @@ def test_brainsegfounder_format_checkpoint_segments(tmp_path, capsys, brats_inpu
     assert summary["model"]["format"] == "finetuned" and summary["model"]["task"] == "brats"
 
 
+@pytest.mark.slow
 def test_json_progress_protocol(tmp_path, capsys, brats_model, brats_inputs):
     inputs, _ = brats_inputs
     args = segment_args(brats_model, inputs, tmp_path / "o.nii.gz", "--tta")

@@ -115,6 +115,7 @@ def test_download_resumes_after_an_interruption(home, tmp_path, server):
     assert not part.exists()
 
 
+@pytest.mark.slow
 def test_import_from_file_known_and_new_models(home, tmp_path):
     manager = ModelManager(cache=tmp_path / "dl")
     demo = manager.choice("registry:brats-synthetic-demo").path

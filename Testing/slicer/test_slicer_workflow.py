@@ -218,6 +218,7 @@ def paint(seg, segment_id, mask, reference):
     assert logic.SetBinaryLabelmapToSegment(image, seg, segment_id, logic.MODE_REPLACE)
 
 
+@pytest.mark.slow
 def test_cancel_ends_the_process_tree_and_writes_nothing(brats_inputs, logic_env):
     inputs, _ = brats_inputs
     scene, nodes = load_case(inputs)
@@ -280,6 +281,7 @@ def test_engine_error_arrives_as_one_line_with_details(brats_inputs, logic_env, 
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
 
+@pytest.mark.slow
 def test_finetune_from_the_panel_plots_and_adds_a_version(segmented, train_root, tmp_path):
     """Fine-tune the demo model on saved cases in a background process, as the panel does."""
     logic, base = segmented["logic"], segmented["choice"]

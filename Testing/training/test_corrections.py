@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from helpers import run_cli, save_cases
 from quick import QUICK
 
 
+@pytest.mark.slow
 def test_corrections_make_a_registered_model(tmp_path, home, train_root, brats_root, brats_model, capsys):
     cases = save_cases(tmp_path / "cases", train_root, range(4))
     code, out, err = run_cli(

@@ -102,6 +102,7 @@ def test_base_model_with_other_inputs_is_refused(tmp_path, brats_root, brats_mod
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_finetune_from_an_inflated_one_channel_checkpoint_end_to_end(tmp_path, train_root, capsys):
     """The CLI run the issue asks for: synthetic BraTS from a 1-channel SSL checkpoint (from scratch
     is what the other training tests run)."""

@@ -16,6 +16,8 @@ import torch
 from helpers import run_cli
 from quick import ENV, QUICK, cli, kill_after_first_state
 
+pytestmark = pytest.mark.slow  # every test here is a pretraining run
+
 # Tiny model, 64^3 crops (at 3 mm the whole brain), 2 volumes x 1 crop per step: the crops of one
 # step come from different subjects, so the contrastive task has real negatives.
 PT_QUICK = ["model.size=tiny", "model.roi=[64,64,64]", "train.batch_size=2", "train.crops_per_volume=1",

@@ -15,6 +15,7 @@ from brainsegfounder.errors import UserError
 
 from quick import ENV, QUICK, cli, kill_after_first_state, quick_recipe, run_trainer
 
+pytestmark = pytest.mark.slow  # every test here is a training run
 
 
 def test_a_few_steps_lower_the_loss_and_raise_the_dice(tmp_path, train_root):
