@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from helpers import ROOT, wait_until
@@ -13,9 +14,20 @@ from helpers import ROOT, wait_until
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "BrainSegFounderSlicer"), str(ROOT / "Training")])}
 
 # A run of one 64^3 step per epoch with the tiny model: seconds on a 2-core CPU.
-QUICK = ["model.size=tiny", "model.roi=[64,64,64]", "train.epochs=1", "train.steps_per_epoch=1",
-         "train.warmup_epochs=0", "train.batch_size=1", "data.folds=2", "data.workers=0", "data.cache=none",
-         "train.val_every=1", "validation.overlap=0", "model.gradient_checkpointing=false"]
+QUICK = [
+    "model.size=tiny",
+    "model.roi=[64,64,64]",
+    "train.epochs=1",
+    "train.steps_per_epoch=1",
+    "train.warmup_epochs=0",
+    "train.batch_size=1",
+    "data.folds=2",
+    "data.workers=0",
+    "data.cache=none",
+    "train.val_every=1",
+    "validation.overlap=0",
+    "model.gradient_checkpointing=false",
+]
 
 
 def quick_recipe(data, *overrides, config="brats"):
@@ -31,21 +43,30 @@ def run_trainer(recipe, out, resume=False):
     return Trainer(recipe, RunFolder(out), resume, "cpu").fit()
 
 
-
-def cli(args, **kwargs):
-    """``brainsegfounder ARGS`` in a child process (stdout and stderr piped)."""
-    return subprocess.Popen([sys.executable, "-m", "brainsegfounder", *map(str, args)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def cli(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs):
+    """``brainsegfounder ARGS`` in a child process (stdout and stderr piped unless told otherwise)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "brainsegfounder", *map(str, args)],
+        env=ENV,
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        **kwargs,
+    )
 
 
 def kill_after_first_state(args, out: Path) -> Path:
     """Start ``brainsegfounder ARGS --out OUT``, SIGKILL it as soon as OUT/state.pt exists (mid-run),
-    and return that state's path."""
-    killed = cli([*args, "--out", out])
-    state = Path(out) / "state.pt"
-    wait_until(lambda: state.exists() or killed.poll() is not None, 300, f"{state} to be written",
-               on_timeout=killed.kill)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL, killed.stderr.read()[-2000:]
+    and return that state's path. Its output goes to a file, not a pipe nobody reads while it runs
+    (a full pipe would block the run before it saves)."""
+    with tempfile.TemporaryFile(mode="w+") as log:
+        killed = cli([*args, "--out", out], stdout=subprocess.DEVNULL, stderr=log)
+        state = Path(out) / "state.pt"
+        wait_until(
+            lambda: state.exists() or killed.poll() is not None, 300, f"{state} to be written", on_timeout=killed.kill
+        )
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        log.seek(0)
+        assert killed.returncode == -signal.SIGKILL, log.read()[-2000:]
     return state

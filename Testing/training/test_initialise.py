@@ -4,39 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from brainsegfounder.errors import UserError
 
-from helpers import run_cli
+from helpers import run_cli, ssl_checkpoint
 from quick import QUICK, quick_recipe
-
-
-def ssl_checkpoint(path, in_channels=1, seed=0):
-    """A file laid out like BrainSegFounder's SSL release: module.swinViT.* plus head keys, with
-    global_step / epoch / optimizer beside the state dict (random weights)."""
-    from brainsegfounder.networks import NetworkConfig, SIZES, build_network
-
-    torch.manual_seed(seed)
-    net = build_network(NetworkConfig(in_channels=in_channels, out_channels=3, **SIZES["tiny"]))
-    state = {f"module.swinViT.{k}": v for k, v in net.swinViT.state_dict().items()}
-    dim = 16 * SIZES["tiny"]["feature_size"]
-    state.update({"module.rotation_head.weight": torch.randn(4, dim), "module.rotation_head.bias": torch.zeros(4),
-                  "module.contrastive_head.weight": torch.randn(512, dim),
-                  "module.contrastive_head.bias": torch.zeros(512),
-                  "module.conv.0.weight": torch.randn(dim // 2, dim, 3, 3, 3)})
-    torch.save({"global_step": 100, "epoch": 1, "state_dict": state, "optimizer": {}}, path)
-    return path, net.swinViT.state_dict()
 
 
 def test_ssl_one_channel_inflated_into_four(tmp_path, brats_root):
     from brainsegfounder_training.finetuning.initialise import build_model, resolve_task
 
-    path, source = ssl_checkpoint(tmp_path / "ssl.pt", in_channels=1)
+    path = tmp_path / "ssl.pt"
+    source = ssl_checkpoint(path, in_ch=1)
     recipe = quick_recipe(brats_root, f"init.checkpoint={path}")
     spec = resolve_task(recipe)
     model, report = build_model(spec, recipe)
     encoder = model.swinViT.state_dict()
     embed = "patch_embed.proj.weight"
-    assert report.kind == "ssl" and len(report.loaded) == len(source)
+    assert report.kind == "ssl"
+    assert len(report.loaded) == len(source)
     assert report.inflated == {"swinViT." + embed: "flair<-mean, t1ce<-mean, t1<-mean, t2<-mean"}
     for key, value in source.items():  # every other encoder tensor is the pretrained one, bit for bit
         if key != embed:
@@ -47,8 +33,9 @@ def test_ssl_one_channel_inflated_into_four(tmp_path, brats_root):
     assert torch.allclose(encoder[embed], source[embed].repeat(1, 4, 1, 1, 1) / 4)
     x = torch.randn(1, 1, 8, 8, 8)
     conv = torch.nn.functional.conv3d
-    assert torch.allclose(conv(x.repeat(1, 4, 1, 1, 1), encoder[embed], stride=2), conv(x, source[embed], stride=2),
-                          atol=1e-5)
+    assert torch.allclose(
+        conv(x.repeat(1, 4, 1, 1, 1), encoder[embed], stride=2), conv(x, source[embed], stride=2), atol=1e-5
+    )
     assert {k.split(".")[0] for k in report.ignored} == {"rotation_head", "contrastive_head", "conv"}
 
 
@@ -61,23 +48,29 @@ def test_full_model_other_task_inflates_stem_and_reinitialises_head(tmp_path, br
     recipe = quick_recipe(brats_root, f"init.checkpoint={atlas_model}")
     model, report = build_model(resolve_task(recipe), recipe)
     source = load_checkpoint(atlas_model).state_dict
-    assert set(report.inflated) == {"swinViT.patch_embed.proj.weight", "encoder1.layer.conv1.conv.weight",
-                                    "encoder1.layer.conv3.conv.weight"}
+    assert set(report.inflated) == {
+        "swinViT.patch_embed.proj.weight",
+        "encoder1.layer.conv1.conv.weight",
+        "encoder1.layer.conv3.conv.weight",
+    }
     assert report.reinitialised == ["out.conv.conv.bias", "out.conv.conv.weight"]
     state = model.state_dict()
     kept = [k for k in source if k not in report.inflated and not k.startswith("out.")]
-    assert kept and all(torch.equal(state[k], source[k]) for k in kept)
+    assert kept
+    assert all(torch.equal(state[k], source[k]) for k in kept)
     assert report.inflated["encoder1.layer.conv1.conv.weight"] == "flair<-mean, t1ce<-mean, t1<-t1, t2<-mean"
     # the t1 channel carries the source's t1 kernel (scaled), the others its mean
-    assert torch.allclose(state["encoder1.layer.conv1.conv.weight"][:, 2],
-                          source["encoder1.layer.conv1.conv.weight"][:, 0] / 4)
+    assert torch.allclose(
+        state["encoder1.layer.conv1.conv.weight"][:, 2], source["encoder1.layer.conv1.conv.weight"][:, 0] / 4
+    )
 
 
 def test_depth_mismatch_is_an_error(tmp_path, brats_root):
-    path, _ = ssl_checkpoint(tmp_path / "ssl.pt")
+    path = tmp_path / "ssl.pt"
+    ssl_checkpoint(path)
     from brainsegfounder_training.finetuning.initialise import resolve_task
 
-    with pytest.raises(UserError, match="model.size=auto"):
+    with pytest.raises(UserError, match=r"model\.size=auto"):
         resolve_task(quick_recipe(brats_root, f"init.checkpoint={path}", "model.size=small"))
 
 
@@ -96,9 +89,25 @@ def test_base_model_with_other_inputs_is_refused(tmp_path, brats_root, brats_mod
     other = save_checkpoint(tmp_path / "other.pt", model, meta)
     with pytest.raises(UserError, match="takes t1, t1ce, flair, t2 but the recipe's task needs flair"):
         resolve_task(quick_recipe(brats_root, f"init.checkpoint={other}"))
-    code, _, err = run_cli(["finetune", "--config", "brats", "--base", other, "--data", brats_root,
-                            "--out", tmp_path / "run", "--progress", "none", *QUICK], capsys)
-    assert code == 2 and err.startswith("error: base model tiny-brats takes t1, t1ce, flair, t2"), err
+    code, _, err = run_cli(
+        [
+            "finetune",
+            "--config",
+            "brats",
+            "--base",
+            other,
+            "--data",
+            brats_root,
+            "--out",
+            tmp_path / "run",
+            "--progress",
+            "none",
+            *QUICK,
+        ],
+        capsys,
+    )
+    assert code == 2, err
+    assert err.startswith("error: base model tiny-brats takes t1, t1ce, flair, t2"), err
     assert not (tmp_path / "run").exists()
 
 
@@ -108,18 +117,39 @@ def test_finetune_from_an_inflated_one_channel_checkpoint_end_to_end(tmp_path, t
     is what the other training tests run)."""
     import json
 
-    path, _ = ssl_checkpoint(tmp_path / "ssl.pt", in_channels=1)
-    code, out, err = run_cli(["finetune", "--config", "brats", "--data", train_root, "--out", tmp_path / "run",
-                              "--progress", "none", "--device", "cpu", *QUICK, f"init.checkpoint={path}",
-                              "data.cache=disk"], capsys)
+    path = tmp_path / "ssl.pt"
+    ssl_checkpoint(path, in_ch=1)
+    code, _out, err = run_cli(
+        [
+            "finetune",
+            "--config",
+            "brats",
+            "--data",
+            train_root,
+            "--out",
+            tmp_path / "run",
+            "--progress",
+            "none",
+            "--device",
+            "cpu",
+            *QUICK,
+            f"init.checkpoint={path}",
+            "data.cache=disk",
+        ],
+        capsys,
+    )
     assert code == 0, err
     init = json.loads((tmp_path / "run" / "init.json").read_text())
-    assert init["kind"] == "ssl" and list(init["inflated"]) == ["swinViT.patch_embed.proj.weight"]
-    assert init["loaded_count"] > 100 and init["reinitialised"] == []
+    assert init["kind"] == "ssl"
+    assert list(init["inflated"]) == ["swinViT.patch_embed.proj.weight"]
+    assert init["loaded_count"] > 100
+    assert init["reinitialised"] == []
     assert len(list((tmp_path / "run" / "cache").glob("*.pt"))) == 1  # the one case drawn, preprocessed on disk
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["steps"] == 1 and set(summary["best"]["dice"]) == {"TC", "WT", "ET"}
+    assert summary["steps"] == 1
+    assert set(summary["best"]["dice"]) == {"TC", "WT", "ET"}
     from brainsegfounder.checkpoints import load_checkpoint
 
     meta = load_checkpoint(tmp_path / "run" / "best.pt").meta
-    assert meta.provenance["base"] == str(path) and meta.modalities == ("flair", "t1ce", "t1", "t2")
+    assert meta.provenance["base"] == str(path)
+    assert meta.modalities == ("flair", "t1ce", "t1", "t2")
