@@ -21,8 +21,12 @@ import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 from brainsegfounder.progress import CancelToken
@@ -50,10 +54,12 @@ class BrainSegFounderSlicer(ScriptedLoadableModule):
             "Segment glioma regions (FLAIR, T1ce, T1, T2) or stroke lesions (T1) with BrainSegFounder models: "
             "choose the model, check the inputs, click Segment. Correct the result in the Segment Editor, save it "
             "as a training case, and fine-tune the model on your cases. "
-            '<a href="https://github.com/brainsegfounder/BrainSegFounderSlicer">Documentation</a>.')
+            '<a href="https://github.com/brainsegfounder/BrainSegFounderSlicer">Documentation</a>.'
+        )
         self.parent.acknowledgementText = (
             "BrainSegFounder: Cox et al., Medical Image Analysis 2024 (doi:10.1016/j.media.2024.103301). "
-            "Its released weights carry their own licence (UK Biobank MTA).")
+            "Its released weights carry their own licence (UK Biobank MTA)."
+        )
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -233,8 +239,9 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         choice = self._choice()
         if choice is None:
             return
-        self.ui.modelInfoLabel.text = (f"version {choice.version}; licence: {choice.license}; {choice.status()}"
-                                       + (f"\n{choice.description}" if choice.description else ""))
+        self.ui.modelInfoLabel.text = f"version {choice.version}; licence: {choice.license}; {choice.status()}" + (
+            f"\n{choice.description}" if choice.description else ""
+        )
         self.ui.downloadButton.enabled = choice.can_download and self._auxiliaryJob is None
         unsupported = [m for m in choice.inputs if m not in PANEL_INPUTS]
         for modality in PANEL_INPUTS:
@@ -244,8 +251,10 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             getattr(self.ui, f"{modality}Label").text = modality_label(modality) + ":"
         self.ui.conventionSelector.enabled = choice.label_schema == "brats_regions"
         if unsupported:
-            self.ui.modelInfoLabel.text += (f"\nThis panel has no selector for {', '.join(unsupported)}; "
-                                            "use the brainsegfounder command for this model.")
+            self.ui.modelInfoLabel.text += (
+                f"\nThis panel has no selector for {', '.join(unsupported)}; "
+                "use the brainsegfounder command for this model."
+            )
         self._updateButtons()
 
     def _autoAssign(self) -> None:
@@ -292,8 +301,9 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if requirements:
             constraints = pathlib.Path(tempfile.mkdtemp(prefix="brainsegfounder-pip-")) / "constraints.txt"
             constraints.write_text(plan.constraints_text())
-            process = BackgroundProcess(dependencies.pip_command(python_executable(), requirements, constraints),
-                                        env=dict(os.environ)).start()
+            process = BackgroundProcess(
+                dependencies.pip_command(python_executable(), requirements, constraints), env=dict(os.environ)
+            ).start()
             self._auxiliaryJob = ("install", process, plan.restart_required)
             self.ui.dependencyLabel.text = "Installing " + ", ".join(requirements) + "..."
             self._updateButtons()
@@ -307,8 +317,9 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         try:
             import PyTorchUtils
 
-            PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                          torchVersionRequirement=requirement.replace("torch", "", 1))
+            PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, torchVersionRequirement=requirement.replace("torch", "", 1)
+            )
             return True
         except Exception as error:
             logging.warning(f"PyTorch Utils could not install PyTorch ({error}); using pip")
@@ -316,8 +327,9 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     @staticmethod
     def _offerRestart() -> None:
-        if slicer.util.confirmOkCancelDisplay("Packages were updated that Slicer had already loaded. "
-                                              "Restart Slicer now?", "BrainSegFounder"):
+        if slicer.util.confirmOkCancelDisplay(
+            "Packages were updated that Slicer had already loaded. Restart Slicer now?", "BrainSegFounder"
+        ):
             slicer.util.restart()
 
     def _queryDevices(self) -> None:
@@ -332,8 +344,9 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
         def work():
             try:
-                self.logic.models.download(choice.entry.id, progress=lambda s, d, t, m="": state.update(done=d, total=t),
-                                           cancel=token)
+                self.logic.models.download(
+                    choice.entry.id, progress=lambda s, d, t, m="": state.update(done=d, total=t), cancel=token
+                )
             except Exception as error:
                 state["error"] = str(error)
             state["finished"] = True
@@ -344,7 +357,9 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._updateButtons()
 
     def onImport(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(self.parent, "Import a model file", "", "PyTorch models (*.pt *.pth *.ckpt)")
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent, "Import a model file", "", "PyTorch models (*.pt *.pth *.ckpt)"
+        )
         if not path:
             return
         with slicer.util.tryWithErrorDisplay("Could not import the model.", waitCursor=True):
@@ -372,8 +387,14 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         with slicer.util.tryWithErrorDisplay("Could not start the segmentation.", waitCursor=True):
             p = self._parameterNode
             self._segmentJob = self.logic.start_segmentation(
-                self._assignment(), self._choice(), device=p.device, convention=p.convention, fast=p.fast,
-                segmentation=p.segmentation, table=p.volumeTable)
+                self._assignment(),
+                self._choice(),
+                device=p.device,
+                convention=p.convention,
+                fast=p.fast,
+                segmentation=p.segmentation,
+                table=p.volumeTable,
+            )
             self.ui.statusLabel.text = "Starting the engine..."
         self._updateButtons()
 
@@ -402,8 +423,9 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not compute the volumes.", waitCursor=True):
             reference = self._assignment()[self._choice().inputs[0]]
-            p.volumeTable = self.logic.update_volume_table(p.segmentation, reference, self._choice(), p.convention,
-                                                           p.volumeTable)
+            p.volumeTable = self.logic.update_volume_table(
+                p.segmentation, reference, self._choice(), p.convention, p.volumeTable
+            )
             self.ui.volumeTableView.setMRMLTableNode(p.volumeTable)
 
     def _showError(self, line: str, details: str) -> None:
@@ -418,8 +440,9 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def onSaveCase(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not save the training case.", waitCursor=True):
-            saved = self.logic.save_training_case(self._assignment(), p.segmentation, self._choice(), p.caseId,
-                                                  p.casesFolder, p.convention)
+            saved = self.logic.save_training_case(
+                self._assignment(), p.segmentation, self._choice(), p.caseId, p.casesFolder, p.convention
+            )
             self.ui.statusLabel.text = f"Saved {saved.case_id} revision {saved.revision} in {saved.folder}."
         self._updateCaseCount()
 
@@ -443,8 +466,14 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
             base = self.logic.models.choice(self.ui.baseModelSelector.currentData)
             self._chartShown = False
-            self._finetuneJob = self.logic.start_finetune(base, p.finetuneData, p.epochs, self.ui.replaySelector.currentPath or None,
-                                                          p.newModelName or None, device=p.device)
+            self._finetuneJob = self.logic.start_finetune(
+                base,
+                p.finetuneData,
+                p.epochs,
+                self.ui.replaySelector.currentPath or None,
+                p.newModelName or None,
+                device=p.device,
+            )
             self.ui.finetuneStatusLabel.text = f"Fine-tuning in {self._finetuneJob.run}..."
         self._updateButtons()
 
@@ -576,34 +605,34 @@ class BrainSegFounderSlicerTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Loading the synthetic sample case")
         source = sample_data_source()
-        for fileName, nodeName in zip(source["fileNames"], source["nodeNames"]):
+        for fileName, nodeName in zip(source["fileNames"], source["nodeNames"], strict=True):
             slicer.util.loadVolume(str(SAMPLE_DIR / fileName), {"name": nodeName})
         logic = BrainSegFounderSlicerLogic()
-        self.assertTrue(dependencies.plan().empty, dependencies.plan().summary())
+        assert dependencies.plan().empty, dependencies.plan().summary()
         choice = logic.models.choice("registry:brats-synthetic-demo")
         assignment = logic.guess_inputs(choice)
-        self.assertEqual(assignment["flair"].GetName(), "BrainSegFounderGlioma-t2f")
+        assert assignment["flair"].GetName() == "BrainSegFounderGlioma-t2f"
 
         self.delayDisplay("Segmenting in a background process")
         job = logic.start_segmentation(assignment, choice, device="auto", convention="brats2023")
         deadline = time.monotonic() + 600
         while not job.poll():
             slicer.app.processEvents()  # the UI keeps running while the engine works
-            self.assertLess(time.monotonic(), deadline)
+            assert time.monotonic() < deadline
             time.sleep(0.1)
-        self.assertEqual(job.status, "ok", job.error)
+        assert job.status == "ok", job.error
         segmentation = job.segmentation.GetSegmentation()
-        self.assertEqual(segmentation.GetNumberOfSegments(), 3)
+        assert segmentation.GetNumberOfSegments() == 3
 
         truth = slicer.util.arrayFromVolume(slicer.util.loadLabelVolume(str(truth_file())))
         known = {1: "Necrotic tumor core", 2: "Peritumoral edema", 3: "Enhancing tumor"}
         ours = sitk.GetArrayFromImage(label_image(slicer.mrmlScene, job.segmentation, assignment["flair"], known))
         whole = np.logical_and(ours > 0, truth > 0).sum() * 2 / ((ours > 0).sum() + (truth > 0).sum())
-        self.assertGreater(whole, 0.8)  # the demo model on its synthetic kind of data
+        assert whole > 0.8  # the demo model on its synthetic kind of data
 
         self.delayDisplay("Saving as a training case")
         root = pathlib.Path(tempfile.mkdtemp(prefix="brainsegfounder-selftest-"))
         saved = logic.save_training_case(assignment, job.segmentation, choice, "selftest", root, "brats2023")
-        self.assertEqual(saved.revision, 1)
-        self.assertEqual(case_count(root), 1)
+        assert saved.revision == 1
+        assert case_count(root) == 1
         self.delayDisplay(f"Test passed (whole tumour Dice {whole:.3f})")

@@ -37,8 +37,7 @@ def balanced_model(path, task, seed, inputs):
     ``inputs``: random weights alone may label nothing, which would let label tests pass vacuously."""
     import torch
 
-    from brainsegfounder.checkpoints import load_checkpoint, network_from_checkpoint, save_checkpoint
-    from brainsegfounder.checkpoints import init_model
+    from brainsegfounder.checkpoints import init_model, load_checkpoint, network_from_checkpoint, save_checkpoint
     from brainsegfounder.imageio import read_volume
     from brainsegfounder.preprocess import BrainBox, normalize
     from brainsegfounder.segment import to_network_array
@@ -48,7 +47,7 @@ def balanced_model(path, task, seed, inputs):
     model = network_from_checkpoint(ckpt).eval()
     volume = to_network_array([read_volume(p) for _, p in inputs], ckpt.meta.orientation)
     box = BrainBox.of(volume)
-    x = normalize(box.crop(volume))[(slice(None),) + tuple(slice(0, 64) for _ in range(3))]
+    x = normalize(box.crop(volume))[(slice(None), *tuple(slice(0, 64) for _ in range(3)))]
     pad = [(0, 0)] + [(0, 64 - n) for n in x.shape[1:]]
     with torch.inference_mode():
         logits = model(torch.from_numpy(np.pad(x, pad))[None])[0]
@@ -77,7 +76,7 @@ def train_root(tmp_path_factory):
     return write_cohort(tmp_path_factory.mktemp("train"), kind="brats", n=4, seed=21, spacing=3.0, folds=2)
 
 
-@pytest.fixture()
+@pytest.fixture
 def home(tmp_path, monkeypatch):
     """A private local model registry."""
     monkeypatch.setenv("BRAINSEGFOUNDER_HOME", str(tmp_path / "home"))

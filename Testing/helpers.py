@@ -55,9 +55,16 @@ def save_cases(root, data_root, indices):
 
     for i in indices:
         _, images, label = case_files("brats2021", i)
-        save_case(root, f"patient-{i}", {m: sitk.ReadImage(str(data_root / p)) for m, p in images.items()},
-                  sitk.ReadImage(str(data_root / label)), "brats_regions", "brats2021",
-                  source_model={"name": "tiny-brats", "version": "0"}, author="annotator")
+        save_case(
+            root,
+            f"patient-{i}",
+            {m: sitk.ReadImage(str(data_root / p)) for m, p in images.items()},
+            sitk.ReadImage(str(data_root / label)),
+            "brats_regions",
+            "brats2021",
+            source_model={"name": "tiny-brats", "version": "0"},
+            author="annotator",
+        )
     return root
 
 
@@ -72,10 +79,14 @@ def write_dicom_series(image: sitk.Image, folder, series_uid="1.2.826.0.1.368004
         slice_ = image[:, :, k]
         position = image.TransformIndexToPhysicalPoint((0, 0, k))
         tags = {
-            "0008|0060": "MR", "0020|000d": series_uid + ".0", "0020|000e": series_uid,
-            "0020|0013": str(k + 1), "0020|0032": "\\".join(map(str, position)),
+            "0008|0060": "MR",
+            "0020|000d": series_uid + ".0",
+            "0020|000e": series_uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(map(str, position)),
             "0020|0037": "\\".join(map(str, direction[0::3] + direction[1::3])),
-            "0018|0050": str(image.GetSpacing()[2]), "0008|0018": f"{series_uid}.{k + 1}",
+            "0018|0050": str(image.GetSpacing()[2]),
+            "0008|0018": f"{series_uid}.{k + 1}",
         }
         for tag, value in tags.items():
             slice_.SetMetaData(tag, value)
@@ -89,8 +100,16 @@ def monai_swinunetr(in_ch=4, out_ch=3, depths=(2, 2, 2, 2), heads=(3, 6, 12, 24)
     from monai.networks.nets import SwinUNETR
 
     torch.manual_seed(seed)
-    return SwinUNETR(in_channels=in_ch, out_channels=out_ch, depths=depths, num_heads=heads, feature_size=feature,
-                     norm_name="instance", use_v2=False, downsample="merging").eval()
+    return SwinUNETR(
+        in_channels=in_ch,
+        out_channels=out_ch,
+        depths=depths,
+        num_heads=heads,
+        feature_size=feature,
+        norm_name="instance",
+        use_v2=False,
+        downsample="merging",
+    ).eval()
 
 
 def ssl_checkpoint(path, in_ch=1):

@@ -33,8 +33,9 @@ def _guess(name: str, needed: Sequence[str]) -> Optional[str]:
     return modality if modality in needed else None
 
 
-def guess_assignment(volumes: Sequence, needed: Sequence[str],
-                     keep: Optional[Mapping[str, object]] = None) -> Dict[str, Optional[object]]:
+def guess_assignment(
+    volumes: Sequence, needed: Sequence[str], keep: Optional[Mapping[str, object]] = None
+) -> Dict[str, Optional[object]]:
     """Model input -> volume node (or None), from the volumes' names.
 
     ``keep`` holds choices the user already made; they win over guesses, and a volume is never
@@ -61,7 +62,9 @@ def check_assignment(assignment: Mapping[str, Optional[object]]) -> Dict[str, ob
     seen: Dict[str, str] = {}
     for modality, node in assignment.items():
         if node.GetID() in seen:
-            raise UserError(f"volume {node.GetName()!r} is chosen for both {modality_label(seen[node.GetID()])} "
-                            f"and {modality_label(modality)}; each input needs its own volume")
+            raise UserError(
+                f"volume {node.GetName()!r} is chosen for both {modality_label(seen[node.GetID()])} "
+                f"and {modality_label(modality)}; each input needs its own volume"
+            )
         seen[node.GetID()] = modality
     return dict(assignment)

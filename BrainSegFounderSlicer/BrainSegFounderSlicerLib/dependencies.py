@@ -34,7 +34,7 @@ def _pins(file_name: str) -> Dict[str, str]:
 
 
 def _distribution(requirement: str) -> str:
-    return re.split(r"[<>=!~;\[ ]", requirement, 1)[0]
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
 
 
 def _packages(file_name: str, distributions: Sequence[str]) -> Tuple[Tuple[str, str, str], ...]:
@@ -47,9 +47,27 @@ def _packages(file_name: str, distributions: Sequence[str]) -> Tuple[Tuple[str, 
 RUNTIME: Tuple[Tuple[str, str, str], ...] = _packages("requirements.txt", RUNTIME_DISTRIBUTIONS)
 TRAINING: Tuple[Tuple[str, str, str], ...] = _packages("requirements-training.txt", TRAINING_DISTRIBUTIONS)
 # Packages Slicer ships: never upgraded, downgraded or replaced by our installs.
-SLICER_SHIPPED = ("numpy", "SimpleITK", "scipy", "requests", "urllib3", "pydicom", "vtk", "Pillow",
-                  "packaging", "setuptools", "pip", "certifi", "charset-normalizer", "idna", "six",
-                  "python-dateutil", "chardet", "dicomweb-client", "retrying")
+SLICER_SHIPPED = (
+    "numpy",
+    "SimpleITK",
+    "scipy",
+    "requests",
+    "urllib3",
+    "pydicom",
+    "vtk",
+    "Pillow",
+    "packaging",
+    "setuptools",
+    "pip",
+    "certifi",
+    "charset-normalizer",
+    "idna",
+    "six",
+    "python-dateutil",
+    "chardet",
+    "dicomweb-client",
+    "retrying",
+)
 
 
 def installed_version(distribution: str) -> Optional[str]:
@@ -87,8 +105,11 @@ class InstallPlan:
         items = ([torch] if torch else []) + self.pip
         text = "BrainSegFounder needs these Python packages: " + ", ".join(items) + "."
         if self.constraints:
-            text += (" Packages that Slicer ships stay as they are (" +
-                     ", ".join(f"{k} {v}" for k, v in sorted(self.constraints.items())) + ").")
+            text += (
+                " Packages that Slicer ships stay as they are ("
+                + ", ".join(f"{k} {v}" for k, v in sorted(self.constraints.items()))
+                + ")."
+            )
         if self.restart_required:
             text += " Slicer must be restarted afterwards."
         return text
@@ -97,9 +118,13 @@ class InstallPlan:
         return "".join(f"{name}=={version}\n" for name, version in sorted(self.constraints.items()))
 
 
-def plan(training: bool = False, packages: Sequence[Tuple[str, str, str]] = (),
-         version_of=installed_version, loaded: Optional[Sequence[str]] = None,
-         pytorch_utils: Optional[bool] = None) -> InstallPlan:
+def plan(
+    training: bool = False,
+    packages: Sequence[Tuple[str, str, str]] = (),
+    version_of=installed_version,
+    loaded: Optional[Sequence[str]] = None,
+    pytorch_utils: Optional[bool] = None,
+) -> InstallPlan:
     """What is missing or too old, and the pins that protect Slicer's own packages.
     ``pytorch_utils``: whether that extension is installed (found on the module path if None)."""
     loaded = set(sys.modules) if loaded is None else set(loaded)
@@ -125,8 +150,10 @@ def plan(training: bool = False, packages: Sequence[Tuple[str, str, str]] = (),
     for requirement in list(result.pip):
         name = _distribution(requirement)
         if name in result.constraints:
-            raise UserError(f"{requirement} needs a newer {name} than this Slicer ships "
-                               f"({result.constraints[name]}); use a newer Slicer")
+            raise UserError(
+                f"{requirement} needs a newer {name} than this Slicer ships "
+                f"({result.constraints[name]}); use a newer Slicer"
+            )
     return result
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -65,8 +65,13 @@ class Job:
             return True
         for event in self.process.poll():
             if "stage" in event:
-                self.progress = Progress(event["stage"], int(event.get("done", 0)), int(event.get("total", 0)),
-                                         event.get("eta_s"), event.get("message", ""))
+                self.progress = Progress(
+                    event["stage"],
+                    int(event.get("done", 0)),
+                    int(event.get("total", 0)),
+                    event.get("eta_s"),
+                    event.get("message", ""),
+                )
         self.on_progress()
         if not self.process.finished:
             return False
@@ -116,8 +121,17 @@ class Job:
 
 
 class SegmentationJob(Job):
-    def __init__(self, logic: "WorkflowLogic", process: BackgroundProcess, workdir: Path,
-                 reference, choice: ModelChoice, convention: str, segmentation=None, table=None) -> None:
+    def __init__(
+        self,
+        logic: "WorkflowLogic",
+        process: BackgroundProcess,
+        workdir: Path,
+        reference,
+        choice: ModelChoice,
+        convention: str,
+        segmentation=None,
+        table=None,
+    ) -> None:
         super().__init__(process, workdir)
         self.logic, self.reference, self.choice, self.convention = logic, reference, choice, convention
         self.segmentation, self.table = segmentation, table
@@ -125,15 +139,17 @@ class SegmentationJob(Job):
     def on_success(self) -> None:
         scene = self.logic.scene
         name = f"{self.reference.GetName()} {self.choice.title.split(':')[0]} segmentation"
-        self.segmentation = load_segmentation(scene, self.workdir / "labels.seg.nrrd", self.reference, name,
-                                              node=self.segmentation)
+        self.segmentation = load_segmentation(
+            scene, self.workdir / "labels.seg.nrrd", self.reference, name, node=self.segmentation
+        )
         self.segmentation.SetAttribute("BrainSegFounder.Model", self.choice.key)
         self.segmentation.SetAttribute("BrainSegFounder.ModelVersion", self.choice.version)
         self.segmentation.SetAttribute("BrainSegFounder.LabelConvention", self.convention)
         if self.logic.show_3d:
             show_in_3d(self.segmentation)
-        self.table = self.logic.update_volume_table(self.segmentation, self.reference, self.choice,
-                                                    self.convention, self.table)
+        self.table = self.logic.update_volume_table(
+            self.segmentation, self.reference, self.choice, self.convention, self.table
+        )
 
 
 class FinetuneJob(Job):
@@ -173,9 +189,16 @@ class WorkflowLogic:
         return guess_assignment(scalar_volumes(self.scene), choice.inputs, keep)
 
     # -- segmentation ------------------------------------------------------------------------
-    def start_segmentation(self, assignment: Mapping[str, object], choice: ModelChoice, device: str = "auto",
-                           convention: str = "brats2021", fast: bool = False, segmentation=None,
-                           table=None) -> SegmentationJob:
+    def start_segmentation(
+        self,
+        assignment: Mapping[str, object],
+        choice: ModelChoice,
+        device: str = "auto",
+        convention: str = "brats2021",
+        fast: bool = False,
+        segmentation=None,
+        table=None,
+    ) -> SegmentationJob:
         """Export the inputs, start the engine; poll the returned job until it is done."""
         if not choice.available:
             raise UserError(f"{choice.title} is not on this computer yet: {choice.status()}")
@@ -183,9 +206,19 @@ class WorkflowLogic:
         same_parent_transform(list(inputs.values()))
         workdir = Path(tempfile.mkdtemp(prefix="brainsegfounder-"))
         try:
-            args = ["segment", "--model", str(choice.path), "--device", device,
-                    "--output", workdir / "labels.nii.gz", "--seg-nrrd", workdir / "labels.seg.nrrd",
-                    "--summary", workdir / "summary.json"]
+            args = [
+                "segment",
+                "--model",
+                str(choice.path),
+                "--device",
+                device,
+                "--output",
+                workdir / "labels.nii.gz",
+                "--seg-nrrd",
+                workdir / "labels.seg.nrrd",
+                "--summary",
+                workdir / "summary.json",
+            ]
             if choice.label_schema == "brats_regions":
                 args += ["--labels", convention]
             if fast:
@@ -196,11 +229,13 @@ class WorkflowLogic:
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        return SegmentationJob(self, process, workdir, inputs[choice.inputs[0]], choice, convention,
-                               segmentation, table)
+        return SegmentationJob(
+            self, process, workdir, inputs[choice.inputs[0]], choice, convention, segmentation, table
+        )
 
-    def update_volume_table(self, segmentation, reference, choice: ModelChoice, convention: str = "brats2021",
-                            table=None):
+    def update_volume_table(
+        self, segmentation, reference, choice: ModelChoice, convention: str = "brats2021", table=None
+    ):
         """Region volumes (mL) of the segmentation as it is now (after corrections too)."""
         label_schema = schema(choice.label_schema)
         known = {v: s.name for v, s in label_schema.label_values(convention).items()}
@@ -211,21 +246,48 @@ class WorkflowLogic:
         return table
 
     # -- corrections -------------------------------------------------------------------------
-    def save_training_case(self, assignment: Mapping[str, object], segmentation, choice: ModelChoice,
-                           case_id: str, root: Optional[os.PathLike] = None, convention: str = "brats2021",
-                           note: str = ""):
+    def save_training_case(
+        self,
+        assignment: Mapping[str, object],
+        segmentation,
+        choice: ModelChoice,
+        case_id: str,
+        root: Optional[os.PathLike] = None,
+        convention: str = "brats2021",
+        note: str = "",
+    ):
         inputs = check_assignment({m: assignment.get(m) for m in choice.inputs})
         known = {v: s.name for v, s in schema(choice.label_schema).label_values(convention).items()}
-        return save_training_case(self.scene, inputs, segmentation, root or default_cases_root(), case_id,
-                                  choice.label_schema, known, convention,
-                                  source_model={"key": choice.key, "name": choice.title, "version": choice.version,
-                                                "path": str(choice.path) if choice.path else None},
-                                  note=note)
+        return save_training_case(
+            self.scene,
+            inputs,
+            segmentation,
+            root or default_cases_root(),
+            case_id,
+            choice.label_schema,
+            known,
+            convention,
+            source_model={
+                "key": choice.key,
+                "name": choice.title,
+                "version": choice.version,
+                "path": str(choice.path) if choice.path else None,
+            },
+            note=note,
+        )
 
     # -- fine-tuning -------------------------------------------------------------------------
-    def start_finetune(self, base: ModelChoice, data: Optional[os.PathLike] = None, epochs: int = 20,
-                       replay: Optional[os.PathLike] = None, name: Optional[str] = None, device: str = "auto",
-                       run: Optional[os.PathLike] = None, overrides: Mapping[str, object] = ()) -> FinetuneJob:
+    def start_finetune(
+        self,
+        base: ModelChoice,
+        data: Optional[os.PathLike] = None,
+        epochs: int = 20,
+        replay: Optional[os.PathLike] = None,
+        name: Optional[str] = None,
+        device: str = "auto",
+        run: Optional[os.PathLike] = None,
+        overrides: Mapping[str, object] = (),
+    ) -> FinetuneJob:
         if not base.available:
             raise UserError(f"base model {base.title} is not on this computer yet: {base.status()}")
         data = Path(data or default_cases_root())

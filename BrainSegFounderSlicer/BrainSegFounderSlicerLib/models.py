@@ -40,7 +40,7 @@ def downloads_dir() -> Path:
 
 def sha256_of(path: os.PathLike) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -67,14 +67,25 @@ class ModelEntry:
     @classmethod
     def from_dict(cls, data: dict) -> "ModelEntry":
         try:
-            entry = cls(id=plain_name(data["id"], "model id"), name=data["name"], version=str(data["version"]),
-                        task=data["task"], inputs=list(data["inputs"]), label_schema=data["label_schema"],
-                        file=plain_name(data["file"], "model file name"), license=data["license"],
-                        url=data.get("url"), sha256=data.get("sha256"), size_bytes=data.get("size_bytes"),
-                        bundled=data.get("bundled"), description=data.get("description", ""))
+            entry = cls(
+                id=plain_name(data["id"], "model id"),
+                name=data["name"],
+                version=str(data["version"]),
+                task=data["task"],
+                inputs=list(data["inputs"]),
+                label_schema=data["label_schema"],
+                file=plain_name(data["file"], "model file name"),
+                license=data["license"],
+                url=data.get("url"),
+                sha256=data.get("sha256"),
+                size_bytes=data.get("size_bytes"),
+                bundled=data.get("bundled"),
+                description=data.get("description", ""),
+            )
         except KeyError as error:
-            raise UserError(f"model registry entry {data.get('id', '?')!r} lacks {error.args[0]!r}; "
-                            "fix the registry file") from None
+            raise UserError(
+                f"model registry entry {data.get('id', '?')!r} lacks {error.args[0]!r}; fix the registry file"
+            ) from None
         if entry.sha256 is not None and not _SHA256.match(entry.sha256):
             raise UserError(f"model {entry.id}: sha256 must be 64 lower-case hex digits")
         if entry.url is not None and not entry.url.startswith(("https://", "http://")):
@@ -117,8 +128,12 @@ class ModelChoice:
 
 
 class ModelManager:
-    def __init__(self, registry_file: os.PathLike = REGISTRY_FILE, cache: Optional[os.PathLike] = None,
-                 resources: Optional[os.PathLike] = None) -> None:
+    def __init__(
+        self,
+        registry_file: os.PathLike = REGISTRY_FILE,
+        cache: Optional[os.PathLike] = None,
+        resources: Optional[os.PathLike] = None,
+    ) -> None:
         self.registry_file = Path(registry_file)
         self.resources = Path(resources) if resources else self.registry_file.parent
         self._cache = Path(cache) if cache else None
@@ -131,7 +146,9 @@ class ModelManager:
         try:
             data = json.loads(self.registry_file.read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise UserError(f"cannot read the model registry {self.registry_file} ({error}); reinstall the extension") from None
+            raise UserError(
+                f"cannot read the model registry {self.registry_file} ({error}); reinstall the extension"
+            ) from None
         return [ModelEntry.from_dict(d) for d in data.get("models", [])]
 
     def entry(self, entry_id: str) -> ModelEntry:
@@ -149,20 +166,40 @@ class ModelManager:
 
     def choices(self) -> List[ModelChoice]:
         """Registry models (ready or not), then local models (fine-tuned here or imported)."""
-        found = [ModelChoice(key=f"registry:{e.id}", title=e.name, version=e.version, license=e.license,
-                             task=e.task, inputs=list(e.inputs), label_schema=e.label_schema,
-                             path=self.local_path(e), entry=e, description=e.description)
-                 for e in self.entries()]
+        found = [
+            ModelChoice(
+                key=f"registry:{e.id}",
+                title=e.name,
+                version=e.version,
+                license=e.license,
+                task=e.task,
+                inputs=list(e.inputs),
+                label_schema=e.label_schema,
+                path=self.local_path(e),
+                entry=e,
+                description=e.description,
+            )
+            for e in self.entries()
+        ]
         for name, path in registry.local_models().items():
             info = _read_description(path)
             if info is None:
                 continue  # not described: re-import it with Import from file
             provenance = info.get("provenance") or {}
-            found.append(ModelChoice(
-                key=f"local:{name}", title=f"{name} (local)", version=str(info.get("version", "?")),
-                license=str(provenance.get("license", "as its base model")), task=info.get("task", ""),
-                inputs=list(info["modalities"]), label_schema=info["label_schema"], path=path,
-                description=info.get("description", "") + (f"; base {provenance['base']}" if provenance.get("base") else "")))
+            found.append(
+                ModelChoice(
+                    key=f"local:{name}",
+                    title=f"{name} (local)",
+                    version=str(info.get("version", "?")),
+                    license=str(provenance.get("license", "as its base model")),
+                    task=info.get("task", ""),
+                    inputs=list(info["modalities"]),
+                    label_schema=info["label_schema"],
+                    path=path,
+                    description=info.get("description", "")
+                    + (f"; base {provenance['base']}" if provenance.get("base") else ""),
+                )
+            )
         return found
 
     def choice(self, key: str) -> ModelChoice:
@@ -172,8 +209,9 @@ class ModelManager:
         raise UserError(f"model {key!r} is no longer there; choose another")
 
     # -- download --------------------------------------------------------------------------
-    def download(self, entry_id: str, progress: Callable[..., None] = lambda *a, **k: None,
-                 cancel=None, timeout_s: float = 60.0) -> Path:
+    def download(
+        self, entry_id: str, progress: Callable[..., None] = lambda *a, **k: None, cancel=None, timeout_s: float = 60.0
+    ) -> Path:
         """Fetch an entry into the cache, resuming a partial file; kept only if its SHA-256 matches."""
         entry = self.entry(entry_id)
         existing = self.local_path(entry)
@@ -182,8 +220,10 @@ class ModelManager:
         if not entry.url:
             raise UserError(f"{entry.name} has no download address; use Import from file")
         if not entry.sha256:
-            raise UserError(f"{entry.name} has no published SHA-256, so it is not downloaded automatically; "
-                            f"download {entry.url} yourself and use Import from file")
+            raise UserError(
+                f"{entry.name} has no published SHA-256, so it is not downloaded automatically; "
+                f"download {entry.url} yourself and use Import from file"
+            )
         self.cache.mkdir(parents=True, exist_ok=True)
         target = self.cache / entry.file
         part = target.with_name(target.name + ".part")
@@ -196,7 +236,7 @@ class ModelManager:
                     have = 0  # the server ignored the range: start over
                 length = response.headers.get("Content-Length")
                 total = have + int(length) if length else (entry.size_bytes or 0)
-                with open(part, "ab" if resumed else "wb") as f:
+                with Path(part).open("ab" if resumed else "wb") as f:
                     while True:
                         if cancel is not None and cancel.cancelled:
                             raise Cancelled("download paused; start it again to resume")
@@ -210,19 +250,25 @@ class ModelManager:
             if error.code == 416 and have:  # the partial file is already complete
                 pass
             else:
-                raise UserError(f"download of {entry.name} failed ({error.code} {error.reason}); "
-                                "try again later, or download it yourself and use Import from file") from None
+                raise UserError(
+                    f"download of {entry.name} failed ({error.code} {error.reason}); "
+                    "try again later, or download it yourself and use Import from file"
+                ) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise UserError(f"download of {entry.name} stopped ({reason}); start it again to resume, or download "
-                            f"{entry.url} yourself and use Import from file") from None
+            raise UserError(
+                f"download of {entry.name} stopped ({reason}); start it again to resume, or download "
+                f"{entry.url} yourself and use Import from file"
+            ) from None
         progress("verify", 0, 1, "checking SHA-256")
         digest = sha256_of(part)
         if digest != entry.sha256:
             part.unlink()
-            raise UserError(f"the downloaded {entry.file} does not match its published SHA-256 and was deleted; "
-                            "try again, or download it yourself and use Import from file")
-        os.replace(part, target)
+            raise UserError(
+                f"the downloaded {entry.file} does not match its published SHA-256 and was deleted; "
+                "try again, or download it yourself and use Import from file"
+            )
+        Path(part).replace(target)
         progress("verify", 1, 1, "")
         return target
 

@@ -101,8 +101,10 @@ def segment_label_values(node, known: Optional[Mapping[int, str]] = None) -> Lis
             value = by_name[segment.GetName().lower()]
         else:
             names = ", ".join(repr(n) for n in (known or {}).values()) or "the model's segment names"
-            raise UserError(f"segment {segment.GetName()!r} has no label value; rename it to one of {names} "
-                            "or delete it before saving")
+            raise UserError(
+                f"segment {segment.GetName()!r} has no label value; rename it to one of {names} "
+                "or delete it before saving"
+            )
         pairs.append((segment_id, value))
     values = [v for _, v in pairs]
     if len(set(values)) != len(values):
@@ -119,12 +121,12 @@ def segment_mask(scene, node, segment_id: str, reference) -> np.ndarray:
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(segment_id)
         ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-            node, ids, labelmap, reference, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+            node, ids, labelmap, reference, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+        )
         if not ok:
             raise UserError(f"could not export segment {segment_id!r} onto {reference.GetName()!r}")
         data = labelmap.GetImageData()
-        return numpy_support.vtk_to_numpy(data.GetPointData().GetScalars()).reshape(
-            data.GetDimensions()[::-1]) > 0
+        return numpy_support.vtk_to_numpy(data.GetPointData().GetScalars()).reshape(data.GetDimensions()[::-1]) > 0
     finally:
         scene.RemoveNode(labelmap)
 
@@ -146,15 +148,21 @@ def label_image(scene, node, reference, known: Optional[Mapping[int, str]] = Non
 
 def region_rows(labels: sitk.Image, label_schema, convention: str = "brats2021") -> List[Tuple[str, str, float]]:
     """(region, label value, volume in mL) per written label and per predicted region (BraTS TC, WT)."""
-    return [(info["name"] if "label" in info else f"{key} (region)", str(info.get("label", "")), info["volume_ml"])
-            for key, info in region_volumes(labels, label_schema, convention).items()]
+    return [
+        (info["name"] if "label" in info else f"{key} (region)", str(info.get("label", "")), info["volume_ml"])
+        for key, info in region_volumes(labels, label_schema, convention).items()
+    ]
 
 
 def fill_volume_table(table_node, rows: Sequence[Tuple[str, str, float]]) -> None:
     """Region / labels / volume (mL) rows into a table node (shown in the panel and saved with the scene)."""
     table = table_node.GetTable()
     table.Initialize()
-    columns = [("Region", vtk.vtkStringArray()), ("Labels", vtk.vtkStringArray()), ("Volume (mL)", vtk.vtkDoubleArray())]
+    columns = [
+        ("Region", vtk.vtkStringArray()),
+        ("Labels", vtk.vtkStringArray()),
+        ("Volume (mL)", vtk.vtkDoubleArray()),
+    ]
     for title, column in columns:
         column.SetName(title)
         table.AddColumn(column)

@@ -8,6 +8,7 @@ blocks: a GUI timer calls :meth:`BackgroundProcess.poll`, tests call :meth:`wait
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -56,8 +57,13 @@ def engine_command(*args: str) -> List[str]:
 class BackgroundProcess:
     """One engine command; its JSON progress lines arrive as events through :meth:`poll`."""
 
-    def __init__(self, argv: Sequence[str], env: Optional[Dict[str, str]] = None,
-                 cwd: Optional[os.PathLike] = None, grace_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Optional[Dict[str, str]] = None,
+        cwd: Optional[os.PathLike] = None,
+        grace_s: float = 10.0,
+    ) -> None:
         self.argv = [str(a) for a in argv]
         self.env = engine_environment() if env is None else env
         self.cwd = cwd
@@ -76,11 +82,23 @@ class BackgroundProcess:
             options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
         else:
             options["start_new_session"] = True  # own process group: killpg reaches its children
-        self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, text=True,
-                                        encoding="utf-8", errors="replace", bufsize=1, **options)
-        self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
-                         threading.Thread(target=self._read_stderr, daemon=True)]
+        self.process = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env,
+            cwd=self.cwd,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            **options,
+        )
+        self._readers = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
         for reader in self._readers:
             reader.start()
         return self
@@ -126,8 +144,11 @@ class BackgroundProcess:
     @property
     def finished(self) -> bool:
         """The process has exited and everything it wrote has been read."""
-        return (self.process is not None and self.process.poll() is not None
-                and not any(r.is_alive() for r in self._readers))
+        return (
+            self.process is not None
+            and self.process.poll() is not None
+            and not any(r.is_alive() for r in self._readers)
+        )
 
     @property
     def returncode(self) -> Optional[int]:
@@ -150,12 +171,11 @@ class BackgroundProcess:
             return self.final["message"]
         for line in reversed(self.stderr_lines):
             if line.startswith("error:"):
-                return line[len("error:"):].strip()
+                return line[len("error:") :].strip()
         return f"the engine stopped with exit code {self.returncode}; see the details"
 
     def details(self) -> str:
-        return "\n".join(["command: " + " ".join(self.argv), f"exit code: {self.returncode}", ""]
-                         + self.stderr_lines)
+        return "\n".join(["command: " + " ".join(self.argv), f"exit code: {self.returncode}", "", *self.stderr_lines])
 
     def wait(self, timeout: Optional[float] = None, on_event=None) -> Optional[str]:
         """Poll until finished (for scripts and tests); returns the status."""
@@ -182,18 +202,18 @@ class BackgroundProcess:
 
     def _signal_group(self, kill: bool) -> None:
         if _IS_WINDOWS:
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            subprocess.run(
+                ["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
             os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _reap_group(self) -> None:
         """Children the engine left behind (data loader workers) go with it."""
         if self.process is not None and not _IS_WINDOWS:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass

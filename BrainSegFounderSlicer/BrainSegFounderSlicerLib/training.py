@@ -44,9 +44,19 @@ def case_id_from(name: str) -> str:
     return text if text[0].isalnum() else f"case_{text}"[:100]
 
 
-def save_training_case(scene, assignment: Mapping[str, object], segmentation, root: os.PathLike, case_id: str,
-                       label_schema: str, labels: Mapping[int, str], convention: str = "brats2021",
-                       source_model: Optional[dict] = None, author: Optional[str] = None, note: str = "") -> SavedCase:
+def save_training_case(
+    scene,
+    assignment: Mapping[str, object],
+    segmentation,
+    root: os.PathLike,
+    case_id: str,
+    label_schema: str,
+    labels: Mapping[int, str],
+    convention: str = "brats2021",
+    source_model: Optional[dict] = None,
+    author: Optional[str] = None,
+    note: str = "",
+) -> SavedCase:
     """The inputs (resampled in physical space onto the first one's grid) and the edited
     segmentation on that grid, as the next revision of ``case_id``."""
     if segmentation is None or segmentation.GetSegmentation().GetNumberOfSegments() == 0:
@@ -59,16 +69,37 @@ def save_training_case(scene, assignment: Mapping[str, object], segmentation, ro
         image, _ = resample_to(volume_to_image(assignment[modality]), reference, label=f"input {modality}")
         images[modality] = image
     label = label_image(scene, segmentation, reference_node, labels)
-    return save_case(root, case_id, images, label, label_schema, convention, source_model=source_model,
-                     author=author, note=note)
+    return save_case(
+        root, case_id, images, label, label_schema, convention, source_model=source_model, author=author, note=note
+    )
 
 
-def finetune_command(base_model: os.PathLike, data: os.PathLike, run: os.PathLike, register: str,
-                     epochs: int = 20, replay: Optional[os.PathLike] = None, device: str = "auto",
-                     overrides: Mapping[str, object] = ()) -> List[str]:
+def finetune_command(
+    base_model: os.PathLike,
+    data: os.PathLike,
+    run: os.PathLike,
+    register: str,
+    epochs: int = 20,
+    replay: Optional[os.PathLike] = None,
+    device: str = "auto",
+    overrides: Mapping[str, object] = (),
+) -> List[str]:
     """``brainsegfounder finetune`` on saved cases, registering the best model as a new version."""
-    args = ["finetune", "--base", str(base_model), "--data", str(data), "--out", str(run),
-            "--epochs", str(int(epochs)), "--register", register, "--device", device]
+    args = [
+        "finetune",
+        "--base",
+        str(base_model),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--epochs",
+        str(int(epochs)),
+        "--register",
+        register,
+        "--device",
+        device,
+    ]
     if replay:
         args += ["--replay", str(replay)]
     args += [f"{k}={v}" for k, v in dict(overrides).items()]
@@ -77,9 +108,11 @@ def finetune_command(base_model: os.PathLike, data: os.PathLike, run: os.PathLik
 
 def pretrain_hint(data: os.PathLike) -> str:
     """The offline pretraining command lines for the chosen data (shown to researchers)."""
-    return (f"brainsegfounder pretrain --config stage2-brats --data {data} --out runs/stage2\n"
-            f"torchrun --nproc_per_node=8 -m brainsegfounder pretrain --config stage2-brats --data {data} "
-            "--out runs/stage2   # several GPUs")
+    return (
+        f"brainsegfounder pretrain --config stage2-brats --data {data} --out runs/stage2\n"
+        f"torchrun --nproc_per_node=8 -m brainsegfounder pretrain --config stage2-brats --data {data} "
+        "--out runs/stage2   # several GPUs"
+    )
 
 
 def epoch_metrics(run: os.PathLike) -> List[Dict[str, float]]:
@@ -91,10 +124,13 @@ def epoch_metrics(run: os.PathLike) -> List[Dict[str, float]]:
     for record in read_jsonl(path):
         if record.get("type") != "epoch":
             continue
-        rows.append({"epoch": float(record["epoch"]),
-                     "loss": float(record["loss"]) if record.get("loss") is not None else float("nan"),
-                     "dice": float(record["val_mean_dice"]) if record.get("val_mean_dice") is not None
-                     else float("nan")})
+        rows.append(
+            {
+                "epoch": float(record["epoch"]),
+                "loss": float(record["loss"]) if record.get("loss") is not None else float("nan"),
+                "dice": float(record["val_mean_dice"]) if record.get("val_mean_dice") is not None else float("nan"),
+            }
+        )
     return rows
 
 

@@ -35,8 +35,10 @@ def volume_to_image(node, what: Optional[str] = None) -> sitk.Image:
         raise UserError(f"{what} has no image data; load the volume again")
     scalars = image_data.GetPointData().GetScalars()
     if scalars.GetNumberOfComponents() != 1:
-        raise UserError(f"{what} has {scalars.GetNumberOfComponents()} components per voxel; choose a "
-                        "scalar (grey-level) MRI volume")
+        raise UserError(
+            f"{what} has {scalars.GetNumberOfComponents()} components per voxel; choose a "
+            "scalar (grey-level) MRI volume"
+        )
     dims = image_data.GetDimensions()
     array = numpy_support.vtk_to_numpy(scalars).reshape(dims[::-1]).copy()  # (k, j, i)
     image = sitk.GetImageFromArray(array)
@@ -59,5 +61,7 @@ def same_parent_transform(nodes) -> None:
     transforms = {n.GetTransformNodeID() for n in nodes}
     if len(transforms) > 1:
         names = ", ".join(n.GetName() for n in nodes)
-        raise UserError(f"the input volumes ({names}) are under different transforms; harden them first "
-                        "(Data module: right-click the transform > Harden transform)")
+        raise UserError(
+            f"the input volumes ({names}) are under different transforms; harden them first "
+            "(Data module: right-click the transform > Harden transform)"
+        )

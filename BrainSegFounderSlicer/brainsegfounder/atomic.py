@@ -22,18 +22,19 @@ def atomic_path(target: os.PathLike, suffix: str = "") -> Iterator[Path]:
     (e.g. ``.nii.gz``). On any error the temporary file is removed.
     """
     target = Path(target)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or "".join(target.suffixes),
-                                   dir=target.parent)
+    handle, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix or "".join(target.suffixes), dir=target.parent
+    )
     os.close(handle)
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; the result gets a normal file's mode
+    tmp_path.chmod(0o666 & ~umask)  # mkstemp makes 0600; the result gets a normal file's mode
     try:
         yield tmp_path
-        with open(tmp_path, "rb") as f:
+        with tmp_path.open("rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, target)
+        tmp_path.replace(target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -47,6 +48,7 @@ def ensure_writable_dir(path: os.PathLike, what: str = "output") -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as error:
-        raise UserError(f"cannot write the {what} folder {path} ({error.strerror or error}); "
-                        "choose a folder you can write to") from None
+        raise UserError(
+            f"cannot write the {what} folder {path} ({error.strerror or error}); choose a folder you can write to"
+        ) from None
     return path

@@ -50,26 +50,36 @@ def content_hash(images: Mapping[str, sitk.Image], label: sitk.Image) -> str:
     """SHA-256 over the voxels and grids of the inputs and the label (not the file bytes,
     which depend on the compressor)."""
     digest = hashlib.sha256()
-    for name, image in list(images.items()) + [("label", label)]:
+    for name, image in [*list(images.items()), ("label", label)]:
         digest.update(name.encode())
-        digest.update(json.dumps([image.GetSize(), image.GetSpacing(), image.GetOrigin(),
-                                  image.GetDirection()]).encode())
+        digest.update(
+            json.dumps([image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()]).encode()
+        )
         digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes())
     return digest.hexdigest()
 
 
-def save_case(root: os.PathLike, case_id: str, images: Mapping[str, sitk.Image], label: sitk.Image,
-              label_schema: str, label_convention: str = "brats2021", source_model: Optional[dict] = None,
-              author: Optional[str] = None, note: str = "") -> SavedCase:
+def save_case(
+    root: os.PathLike,
+    case_id: str,
+    images: Mapping[str, sitk.Image],
+    label: sitk.Image,
+    label_schema: str,
+    label_convention: str = "brats2021",
+    source_model: Optional[dict] = None,
+    author: Optional[str] = None,
+    note: str = "",
+) -> SavedCase:
     """Write one training case revision (inputs in model order, label on the first input's grid)."""
     plain_name(case_id, "case id")
     if not images:
         raise UserError("a training case needs at least one input image")
     reference = next(iter(images.values()))
-    for name, image in list(images.items()) + [("label", label)]:
+    for name, image in [*list(images.items()), ("label", label)]:
         if not same_grid(image, reference):
-            raise UserError(f"{name} is not on the reference grid of the case; resample it onto "
-                            f"{next(iter(images))} first")
+            raise UserError(
+                f"{name} is not on the reference grid of the case; resample it onto {next(iter(images))} first"
+            )
     labels = sitk.GetArrayViewFromImage(label)
     if not np.issubdtype(labels.dtype, np.integer):
         raise UserError("the label map must hold integer labels")
@@ -77,30 +87,43 @@ def save_case(root: os.PathLike, case_id: str, images: Mapping[str, sitk.Image],
     try:
         (root / case_id).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create {root / case_id} ({error.strerror}); choose a folder you can write to") from None
+        raise UserError(
+            f"cannot create {root / case_id} ({error.strerror}); choose a folder you can write to"
+        ) from None
     revision = max([r.revision for r in _revisions(root / case_id)], default=0) + 1
     info = {
-        "format": FORMAT, "case_id": case_id, "revision": revision,
-        "modalities": list(images), "images": {m: f"{m}.nii.gz" for m in images}, "label": "label.nii.gz",
-        "label_schema": label_schema, "label_convention": label_convention,
+        "format": FORMAT,
+        "case_id": case_id,
+        "revision": revision,
+        "modalities": list(images),
+        "images": {m: f"{m}.nii.gz" for m in images},
+        "label": "label.nii.gz",
+        "label_schema": label_schema,
+        "label_convention": label_convention,
         "label_values": sorted(int(v) for v in np.unique(labels)),
-        "source_model": dict(source_model or {}), "author": author or _user(),
+        "source_model": dict(source_model or {}),
+        "author": author or _user(),
         "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "content_sha256": content_hash(images, label), "note": note,
+        "content_sha256": content_hash(images, label),
+        "note": note,
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".r{revision:03d}.", dir=root / case_id))
     try:
         for modality, image in images.items():
-            sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), str(tmp / info["images"][modality]), useCompression=True)
+            sitk.WriteImage(
+                sitk.Cast(image, sitk.sitkFloat32), str(tmp / info["images"][modality]), useCompression=True
+            )
         sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), str(tmp / info["label"]), useCompression=True)
         (tmp / CASE_FILE).write_text(json.dumps(info, indent=1) + "\n")
         target = root / case_id / f"r{revision:03d}"
         if target.exists():  # another writer took this revision number meanwhile
             raise UserError(f"{target} appeared while saving; save again")
-        os.replace(tmp, target)
+        tmp.replace(target)
     except OSError as error:
-        raise UserError(f"cannot write training case {case_id} ({error.strerror or error}); "
-                        "nothing was saved: free disk space and save again") from None
+        raise UserError(
+            f"cannot write training case {case_id} ({error.strerror or error}); "
+            "nothing was saved: free disk space and save again"
+        ) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -151,9 +174,14 @@ def write_datalist(root: os.PathLike) -> Path:
     training = []
     for case in list_cases(root):
         rel = case.folder.relative_to(root)
-        training.append({"case_id": case.case_id, "revision": case.revision,
-                         "image": [str(rel / case.info["images"][m]) for m in case.info["modalities"]],
-                         "label": str(rel / case.info["label"])})
+        training.append(
+            {
+                "case_id": case.case_id,
+                "revision": case.revision,
+                "image": [str(rel / case.info["images"][m]) for m in case.info["modalities"]],
+                "label": str(rel / case.info["label"]),
+            }
+        )
     modalities = sorted({tuple(c.info["modalities"]) for c in list_cases(root)})
     description: Dict[str, object] = {"format": FORMAT}
     if len(modalities) == 1:

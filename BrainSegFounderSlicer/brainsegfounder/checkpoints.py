@@ -63,10 +63,16 @@ class ModelMeta:
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "version": self.version, "task": self.task,
-            "network": self.network.to_dict(), "modalities": list(self.modalities),
-            "label_schema": self.label_schema, "normalization": self.normalization,
-            "roi_size": list(self.roi_size), "orientation": self.orientation, "provenance": dict(self.provenance),
+            "name": self.name,
+            "version": self.version,
+            "task": self.task,
+            "network": self.network.to_dict(),
+            "modalities": list(self.modalities),
+            "label_schema": self.label_schema,
+            "normalization": self.normalization,
+            "roi_size": list(self.roi_size),
+            "orientation": self.orientation,
+            "provenance": dict(self.provenance),
             "description": self.description,
         }
 
@@ -77,21 +83,32 @@ class ModelMeta:
                 network=NetworkConfig.from_dict(data["network"]),
                 modalities=tuple(data["modalities"]),
                 label_schema=data["label_schema"],
-                name=data.get("name", "unnamed"), version=str(data.get("version", "0")),
-                task=data.get("task", ""), normalization=data.get("normalization", "zscore_nonzero"),
+                name=data.get("name", "unnamed"),
+                version=str(data.get("version", "0")),
+                task=data.get("task", ""),
+                normalization=data.get("normalization", "zscore_nonzero"),
                 roi_size=tuple(int(v) for v in data.get("roi_size", (128, 128, 128))),
                 orientation=data.get("orientation", "LPS"),
-                provenance=dict(data.get("provenance", {})), description=data.get("description", ""),
+                provenance=dict(data.get("provenance", {})),
+                description=data.get("description", ""),
             )
         except (KeyError, TypeError) as error:
-            raise UserError(f"checkpoint metadata is incomplete (missing {error}); "
-                            "re-save the model with brainsegfounder") from None
+            raise UserError(
+                f"checkpoint metadata is incomplete (missing {error}); re-save the model with brainsegfounder"
+            ) from None
 
     @classmethod
     def for_preset(cls, preset: str, network: NetworkConfig, **kwargs) -> "ModelMeta":
         task = PRESETS[preset]
-        return cls(network=network, modalities=task.modalities, label_schema=task.label_schema,
-                   task=preset, roi_size=task.roi_size, orientation=task.orientation, **kwargs)
+        return cls(
+            network=network,
+            modalities=task.modalities,
+            label_schema=task.label_schema,
+            task=preset,
+            roi_size=task.roi_size,
+            orientation=task.orientation,
+            **kwargs,
+        )
 
 
 @dataclass
@@ -119,23 +136,30 @@ def read_checkpoint_file(path: os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise UserError(f"refused to load {path}: it holds pickled Python objects (e.g. a whole saved "
-                        "model), which could run arbitrary code; save its state_dict() instead") from None
+        raise UserError(
+            f"refused to load {path}: it holds pickled Python objects (e.g. a whole saved "
+            "model), which could run arbitrary code; save its state_dict() instead"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
-        raise UserError(f"cannot read checkpoint {path}: the file is truncated or not a PyTorch "
-                        f"checkpoint ({type(error).__name__}); download or copy it again") from None
+        raise UserError(
+            f"cannot read checkpoint {path}: the file is truncated or not a PyTorch "
+            f"checkpoint ({type(error).__name__}); download or copy it again"
+        ) from None
 
 
 def _tensor_dict(obj) -> bool:
     import torch
 
-    return isinstance(obj, dict) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def _strip_module_prefix(state: Dict[str, "torch.Tensor"]) -> Dict[str, "torch.Tensor"]:
     if all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -146,8 +170,9 @@ def infer_network(state: Dict[str, "torch.Tensor"]) -> NetworkConfig:
     try:
         embed = state[ENCODER_PREFIX + "patch_embed.proj.weight"]
     except KeyError:
-        raise UserError("the checkpoint has no 'swinViT.patch_embed.proj.weight': it is not a "
-                        "SwinUNETR / BrainSegFounder model") from None
+        raise UserError(
+            "the checkpoint has no 'swinViT.patch_embed.proj.weight': it is not a SwinUNETR / BrainSegFounder model"
+        ) from None
     if embed.ndim != 5:
         raise UserError("the checkpoint's patch embedding is not 3D: it is not a 3D SwinUNETR model")
     feature_size, in_channels, patch = int(embed.shape[0]), int(embed.shape[1]), int(embed.shape[2])
@@ -164,9 +189,13 @@ def infer_network(state: Dict[str, "torch.Tensor"]) -> NetworkConfig:
         window = (side + 1) // 2
     out = state.get("out.conv.conv.weight")
     return NetworkConfig(
-        in_channels=in_channels, out_channels=int(out.shape[0]) if out is not None else 0,
-        depths=tuple(depths), num_heads=tuple(heads), feature_size=feature_size,
-        patch_size=patch, window_size=int(window),
+        in_channels=in_channels,
+        out_channels=int(out.shape[0]) if out is not None else 0,
+        depths=tuple(depths),
+        num_heads=tuple(heads),
+        feature_size=feature_size,
+        patch_size=patch,
+        window_size=int(window),
         use_v2=any(k.startswith(ENCODER_PREFIX + "layers1c.") for k in state),
     )
 
@@ -178,8 +207,10 @@ def load_checkpoint(path: os.PathLike) -> LoadedCheckpoint:
     meta = None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if int(obj.get("format_version", 0)) > FORMAT_VERSION:
-            raise UserError(f"{path} was written by a newer brainsegfounder (format "
-                            f"{obj['format_version']}); upgrade brainsegfounder")
+            raise UserError(
+                f"{path} was written by a newer brainsegfounder (format "
+                f"{obj['format_version']}); upgrade brainsegfounder"
+            )
         meta = ModelMeta.from_dict(obj.get("meta", {}))
         state, kind = obj.get("state_dict"), "brainsegfounder"
         if obj.get("derived_buffers_omitted") and _tensor_dict(state):
@@ -192,8 +223,10 @@ def load_checkpoint(path: os.PathLike) -> LoadedCheckpoint:
     elif _tensor_dict(obj):
         state, kind = obj, "monai"
     else:
-        raise UserError(f"{path} holds no model weights (no state_dict of tensors); "
-                        "give a BrainSegFounder, MONAI SwinUNETR or brainsegfounder checkpoint")
+        raise UserError(
+            f"{path} holds no model weights (no state_dict of tensors); "
+            "give a BrainSegFounder, MONAI SwinUNETR or brainsegfounder checkpoint"
+        )
     if not _tensor_dict(state):
         raise UserError(f"{path} has an empty or invalid state_dict; the file is damaged")
     state = _strip_module_prefix(state)
@@ -219,8 +252,10 @@ def _mismatch_message(expected: Dict[str, "torch.Tensor"], given: Dict[str, "tor
         parts.append(f"{len(unexpected)} unexpected ({names(unexpected)})")
     if shapes:
         k = shapes[0]
-        parts.append(f"{len(shapes)} with other shapes (e.g. {k}: file {tuple(given[k].shape)}, "
-                     f"model {tuple(expected[k].shape)})")
+        parts.append(
+            f"{len(shapes)} with other shapes (e.g. {k}: file {tuple(given[k].shape)}, "
+            f"model {tuple(expected[k].shape)})"
+        )
     return "; ".join(parts) or None
 
 
@@ -236,8 +271,10 @@ def network_from_checkpoint(ckpt: LoadedCheckpoint, **build_kwargs):
     """A SwinUNETR with all the checkpoint's weights, loaded strictly. Encoder-only (SSL)
     checkpoints are refused here: they have no decoder to segment with."""
     if ckpt.is_encoder_only:
-        raise UserError(f"{ckpt.path} is a self-supervised encoder checkpoint without a segmentation "
-                        "decoder; fine-tune it first (brainsegfounder finetune) and segment with the result")
+        raise UserError(
+            f"{ckpt.path} is a self-supervised encoder checkpoint without a segmentation "
+            "decoder; fine-tune it first (brainsegfounder finetune) and segment with the result"
+        )
     if ckpt.network.out_channels < 1:
         raise UserError(f"{ckpt.path} has no output layer ('out.conv.conv.weight'); it cannot segment")
     model = build_network(ckpt.network, **build_kwargs)
@@ -249,24 +286,41 @@ def resolve_meta(ckpt: LoadedCheckpoint, task: Optional[str] = None) -> ModelMet
     """Metadata for any checkpoint: its own, or the task preset that fits its channels."""
     if ckpt.meta is not None:
         if task and ckpt.meta.task and task != ckpt.meta.task:
-            raise UserError(f"model {ckpt.meta.name} is for task {ckpt.meta.task!r}, not {task!r}; "
-                            "drop --task or choose another model")
+            raise UserError(
+                f"model {ckpt.meta.name} is for task {ckpt.meta.task!r}, not {task!r}; "
+                "drop --task or choose another model"
+            )
         return ckpt.meta
     if task and task not in PRESETS:
         raise UserError(f"unknown task {task!r}; choose one of {', '.join(PRESETS)}")
     net = ckpt.network
-    candidates = [task] if task else [
-        name for name, p in PRESETS.items()
-        if len(p.modalities) == net.in_channels and schema(p.label_schema).num_channels == net.out_channels]
+    candidates = (
+        [task]
+        if task
+        else [
+            name
+            for name, p in PRESETS.items()
+            if len(p.modalities) == net.in_channels and schema(p.label_schema).num_channels == net.out_channels
+        ]
+    )
     if len(candidates) != 1:
-        raise UserError(f"{ckpt.path.name} has {net.in_channels} input and {net.out_channels} output channels "
-                        f"and no metadata; say which task it is with --task ({'/'.join(PRESETS)})")
+        raise UserError(
+            f"{ckpt.path.name} has {net.in_channels} input and {net.out_channels} output channels "
+            f"and no metadata; say which task it is with --task ({'/'.join(PRESETS)})"
+        )
     preset = PRESETS[candidates[0]]
     if len(preset.modalities) != net.in_channels or schema(preset.label_schema).num_channels != net.out_channels:
-        raise UserError(f"{ckpt.path.name} has {net.in_channels} inputs / {net.out_channels} outputs, but task "
-                        f"{preset.name!r} needs {len(preset.modalities)} / {schema(preset.label_schema).num_channels}")
-    return ModelMeta.for_preset(preset.name, net, name=ckpt.path.stem, version=ckpt.kind,
-                                provenance={"source": f"{ckpt.kind} checkpoint {ckpt.path.name}"})
+        raise UserError(
+            f"{ckpt.path.name} has {net.in_channels} inputs / {net.out_channels} outputs, but task "
+            f"{preset.name!r} needs {len(preset.modalities)} / {schema(preset.label_schema).num_channels}"
+        )
+    return ModelMeta.for_preset(
+        preset.name,
+        net,
+        name=ckpt.path.stem,
+        version=ckpt.kind,
+        provenance={"source": f"{ckpt.kind} checkpoint {ckpt.path.name}"},
+    )
 
 
 def save_checkpoint(path: os.PathLike, model, meta: ModelMeta, dtype: Optional["torch.dtype"] = None) -> Path:
@@ -283,8 +337,11 @@ def save_checkpoint(path: os.PathLike, model, meta: ModelMeta, dtype: Optional["
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta.to_dict(), "state_dict": state}
     if dtype is not None:
-        payload["state_dict"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()
-                                 if not k.endswith(DERIVED_BUFFER_SUFFIX)}
+        payload["state_dict"] = {
+            k: v.to(dtype) if v.is_floating_point() else v
+            for k, v in state.items()
+            if not k.endswith(DERIVED_BUFFER_SUFFIX)
+        }
         payload["derived_buffers_omitted"] = True
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".tmp") as tmp:
@@ -300,9 +357,14 @@ def init_model(output, size: str, task: str, seed: int = 0, name: Optional[str] 
     ensure_writable_dir(Path(output).parent)
     torch.manual_seed(seed)
     model = build_network(config)
-    meta = ModelMeta.for_preset(task, config, name=name or Path(output).name.split(".")[0], version="0-untrained",
-                                provenance={"base": "random initialisation", "seed": str(seed), "size": size},
-                                description="untrained: its output is not meaningful")
+    meta = ModelMeta.for_preset(
+        task,
+        config,
+        name=name or Path(output).name.split(".")[0],
+        version="0-untrained",
+        provenance={"base": "random initialisation", "seed": str(seed), "size": size},
+        description="untrained: its output is not meaningful",
+    )
     if roi:
         meta.roi_size = tuple(roi)
     return save_checkpoint(output, model, meta)

@@ -49,8 +49,12 @@ def _roi(text: str) -> Tuple[int, int, int]:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--progress", choices=("text", "json", "none"), default="text",
-                        help="progress as a text bar on stderr, JSON lines on stdout, or nothing")
+    parser.add_argument(
+        "--progress",
+        choices=("text", "json", "none"),
+        default="text",
+        help="progress as a text bar on stderr, JSON lines on stdout, or nothing",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -71,16 +75,33 @@ def cmd_segment(args, report, cancel) -> dict:
         if not args.preview.lower().endswith(".png"):
             raise UserError(f"--preview {args.preview} must end in .png")
         ensure_writable_dir(Path(args.preview).parent)
-    chosen = dict(blend=args.blend, sw_batch_size=args.sw_batch_size, tta=args.tta, memory=args.memory,
-                  threads=args.threads)
+    chosen = dict(
+        blend=args.blend, sw_batch_size=args.sw_batch_size, tta=args.tta, memory=args.memory, threads=args.threads
+    )
     # explicit window settings win over the fast mode's
-    explicit = {k: v for k, v in (("roi_size", args.roi), ("overlap", args.overlap),
-                                  ("precision", None if args.precision == "auto" else args.precision)) if v is not None}
-    settings = fast_settings(**chosen, **explicit) if args.fast else \
-        InferenceSettings(**chosen, **explicit)
-    summary = segment_files(args.model, args.inputs, args.output, seg_nrrd=args.seg_nrrd,
-                            summary_path=args.summary, labels=args.labels, device=args.device,
-                            task=args.task, settings=settings, progress=report, cancel=cancel)
+    explicit = {
+        k: v
+        for k, v in (
+            ("roi_size", args.roi),
+            ("overlap", args.overlap),
+            ("precision", None if args.precision == "auto" else args.precision),
+        )
+        if v is not None
+    }
+    settings = fast_settings(**chosen, **explicit) if args.fast else InferenceSettings(**chosen, **explicit)
+    summary = segment_files(
+        args.model,
+        args.inputs,
+        args.output,
+        seg_nrrd=args.seg_nrrd,
+        summary_path=args.summary,
+        labels=args.labels,
+        device=args.device,
+        task=args.task,
+        settings=settings,
+        progress=report,
+        cancel=cancel,
+    )
     if args.preview:
         from .preview import save_preview_from_files
 
@@ -92,8 +113,18 @@ def cmd_segment(args, report, cancel) -> dict:
 def cmd_synth(args, report, cancel) -> dict:
     from .synth.cohort import write_cohort
 
-    root = write_cohort(args.out, kind=args.kind, n=args.n, seed=args.seed, spacing=args.spacing,
-                        layout=args.layout, folds=args.folds, start=args.start, progress=report, cancel=cancel)
+    root = write_cohort(
+        args.out,
+        kind=args.kind,
+        n=args.n,
+        seed=args.seed,
+        spacing=args.spacing,
+        layout=args.layout,
+        folds=args.folds,
+        start=args.start,
+        progress=report,
+        cancel=cancel,
+    )
     if args.preview:
         from .preview import save_preview_from_files
         from .synth.cohort import LAYOUTS, case_files
@@ -102,8 +133,11 @@ def cmd_synth(args, report, cancel) -> dict:
         (root / "previews").mkdir(exist_ok=True)
         for index in range(args.start, args.start + args.n):
             folder, images, label = case_files(layout, index)
-            save_preview_from_files([(m, root / p) for m, p in images.items()],
-                                    root / "previews" / f"{folder}.png", root / label if label else None)
+            save_preview_from_files(
+                [(m, root / p) for m, p in images.items()],
+                root / "previews" / f"{folder}.png",
+                root / label if label else None,
+            )
     return {"output": str(root), "message": f"wrote {args.n} {args.kind} cases and datalist.json to {root}"}
 
 
@@ -117,8 +151,12 @@ def cmd_models(args, report, cancel) -> dict:
         return {"message": ""}
     if args.models_command == "inspect":
         ckpt = load_checkpoint(args.checkpoint)
-        info = {"path": str(ckpt.path), "format": ckpt.kind, "network": ckpt.network.to_dict(),
-                "tensors": len(ckpt.state_dict)}
+        info = {
+            "path": str(ckpt.path),
+            "format": ckpt.kind,
+            "network": ckpt.network.to_dict(),
+            "tensors": len(ckpt.state_dict),
+        }
         if not ckpt.is_encoder_only:
             info["meta"] = resolve_meta(ckpt, args.task).to_dict()
             info["parameters"] = count_parameters(build_network(ckpt.network))
@@ -126,15 +164,21 @@ def cmd_models(args, report, cancel) -> dict:
         return {"message": ""}
     if args.models_command == "register":
         path = register_model(args.checkpoint, args.name or Path(args.checkpoint).name.split(".")[0], args.task)
-        return {"output": str(path), "name": path.stem,
-                "message": f"registered {args.checkpoint} as {path.stem} ({path}); segment with --model {path.stem}"}
-    return {"output": str(init_model(args.output, args.size, args.task, args.seed, args.name, args.roi)),
-            "message": f"wrote {args.output}"}
+        return {
+            "output": str(path),
+            "name": path.stem,
+            "message": f"registered {args.checkpoint} as {path.stem} ({path}); segment with --model {path.stem}",
+        }
+    return {
+        "output": str(init_model(args.output, args.size, args.task, args.seed, args.name, args.roi)),
+        "message": f"wrote {args.output}",
+    }
 
 
 def cmd_demo(args, report, cancel) -> dict:
-    return run_demo(Path(args.out), spacing=args.spacing, seed=args.seed, device=args.device,
-                    progress=report, cancel=cancel)
+    return run_demo(
+        Path(args.out), spacing=args.spacing, seed=args.seed, device=args.device, progress=report, cancel=cancel
+    )
 
 
 def cmd_devices(args, report, cancel) -> dict:
@@ -176,30 +220,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment one case")
     seg.add_argument("--model", required=True, help="checkpoint path or local model name")
-    seg.add_argument("--input", dest="inputs", action="append", type=_input_pair, default=[],
-                     metavar="MODALITY=PATH", help="an input image (file or DICOM folder), named by modality")
+    seg.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        type=_input_pair,
+        default=[],
+        metavar="MODALITY=PATH",
+        help="an input image (file or DICOM folder), named by modality",
+    )
     seg.add_argument("--output", required=True, help="label map (.nii.gz, .nii, .nrrd, .mha)")
     seg.add_argument("--seg-nrrd", help="also write a Slicer segmentation (.seg.nrrd)")
     seg.add_argument("--summary", help="also write a JSON summary (volumes, model, timings)")
     seg.add_argument("--preview", help="also write a PNG of a few slices with the labels overlaid")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    seg.add_argument("--labels", default="brats2021", choices=("brats2021", "brats2023"),
-                     help="BraTS label numbers: brats2021 ET=4 (default), brats2023 ET=3")
+    seg.add_argument(
+        "--labels",
+        default="brats2021",
+        choices=("brats2021", "brats2023"),
+        help="BraTS label numbers: brats2021 ET=4 (default), brats2023 ET=3",
+    )
     seg.add_argument("--task", help="task preset for checkpoints without metadata (brats, atlas)")
     seg.add_argument("--roi", type=_roi, help="sliding-window size, default the model's training ROI")
     seg.add_argument("--overlap", type=float, help="window overlap (default 0.5; 0.25 with --fast)")
     seg.add_argument("--blend", default="gaussian", choices=("gaussian", "constant"))
     seg.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 1 on CPU, 2 on GPU)")
     seg.add_argument("--tta", action="store_true", help="average over the 8 mirror flips (8x slower)")
-    seg.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                     help="auto: bf16/fp16 autocast on a GPU, fp32 on the CPU")
-    seg.add_argument("--memory", default="auto", choices=("auto", "normal", "low"),
-                     help="low: smaller windows, one per batch (for 4-8 GB GPUs or 8 GB laptops); auto picks it "
-                          "when free memory is short")
+    seg.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto: bf16/fp16 autocast on a GPU, fp32 on the CPU",
+    )
+    seg.add_argument(
+        "--memory",
+        default="auto",
+        choices=("auto", "normal", "low"),
+        help="low: smaller windows, one per batch (for 4-8 GB GPUs or 8 GB laptops); auto picks it "
+        "when free memory is short",
+    )
     seg.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
-    seg.add_argument("--fast", action="store_true",
-                     help="fast mode: 96^3 windows, overlap 0.25, bf16 where the hardware has it (about 3x faster on "
-                          "a CPU; see the README for its accuracy cost)")
+    seg.add_argument(
+        "--fast",
+        action="store_true",
+        help="fast mode: 96^3 windows, overlap 0.25, bf16 where the hardware has it (about 3x faster on "
+        "a CPU; see the README for its accuracy cost)",
+    )
     _add_common(seg)
 
     syn = sub.add_parser("synth", help="write a synthetic cohort on real anatomy")
@@ -272,8 +338,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as error:  # an unexpected failure: still one line unless --debug
         if args.debug:
             raise
-        _finish(reporter, "error", f"internal error: {type(error).__name__}: {error} (run again with --debug "
-                                   "and report the traceback)")
+        _finish(
+            reporter,
+            "error",
+            f"internal error: {type(error).__name__}: {error} (run again with --debug and report the traceback)",
+        )
         return 1
     message = result.pop("message", "")
     if isinstance(reporter, JsonLinesReporter):

@@ -26,11 +26,17 @@ def dice_per_region(prediction, truth, label_schema, convention: str = "brats202
 
     pred = label_schema.labels_to_regions(sitk.GetArrayFromImage(prediction), convention)
     true = label_schema.labels_to_regions(sitk.GetArrayFromImage(truth), convention)
-    return {name: round(float(v), 4) for name, v in zip(label_schema.channels, region_dice(pred, true))}
+    return {name: round(float(v), 4) for name, v in zip(label_schema.channels, region_dice(pred, true), strict=True)}
 
 
-def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "auto",
-             progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None) -> dict:
+def run_demo(
+    out: Path,
+    spacing: float = 2.0,
+    seed: int = 2026,
+    device: str = "auto",
+    progress: ProgressCallback = null_progress,
+    cancel: Optional[CancelToken] = None,
+) -> dict:
     from .preview import save_preview_from_files
     from .segment import segment_files
     from .synth.cohort import case_files, write_cohort
@@ -38,15 +44,25 @@ def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "a
     out = ensure_writable_dir(out)
     model = DEMO_MODEL
     if not model.is_file():
-        raise UserError(f"the demo model {model} is missing; use a full clone of the repository (the model "
-                        "ships in Resources/Models) or rebuild it as Training/README.md says")
+        raise UserError(
+            f"the demo model {model} is missing; use a full clone of the repository (the model "
+            "ships in Resources/Models) or rebuild it as Training/README.md says"
+        )
     data = out / f"synthetic_brats_seed{seed}"
     folder, images, label = case_files("brats2021", 0)
     if not (data / folder).exists():
         write_cohort(data, kind="brats", n=1, seed=seed, spacing=spacing, folds=1, progress=progress, cancel=cancel)
     inputs = [(modality, str(data / rel)) for modality, rel in images.items()]
-    summary = segment_files(str(model), inputs, out / "labels.nii.gz", seg_nrrd=out / "labels.seg.nrrd",
-                            summary_path=out / "summary.json", device=device, progress=progress, cancel=cancel)
+    summary = segment_files(
+        str(model),
+        inputs,
+        out / "labels.nii.gz",
+        seg_nrrd=out / "labels.seg.nrrd",
+        summary_path=out / "summary.json",
+        device=device,
+        progress=progress,
+        cancel=cancel,
+    )
     import SimpleITK as sitk
 
     prediction = sitk.ReadImage(str(out / "labels.nii.gz"))  # may be empty: no input checks here
@@ -54,9 +70,11 @@ def run_demo(out: Path, spacing: float = 2.0, seed: int = 2026, device: str = "a
     dice = dice_per_region(prediction, truth, schema("brats_regions"))
     save_preview_from_files(inputs, out / "preview.png", out / "labels.nii.gz")
     regions = ", ".join(f"{k} {v['volume_ml']:.1f} mL" for k, v in summary["regions"].items())
-    message = (f"wrote {out}/labels.nii.gz, labels.seg.nrrd, summary.json and preview.png ({regions}).\n"
-               f"Dice against the synthetic ground truth: {dice}.\n"
-               "NOTE: this is a DEMO model trained on synthetic data only; it is not for real scans. For "
-               "patients' MRI use BrainSegFounder's released BraTS weights: brainsegfounder segment --model "
-               "PATH_TO_WEIGHTS.pth --task brats --input flair=... --input t1ce=... --input t1=... --input t2=...")
+    message = (
+        f"wrote {out}/labels.nii.gz, labels.seg.nrrd, summary.json and preview.png ({regions}).\n"
+        f"Dice against the synthetic ground truth: {dice}.\n"
+        "NOTE: this is a DEMO model trained on synthetic data only; it is not for real scans. For "
+        "patients' MRI use BrainSegFounder's released BraTS weights: brainsegfounder segment --model "
+        "PATH_TO_WEIGHTS.pth --task brats --input flair=... --input t1ce=... --input t1=... --input t2=..."
+    )
     return {"output": str(out), "dice": dice, "message": message}

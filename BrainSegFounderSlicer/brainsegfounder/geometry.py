@@ -20,10 +20,12 @@ DIRECTION_ATOL = 1e-5
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=SPACING_RTOL, atol=0)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=ORIGIN_ATOL_MM)
-            and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=DIRECTION_ATOL))
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=SPACING_RTOL, atol=0)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=ORIGIN_ATOL_MM)
+        and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=DIRECTION_ATOL)
+    )
 
 
 def coverage(moving: sitk.Image, reference: sitk.Image) -> float:
@@ -34,15 +36,19 @@ def coverage(moving: sitk.Image, reference: sitk.Image) -> float:
     return float(sitk.GetArrayViewFromImage(mapped).mean())
 
 
-def resample_to(moving: sitk.Image, reference: sitk.Image, label: str, min_coverage: float = 0.0) -> Tuple[sitk.Image, bool]:
+def resample_to(
+    moving: sitk.Image, reference: sitk.Image, label: str, min_coverage: float = 0.0
+) -> Tuple[sitk.Image, bool]:
     """``moving`` on ``reference``'s grid (linear); returns (image, was_resampled)."""
     if same_grid(moving, reference):
         return moving, False
     covered = coverage(moving, reference)
     if covered <= min_coverage:
-        raise UserError(f"{label} does not overlap the reference image in physical space "
-                        f"({covered:.0%} of it covered); check that all inputs are scans of the same patient "
-                        "session with correct origins")
+        raise UserError(
+            f"{label} does not overlap the reference image in physical space "
+            f"({covered:.0%} of it covered); check that all inputs are scans of the same patient "
+            "session with correct origins"
+        )
     return sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32), True
 
 

@@ -31,8 +31,10 @@ def _read_dicom_series(folder: Path, label: str) -> sitk.Image:
     if not series:
         raise UserError(f"{label}: folder {folder} holds no DICOM series; give an image file or a DICOM series folder")
     if len(series) > 1:
-        raise UserError(f"{label}: folder {folder} holds {len(series)} DICOM series; "
-                        "give the folder of one series (or export it as NIfTI/NRRD)")
+        raise UserError(
+            f"{label}: folder {folder} holds {len(series)} DICOM series; "
+            "give the folder of one series (or export it as NIfTI/NRRD)"
+        )
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
     reader.SetFileNames(files)
     return reader.Execute()
@@ -60,7 +62,7 @@ def _nifti_payload_short(path: Path) -> int:
     expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
     if not path.name.lower().endswith(".gz"):
         return max(0, expected - path.stat().st_size)
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         f.seek(-4, os.SEEK_END)
         if int.from_bytes(f.read(4), "little") == expected % 2**32:
             return 0
@@ -80,28 +82,34 @@ def read_volume(path: os.PathLike, label: str = "input") -> sitk.Image:
     if not path.exists():
         raise UserError(f"{label}: {path} does not exist; check the path")
     try:
-        if path.is_dir():
-            image = _read_dicom_series(path, label)
-        else:
-            image = sitk.ReadImage(str(path))
+        image = _read_dicom_series(path, label) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-        raise UserError(f"{label}: cannot read {path} as an image ({first[:120]}); "
-                        "give a NIfTI, NRRD or MHA file or a DICOM series folder") from None
+        raise UserError(
+            f"{label}: cannot read {path} as an image ({first[:120]}); "
+            "give a NIfTI, NRRD or MHA file or a DICOM series folder"
+        ) from None
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise UserError(f"{label}: {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
-                        "(a vector, RGB or 4D-as-vector image); give one 3D scalar volume per modality")
+        raise UserError(
+            f"{label}: {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(a vector, RGB or 4D-as-vector image); give one 3D scalar volume per modality"
+        )
     if image.GetDimension() != 3:
-        raise UserError(f"{label}: {path} is {image.GetDimension()}D; give a 3D volume "
-                        "(split a 4D series into one file per modality)")
+        raise UserError(
+            f"{label}: {path} is {image.GetDimension()}D; give a 3D volume "
+            "(split a 4D series into one file per modality)"
+        )
     if min(image.GetSize()) < MIN_SLICES:
-        raise UserError(f"{label}: {path} is {'x'.join(map(str, image.GetSize()))} voxels, a 2D slice rather "
-                        "than a 3D volume; give the whole 3D scan")
+        raise UserError(
+            f"{label}: {path} is {'x'.join(map(str, image.GetSize()))} voxels, a 2D slice rather "
+            "than a 3D volume; give the whole 3D scan"
+        )
     if path.is_file() and _is_nifti(path):
         missing = _nifti_payload_short(path)
         if missing:
-            raise UserError(f"{label}: {path} is truncated ({missing} bytes of voxel data missing); copy or "
-                            "download it again")
+            raise UserError(
+                f"{label}: {path} is truncated ({missing} bytes of voxel data missing); copy or download it again"
+            )
     nonfinite = _nifti_nonfinite(path) if path.is_file() and _is_nifti(path) else 0
     image = sitk.Cast(image, sitk.sitkFloat32)
     array = sitk.GetArrayViewFromImage(image)
@@ -111,4 +119,3 @@ def read_volume(path: os.PathLike, label: str = "input") -> sitk.Image:
     if not np.any(array):
         raise UserError(f"{label}: {path} is empty (all voxels are zero); check that the right file was given")
     return image
-

@@ -87,7 +87,7 @@ def resolve_device(name: str = "auto"):
 def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
     """How many windows MONAI's sliding window takes over ``shape`` (after padding to ``roi``)."""
     total = 1
-    for size, r in zip(shape, roi):
+    for size, r in zip(shape, roi, strict=True):
         size = max(size, r)
         interval = r if size == r else max(int(r * (1 - overlap)), 1)
         total *= math.ceil((size - r) / interval) + 1
@@ -170,8 +170,14 @@ class MemoryPlan:
     note: str = ""
 
 
-def plan_memory(settings: InferenceSettings, device, roi: Sequence[int], batch: int, feature_size: Optional[int],
-                volume_shape: Sequence[int]) -> MemoryPlan:
+def plan_memory(
+    settings: InferenceSettings,
+    device,
+    roi: Sequence[int],
+    batch: int,
+    feature_size: Optional[int],
+    volume_shape: Sequence[int],
+) -> MemoryPlan:
     """Normal settings, or the low-memory mode (windows of at most LOW_MEMORY_ROI, one per batch,
     the blended output in host memory) when asked or when free memory would not hold normal."""
     roi = tuple(int(r) for r in roi)
@@ -186,13 +192,19 @@ def plan_memory(settings: InferenceSettings, device, roi: Sequence[int], batch: 
     free = resources.available_gpu_bytes(device) if device.type == "cuda" else resources.available_host_bytes()
     if free is None or need <= 0.8 * free:
         return MemoryPlan(roi, batch, "normal", False)
-    return MemoryPlan(low_roi, 1, "low", device.type == "cuda",
-                      f"low-memory mode: {free / 2**30:.1f} GiB free on {device}, the default needs about "
-                      f"{need / 2**30:.1f} GiB; windows {'x'.join(map(str, low_roi))}, one per batch")
+    return MemoryPlan(
+        low_roi,
+        1,
+        "low",
+        device.type == "cuda",
+        f"low-memory mode: {free / 2**30:.1f} GiB free on {device}, the default needs about "
+        f"{need / 2**30:.1f} GiB; windows {'x'.join(map(str, low_roi))}, one per batch",
+    )
 
 
-def _sliding_probabilities(model, volume, roi, settings, sw_batch_size, device, progress, cancel, flips, shape,
-                           precision, output_device):
+def _sliding_probabilities(
+    model, volume, roi, settings, sw_batch_size, device, progress, cancel, flips, shape, precision, output_device
+):
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -217,8 +229,16 @@ def _sliding_probabilities(model, volume, roi, settings, sw_batch_size, device, 
     with torch.inference_mode():
         for axes in flips:
             xi = torch.flip(x, axes) if axes else x
-            logits = sliding_window_inference(xi, roi, sw_batch_size, predictor, overlap=settings.overlap,
-                                              mode=settings.blend, sw_device=device, device=output_device)
+            logits = sliding_window_inference(
+                xi,
+                roi,
+                sw_batch_size,
+                predictor,
+                overlap=settings.overlap,
+                mode=settings.blend,
+                sw_device=device,
+                device=output_device,
+            )
             p = torch.sigmoid_(logits)
             p = torch.flip(p, axes) if axes else p
             probs = p if probs is None else probs.add_(p)
@@ -254,9 +274,15 @@ def _feature_size(model) -> Optional[int]:
     return next((m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv3d)), None)
 
 
-def predict_probabilities(model, volume: np.ndarray, roi: Sequence[int], settings: InferenceSettings,
-                          device, progress: ProgressCallback = null_progress,
-                          cancel: Optional[CancelToken] = None) -> Tuple[np.ndarray, InferenceReport]:
+def predict_probabilities(
+    model,
+    volume: np.ndarray,
+    roi: Sequence[int],
+    settings: InferenceSettings,
+    device,
+    progress: ProgressCallback = null_progress,
+    cancel: Optional[CancelToken] = None,
+) -> Tuple[np.ndarray, InferenceReport]:
     """Sigmoid probabilities (C_out, ...) for a normalised volume (C_in, ...).
 
     Plans memory first (:func:`plan_memory`); on out-of-memory retries as
@@ -266,8 +292,9 @@ def predict_probabilities(model, volume: np.ndarray, roi: Sequence[int], setting
 
     cancel = cancel or CancelToken()
     flips = flip_sets(settings.tta)
-    plan = plan_memory(settings, device, roi, settings.sw_batch_size or default_batch(device), _feature_size(model),
-                       volume.shape)
+    plan = plan_memory(
+        settings, device, roi, settings.sw_batch_size or default_batch(device), _feature_size(model), volume.shape
+    )
     notes: List[str] = [plan.note] if plan.note and settings.memory == "auto" else []
     if notes:
         progress("inference", 0, 0, plan.note)
@@ -278,19 +305,41 @@ def predict_probabilities(model, volume: np.ndarray, roi: Sequence[int], setting
         try:
             t0 = time.perf_counter()
             with resources.thread_limit(settings.threads) as threads:
-                probs, windows = _sliding_probabilities(model, volume, plan.roi, settings, batch, dev, progress,
-                                                        cancel, flips, volume.shape[1:], precision, output_device)
+                probs, windows = _sliding_probabilities(
+                    model,
+                    volume,
+                    plan.roi,
+                    settings,
+                    batch,
+                    dev,
+                    progress,
+                    cancel,
+                    flips,
+                    volume.shape[1:],
+                    precision,
+                    output_device,
+                )
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-            return probs, InferenceReport(device=str(dev), windows=windows, sw_batch_size=batch, roi=plan.roi,
-                                          precision=precision, memory_mode=plan.mode, threads=threads,
-                                          model_s=time.perf_counter() - t0, notes=notes)
+            return probs, InferenceReport(
+                device=str(dev),
+                windows=windows,
+                sw_batch_size=batch,
+                roi=plan.roi,
+                precision=precision,
+                memory_mode=plan.mode,
+                threads=threads,
+                model_s=time.perf_counter() - t0,
+                notes=notes,
+            )
         except torch.OutOfMemoryError:
             if i + 1 == len(attempts):
                 raise UserError("out of memory even on the CPU; close other programs or use --memory low") from None
             next_dev, next_batch = attempts[i + 1]
-            note = (f"out of memory on {dev} with {batch} windows per batch; retrying on {next_dev} "
-                    f"with {next_batch} window per batch")
+            note = (
+                f"out of memory on {dev} with {batch} windows per batch; retrying on {next_dev} "
+                f"with {next_batch} window per batch"
+            )
             notes.append(note)
             progress("inference", 0, 0, note)
             model.to("cpu")

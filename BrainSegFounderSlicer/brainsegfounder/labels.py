@@ -49,8 +49,16 @@ NCR = Segment("NCR", "Necrotic tumor core", (0.85, 0.15, 0.15), ("SCT", "6574001
 ED = Segment("ED", "Peritumoral edema", (0.30, 0.75, 0.30), ("SCT", "79654002", "Edema"))
 ET = Segment("ET", "Enhancing tumor", (0.95, 0.85, 0.20), ("SCT", "86049000", "Neoplasm, Primary"))
 _TISSUE = ("SCT", "85756007", "Tissue")
-_PALETTE = ((0.90, 0.30, 0.25), (0.25, 0.60, 0.90), (0.95, 0.80, 0.20), (0.40, 0.80, 0.40),
-            (0.70, 0.40, 0.85), (0.95, 0.55, 0.15), (0.30, 0.85, 0.85), (0.85, 0.45, 0.65))
+_PALETTE = (
+    (0.90, 0.30, 0.25),
+    (0.25, 0.60, 0.90),
+    (0.95, 0.80, 0.20),
+    (0.40, 0.80, 0.40),
+    (0.70, 0.40, 0.85),
+    (0.95, 0.55, 0.15),
+    (0.30, 0.85, 0.85),
+    (0.85, 0.45, 0.65),
+)
 MULTILABEL_PREFIX = "multilabel:"
 LESION = Segment("lesion", "Stroke lesion", (0.90, 0.45, 0.10), ("SCT", "55641003", "Infarct"))
 
@@ -73,8 +81,9 @@ class LabelSchema:
         if self.name == "brats_regions":
             return {1: NCR, 2: ED, et_label(convention): ET}
         if self.is_multilabel:
-            return {i + 1: Segment(name, name, _PALETTE[i % len(_PALETTE)], _TISSUE)
-                    for i, name in enumerate(self.channels)}
+            return {
+                i + 1: Segment(name, name, _PALETTE[i % len(_PALETTE)], _TISSUE) for i, name in enumerate(self.channels)
+            }
         return {1: LESION}
 
     def regions_to_labels(self, regions: np.ndarray, convention: str = "brats2021") -> np.ndarray:
@@ -106,7 +115,7 @@ class LabelSchema:
 
     def valid_values(self, convention: str = "brats2021") -> Tuple[int, ...]:
         """Label values a ground-truth map of this schema may hold (0 = background)."""
-        return (0,) + tuple(self.label_values(convention))
+        return (0, *tuple(self.label_values(convention)))
 
 
 SCHEMAS: Dict[str, LabelSchema] = {
@@ -119,7 +128,7 @@ def schema(name: str) -> LabelSchema:
     """A schema by name; ``multilabel:a,b,c`` is one sigmoid channel per label value 1, 2, 3
     (the generic recipe), so a checkpoint's schema name alone describes its outputs."""
     if name.startswith(MULTILABEL_PREFIX):
-        names = tuple(n.strip() for n in name[len(MULTILABEL_PREFIX):].split(","))
+        names = tuple(n.strip() for n in name[len(MULTILABEL_PREFIX) :].split(","))
         if not names or not all(names) or len(set(names)) != len(names):
             raise UserError(f"label schema {name!r} needs distinct label names, e.g. multilabel:lesion,edema")
         return LabelSchema(MULTILABEL_PREFIX + ",".join(names), names)
@@ -145,10 +154,13 @@ def region_volumes(labels, label_schema: LabelSchema, convention: str = "brats20
     ml = voxel_volume_ml(labels)
     result = {}
     for value, segment in label_schema.label_values(convention).items():
-        result[segment.key] = {"name": segment.name, "label": value,
-                               "volume_ml": round(float(np.count_nonzero(array == value)) * ml, 3)}
+        result[segment.key] = {
+            "name": segment.name,
+            "label": value,
+            "volume_ml": round(float(np.count_nonzero(array == value)) * ml, 3),
+        }
     regions = label_schema.labels_to_regions(np.asarray(array), convention)
-    for name, mask in zip(label_schema.channels, regions):
+    for name, mask in zip(label_schema.channels, regions, strict=True):
         if name not in result:
             result[name] = {"name": name, "volume_ml": round(float(np.count_nonzero(mask)) * ml, 3)}
     return result

@@ -53,7 +53,10 @@ class LowMemorySwinUNETR(nn.Module):
         net = self.net
         hidden = list(net.swinViT(x, net.normalize))
         out = _up(net.decoder5, net.encoder10(hidden.pop(4)), hidden.pop(3))
-        for decoder, encoder, level in ((net.decoder4, net.encoder4, 2), (net.decoder3, net.encoder3, 1),
-                                        (net.decoder2, net.encoder2, 0)):
+        for decoder, encoder, level in (
+            (net.decoder4, net.encoder4, 2),
+            (net.decoder3, net.encoder3, 1),
+            (net.decoder2, net.encoder2, 0),
+        ):
             out = _up(decoder, out, encoder(hidden.pop(level)))
         return net.out(_up(net.decoder1, out, net.encoder1(x)))

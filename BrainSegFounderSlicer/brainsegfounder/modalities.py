@@ -39,8 +39,9 @@ def match_inputs(given: Sequence[Tuple[str, str]], needed: Sequence[str]) -> Dic
         # Names outside the four BraTS contrasts (e.g. dwi, adc) are taken as written.
         modality = canonical(name) or (name.strip().lower() if name.strip().lower() in needed else None)
         if modality is None:
-            raise UserError(f"unknown modality {name!r}; this model takes {needed_text} "
-                            f"(e.g. --input {needed[0]}=PATH)")
+            raise UserError(
+                f"unknown modality {name!r}; this model takes {needed_text} (e.g. --input {needed[0]}=PATH)"
+            )
         if modality not in needed:
             raise UserError(f"this model does not take {modality!r} (given as {name!r}); it takes {needed_text}")
         if modality in result:
@@ -48,6 +49,7 @@ def match_inputs(given: Sequence[Tuple[str, str]], needed: Sequence[str]) -> Dic
         result[modality] = path
     missing = [m for m in needed if m not in result]
     if missing:
-        raise UserError(f"missing input for {', '.join(missing)}; this model needs "
-                        + " ".join(f"--input {m}=PATH" for m in needed))
+        raise UserError(
+            f"missing input for {', '.join(missing)}; this model needs " + " ".join(f"--input {m}=PATH" for m in needed)
+        )
     return {m: result[m] for m in needed}

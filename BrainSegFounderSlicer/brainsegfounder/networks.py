@@ -40,16 +40,19 @@ class NetworkConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
-            raise UserError(f"unknown network settings {sorted(unknown)} in checkpoint metadata; "
-                            "the checkpoint was written by a newer version: upgrade brainsegfounder")
+            raise UserError(
+                f"unknown network settings {sorted(unknown)} in checkpoint metadata; "
+                "the checkpoint was written by a newer version: upgrade brainsegfounder"
+            )
         values = dict(data)
         for key in ("depths", "num_heads"):
             if key in values:
                 values[key] = tuple(int(v) for v in values[key])
         config = cls(**values)
         if config.architecture != "SwinUNETR":
-            raise UserError(f"architecture {config.architecture!r} is not supported; "
-                            "only SwinUNETR checkpoints can be used")
+            raise UserError(
+                f"architecture {config.architecture!r} is not supported; only SwinUNETR checkpoints can be used"
+            )
         return config
 
 
@@ -80,10 +83,13 @@ class TaskPreset:
 
 PRESETS: Dict[str, TaskPreset] = {
     # Channel order [FLAIR, T1ce, T1, T2] is the one BrainSegFounder's released weights need.
-    "brats": TaskPreset("brats", ("flair", "t1ce", "t1", "t2"), "brats_regions",
-                        "glioma: 4 MRI contrasts -> tumour core, whole tumour, enhancing tumour"),
-    "atlas": TaskPreset("atlas", ("t1",), "lesion",
-                        "stroke: T1 -> lesion", roi_size=(96, 96, 96), orientation="RAS"),
+    "brats": TaskPreset(
+        "brats",
+        ("flair", "t1ce", "t1", "t2"),
+        "brats_regions",
+        "glioma: 4 MRI contrasts -> tumour core, whole tumour, enhancing tumour",
+    ),
+    "atlas": TaskPreset("atlas", ("t1",), "lesion", "stroke: T1 -> lesion", roi_size=(96, 96, 96), orientation="RAS"),
 }
 
 
@@ -92,8 +98,9 @@ def network_config(size: str, preset: str) -> NetworkConfig:
     if size not in SIZES:
         raise UserError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
     task = task_preset(preset)
-    return NetworkConfig(in_channels=len(task.modalities),
-                         out_channels=schema(task.label_schema).num_channels, **SIZES[size])
+    return NetworkConfig(
+        in_channels=len(task.modalities), out_channels=schema(task.label_schema).num_channels, **SIZES[size]
+    )
 
 
 def task_preset(name: str) -> TaskPreset:

@@ -25,14 +25,15 @@ LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
-    for suffix in (".seg.nrrd",) + LABEL_SUFFIXES + (".json",):
+    for suffix in (".seg.nrrd", *LABEL_SUFFIXES, ".json"):
         if name.endswith(suffix):
             return suffix
     return path.suffix
 
 
-def check_output_paths(output: os.PathLike, seg_nrrd: Optional[os.PathLike] = None,
-                       summary: Optional[os.PathLike] = None) -> None:
+def check_output_paths(
+    output: os.PathLike, seg_nrrd: Optional[os.PathLike] = None, summary: Optional[os.PathLike] = None
+) -> None:
     """Fail before any work if an output cannot be written or has a format we do not write."""
     output = Path(output)
     if not output.name.lower().endswith(LABEL_SUFFIXES):
@@ -63,17 +64,33 @@ def segmentation_dict(labels: sitk.Image, segments: Dict[int, Segment]) -> dict:
     voxels = sitk.GetArrayFromImage(labels).transpose(2, 1, 0).astype(np.uint8)  # (k,j,i) -> (i,j,k)
     entries = []
     for value, segment in sorted(segments.items()):
-        entries.append({
-            "id": segment.key, "name": segment.name, "color": list(segment.color),
-            "labelValue": int(value), "layer": 0, "terminology": segment.terminology,
-        })
-    return {"voxels": voxels, "ijkToLPS": ijk_to_lps(labels), "segments": entries,
-            "containedRepresentationNames": ["Binary labelmap"], "masterRepresentation": "Binary labelmap"}
+        entries.append(
+            {
+                "id": segment.key,
+                "name": segment.name,
+                "color": list(segment.color),
+                "labelValue": int(value),
+                "layer": 0,
+                "terminology": segment.terminology,
+            }
+        )
+    return {
+        "voxels": voxels,
+        "ijkToLPS": ijk_to_lps(labels),
+        "segments": entries,
+        "containedRepresentationNames": ["Binary labelmap"],
+        "masterRepresentation": "Binary labelmap",
+    }
 
 
-def write_outputs(labels: sitk.Image, output: os.PathLike, segments: Dict[int, Segment],
-                  seg_nrrd: Optional[os.PathLike] = None, summary: Optional[dict] = None,
-                  summary_path: Optional[os.PathLike] = None) -> None:
+def write_outputs(
+    labels: sitk.Image,
+    output: os.PathLike,
+    segments: Dict[int, Segment],
+    seg_nrrd: Optional[os.PathLike] = None,
+    summary: Optional[dict] = None,
+    summary_path: Optional[os.PathLike] = None,
+) -> None:
     """Write every requested output, all or nothing."""
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(output, suffix=_suffix(Path(output))))

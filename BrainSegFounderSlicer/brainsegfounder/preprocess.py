@@ -40,25 +40,25 @@ class BrainBox:
         start, end = generate_spatial_bounding_box(volume, select_fn=lambda x: x != 0, margin=margin)
         # MONAI does not clip the margin to the volume
         start = [max(0, int(s)) for s in start]
-        end = [min(n, int(e)) for e, n in zip(end, spatial)]
-        if any(e <= s for s, e in zip(start, end)):  # nothing nonzero: keep everything
+        end = [min(n, int(e)) for e, n in zip(end, spatial, strict=True)]
+        if any(e <= s for s, e in zip(start, end, strict=True)):  # nothing nonzero: keep everything
             start, end = [0] * len(spatial), list(spatial)
         return cls(tuple(int(s) for s in start), tuple(int(e) for e in end), tuple(spatial))
 
     @property
     def slices(self) -> Tuple[slice, ...]:
-        return tuple(slice(s, e) for s, e in zip(self.start, self.end))
+        return tuple(slice(s, e) for s, e in zip(self.start, self.end, strict=True))
 
     def crop(self, array: np.ndarray) -> np.ndarray:
         """Crop the spatial (last three) axes."""
-        return array[(Ellipsis,) + self.slices]
+        return array[(Ellipsis, *self.slices)]
 
     def paste(self, cropped: np.ndarray, fill=0) -> np.ndarray:
         """Put ``cropped`` back into a full-size array (leading axes kept)."""
         full = np.full(cropped.shape[:-3] + self.shape, fill, dtype=cropped.dtype)
-        full[(Ellipsis,) + self.slices] = cropped
+        full[(Ellipsis, *self.slices)] = cropped
         return full
 
     @property
     def fraction(self) -> float:
-        return float(np.prod([e - s for s, e in zip(self.start, self.end)]) / np.prod(self.shape))
+        return float(np.prod([e - s for s, e in zip(self.start, self.end, strict=True)]) / np.prod(self.shape))

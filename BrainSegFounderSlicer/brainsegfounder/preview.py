@@ -34,11 +34,13 @@ def save_preview(images: Dict[str, sitk.Image], path: os.PathLike, labels: Optio
     label_array = _radiological(labels) if labels is not None else None
     reference = next(iter(arrays.values()))
     focus = label_array if label_array is not None and label_array.any() else reference
-    z, y, x = (int(round(c)) for c in np.argwhere(focus > 0).mean(axis=0))
+    z, y, x = (round(c) for c in np.argwhere(focus > 0).mean(axis=0))
     spacing = np.array(next(iter(images.values())).GetSpacing())  # (x, y, z), same for all after LPS
-    views = [("axial", lambda a: a[z], spacing[1] / spacing[0]),
-             ("coronal", lambda a: a[::-1, y], spacing[2] / spacing[0]),
-             ("sagittal", lambda a: a[::-1, :, x], spacing[2] / spacing[1])]
+    views = [
+        ("axial", lambda a: a[z], spacing[1] / spacing[0]),
+        ("coronal", lambda a: a[::-1, y], spacing[2] / spacing[0]),
+        ("sagittal", lambda a: a[::-1, :, x], spacing[2] / spacing[1]),
+    ]
     fig, axes = plt.subplots(len(views), len(arrays), figsize=(2.6 * len(arrays), 2.6 * len(views)), squeeze=False)
     for col, (name, array) in enumerate(arrays.items()):
         high = np.percentile(array[array > 0], 99.5) if np.any(array > 0) else 1
@@ -47,7 +49,7 @@ def save_preview(images: Dict[str, sitk.Image], path: os.PathLike, labels: Optio
             ax.imshow(cut(array), cmap="gray", vmin=0, vmax=high, aspect=aspect, interpolation="nearest")
             if label_array is not None and col == len(arrays) - 1:
                 lab = cut(label_array)
-                overlay = np.zeros(lab.shape + (4,))
+                overlay = np.zeros((*lab.shape, 4))
                 for value, color in LABEL_COLORS.items():
                     overlay[lab == value] = (*color, 0.45)
                 ax.imshow(overlay, aspect=aspect, interpolation="nearest")

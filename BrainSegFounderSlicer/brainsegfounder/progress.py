@@ -75,8 +75,15 @@ class JsonLinesReporter:
 
     def __call__(self, stage: str, done: int, total: int, message: str = "") -> None:
         eta = self.clock.eta(stage, done, total)
-        self._emit({"stage": stage, "done": done, "total": total,
-                    "eta_s": None if eta is None else round(eta, 1), "message": message})
+        self._emit(
+            {
+                "stage": stage,
+                "done": done,
+                "total": total,
+                "eta_s": None if eta is None else round(eta, 1),
+                "message": message,
+            }
+        )
 
     def finish(self, status: str, message: str = "", **extra) -> None:
         self._emit({"status": status, "message": message, **extra})

@@ -47,8 +47,9 @@ def resolve_model(name_or_path: str) -> Path:
     if path.suffix in CHECKPOINT_SUFFIXES or os.sep in name_or_path:
         raise UserError(f"model file {name_or_path} does not exist; check the path")
     known = ", ".join(models) or "none yet"
-    raise UserError(f"unknown model {name_or_path!r}; give a checkpoint path or one of the models in "
-                    f"{models_dir()} ({known})")
+    raise UserError(
+        f"unknown model {name_or_path!r}; give a checkpoint path or one of the models in {models_dir()} ({known})"
+    )
 
 
 def free_name(name: str) -> str:
@@ -66,8 +67,10 @@ def describe(path: os.PathLike, task: Optional[str] = None) -> dict:
     channel order, label schema, ROI, description and provenance (from the checkpoint's metadata)."""
     ckpt = load_checkpoint(path)
     if ckpt.is_encoder_only:
-        raise UserError(f"{Path(path).name} is a self-supervised encoder without a segmentation head; it can be "
-                        "fine-tuned (finetune --base) but cannot segment")
+        raise UserError(
+            f"{Path(path).name} is a self-supervised encoder without a segmentation head; it can be "
+            "fine-tuned (finetune --base) but cannot segment"
+        )
     meta = resolve_meta(ckpt, task).to_dict()
     meta.pop("network")
     return meta
@@ -88,12 +91,16 @@ def register_model(source: os.PathLike, name: str, task: Optional[str] = None) -
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create the model folder {folder} ({error.strerror}); "
-                        "set BRAINSEGFOUNDER_HOME to a folder you can write to") from None
+        raise UserError(
+            f"cannot create the model folder {folder} ({error.strerror}); "
+            "set BRAINSEGFOUNDER_HOME to a folder you can write to"
+        ) from None
     target = folder / f"{free_name(name)}.pt"
     description.update(local_name=target.stem, source_file=str(source))
-    with atomic_path(target, suffix=".tmp") as tmp, \
-            atomic_path(description_path(target), suffix=".tmp") as tmp_description:
+    with (
+        atomic_path(target, suffix=".tmp") as tmp,
+        atomic_path(description_path(target), suffix=".tmp") as tmp_description,
+    ):
         shutil.copyfile(source, tmp)
         tmp_description.write_text(json.dumps(description, indent=1) + "\n")
     return target

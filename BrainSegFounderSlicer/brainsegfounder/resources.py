@@ -117,6 +117,7 @@ def compute_devices() -> list:
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
-            found.append({"id": f"cuda:{index}", "name": props.name,
-                          "memory_gib": round(props.total_memory / 2**30, 1)})
+            found.append(
+                {"id": f"cuda:{index}", "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)}
+            )
     return found

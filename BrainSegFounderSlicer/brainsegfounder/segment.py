@@ -66,8 +66,9 @@ def from_network_labels(labels: np.ndarray, reference: sitk.Image, orientation: 
 class Segmenter:
     """A loaded model, ready to segment volumes. Reusable across cases."""
 
-    def __init__(self, model: str, task: Optional[str] = None, device: str = "auto",
-                 settings: Optional[InferenceSettings] = None):
+    def __init__(
+        self, model: str, task: Optional[str] = None, device: str = "auto", settings: Optional[InferenceSettings] = None
+    ):
         self.settings = settings or InferenceSettings()
         self.settings.validate()
         self.device = resolve_device(device)
@@ -78,24 +79,33 @@ class Segmenter:
         self.meta: ModelMeta = resolve_meta(self.checkpoint, task)
         self.schema = schema(self.meta.label_schema)
         if self.schema.num_channels != self.checkpoint.network.out_channels:
-            raise UserError(f"model {self.meta.name} has {self.checkpoint.network.out_channels} outputs but its "
-                            f"label schema {self.schema.name} needs {self.schema.num_channels}")
+            raise UserError(
+                f"model {self.meta.name} has {self.checkpoint.network.out_channels} outputs but its "
+                f"label schema {self.schema.name} needs {self.schema.num_channels}"
+            )
 
     @property
     def roi(self) -> Tuple[int, int, int]:
         return tuple(self.settings.roi_size or self.meta.roi_size)
 
-    def probabilities(self, volume: np.ndarray, progress: ProgressCallback = null_progress,
-                      cancel: Optional[CancelToken] = None):
+    def probabilities(
+        self, volume: np.ndarray, progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None
+    ):
         """Region probabilities (C, i, j, k) for a network-oriented volume, plus run facts."""
         box = BrainBox.of(volume)
         cropped = normalize(box.crop(volume), self.meta.normalization)
-        probs, report = predict_probabilities(self.network, cropped, self.roi, self.settings, self.device,
-                                              progress, cancel)
+        probs, report = predict_probabilities(
+            self.network, cropped, self.roi, self.settings, self.device, progress, cancel
+        )
         return box.paste(probs), box, report
 
-    def label_image(self, images: Sequence[sitk.Image], convention: str = "brats2021",
-                    progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):
+    def label_image(
+        self,
+        images: Sequence[sitk.Image],
+        convention: str = "brats2021",
+        progress: ProgressCallback = null_progress,
+        cancel: Optional[CancelToken] = None,
+    ):
         """Label map on exactly the first image's grid, with the brain box and run facts."""
         volume = to_network_array(images, self.meta.orientation)
         probs, box, report = self.probabilities(volume, progress, cancel)
@@ -105,11 +115,20 @@ class Segmenter:
         return from_network_labels(labels, images[0], self.meta.orientation), box, report
 
 
-def segment_files(model: str, inputs: Sequence[Tuple[str, str]], output: os.PathLike,
-                  seg_nrrd: Optional[os.PathLike] = None, summary_path: Optional[os.PathLike] = None,
-                  labels: str = "brats2021", device: str = "auto", task: Optional[str] = None,
-                  settings: Optional[InferenceSettings] = None, progress: ProgressCallback = null_progress,
-                  cancel: Optional[CancelToken] = None, segmenter: Optional[Segmenter] = None) -> dict:
+def segment_files(
+    model: str,
+    inputs: Sequence[Tuple[str, str]],
+    output: os.PathLike,
+    seg_nrrd: Optional[os.PathLike] = None,
+    summary_path: Optional[os.PathLike] = None,
+    labels: str = "brats2021",
+    device: str = "auto",
+    task: Optional[str] = None,
+    settings: Optional[InferenceSettings] = None,
+    progress: ProgressCallback = null_progress,
+    cancel: Optional[CancelToken] = None,
+    segmenter: Optional[Segmenter] = None,
+) -> dict:
     """Segment one case from files; returns the summary (also written to ``summary_path``)."""
     cancel = cancel or CancelToken()
     timings = {}
@@ -135,19 +154,35 @@ def segment_files(model: str, inputs: Sequence[Tuple[str, str]], output: os.Path
 
     reference = images[0]
     summary = {
-        "model": {"name": segmenter.meta.name, "version": segmenter.meta.version,
-                  "task": segmenter.meta.task, "checkpoint": str(segmenter.checkpoint.path),
-                  "format": segmenter.checkpoint.kind},
+        "model": {
+            "name": segmenter.meta.name,
+            "version": segmenter.meta.version,
+            "task": segmenter.meta.task,
+            "checkpoint": str(segmenter.checkpoint.path),
+            "format": segmenter.checkpoint.kind,
+        },
         "inputs": {name: {"path": str(p), "resampled_to_reference": resampled[name]} for name, p in paths.items()},
-        "reference": {"modality": next(iter(paths)), "size": list(reference.GetSize()),
-                      "spacing_mm": list(reference.GetSpacing()), "origin_mm": list(reference.GetOrigin()),
-                      "direction": list(reference.GetDirection())},
+        "reference": {
+            "modality": next(iter(paths)),
+            "size": list(reference.GetSize()),
+            "spacing_mm": list(reference.GetSpacing()),
+            "origin_mm": list(reference.GetOrigin()),
+            "direction": list(reference.GetDirection()),
+        },
         "label_convention": labels if segmenter.schema.name == "brats_regions" else "lesion=1",
         "regions": region_volumes(label_image, segmenter.schema, labels),
-        "inference": {**asdict(segmenter.settings), "roi_size": list(report.roi), "device": report.device,
-                      "windows": report.windows, "sw_batch_size": report.sw_batch_size,
-                      "precision": report.precision, "memory_mode": report.memory_mode, "threads": report.threads,
-                      "model_s": round(report.model_s, 3), "brain_box_fraction": round(box.fraction, 3)},
+        "inference": {
+            **asdict(segmenter.settings),
+            "roi_size": list(report.roi),
+            "device": report.device,
+            "windows": report.windows,
+            "sw_batch_size": report.sw_batch_size,
+            "precision": report.precision,
+            "memory_mode": report.memory_mode,
+            "threads": report.threads,
+            "model_s": round(report.model_s, 3),
+            "brain_box_fraction": round(box.fraction, 3),
+        },
         "notes": report.notes,
         "timings_s": timings,
     }
@@ -156,8 +191,7 @@ def segment_files(model: str, inputs: Sequence[Tuple[str, str]], output: os.Path
     timings.update({k: round(v, 3) for k, v in timings.items()})
     progress("write", 0, 1, f"writing {output}")
     t0 = time.perf_counter()
-    write_outputs(label_image, output, segmenter.schema.label_values(labels), seg_nrrd,
-                  summary, summary_path)
+    write_outputs(label_image, output, segmenter.schema.label_values(labels), seg_nrrd, summary, summary_path)
     timings["write_s"] = round(time.perf_counter() - t0, 3)
     progress("write", 1, 1)
     return summary

@@ -50,8 +50,7 @@ class PeakMemory:
 
     @staticmethod
     def rss_gib() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
     def _sample(self):
         while not self._stop.is_set():
@@ -84,7 +83,7 @@ def synthetic_case(folder: Path, seed: int):
     from brainsegfounder.synth.cohort import case_files, write_cohort
 
     write_cohort(folder, kind="brats", n=1, seed=seed, spacing=1.0, folds=1)
-    case, images, label = case_files("brats2021", 0)
+    _case, images, label = case_files("brats2021", 0)
     return {m: folder / rel for m, rel in images.items()}, folder / label
 
 
@@ -114,8 +113,9 @@ def run_reference(checkpoint, paths, output: Path, device):
     x = torch.as_tensor(np.asarray(volume))[None].to(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        logits = sliding_window_inference(x, REFERENCE["roi"], 1, model, overlap=REFERENCE["overlap"],
-                                          mode=REFERENCE["blend"])
+        logits = sliding_window_inference(
+            x, REFERENCE["roi"], 1, model, overlap=REFERENCE["overlap"], mode=REFERENCE["blend"]
+        )
     sync(device)
     model_s = time.perf_counter() - t0
     tc, wt, et = (torch.sigmoid(logits[0]) > 0.5).cpu().numpy()
@@ -124,8 +124,7 @@ def run_reference(checkpoint, paths, output: Path, device):
     image = sitk.GetImageFromArray(labels.transpose(2, 1, 0))
     image.CopyInformation(images[0])
     sitk.WriteImage(image, str(output), useCompression=True)
-    return model_s, time.perf_counter() - start, count_windows(volume.shape[1:], REFERENCE["roi"],
-                                                                 REFERENCE["overlap"])
+    return model_s, time.perf_counter() - start, count_windows(volume.shape[1:], REFERENCE["roi"], REFERENCE["overlap"])
 
 
 def run_ours(segmenter, paths, output: Path):
@@ -155,8 +154,10 @@ def warm_up(segmenter):
 
     x = torch.zeros(1, segmenter.checkpoint.network.in_channels, *REFERENCE["roi"], device=segmenter.device)
     with torch.inference_mode():
-        for net in (segmenter.network.to(segmenter.device),
-                    network_from_checkpoint(segmenter.checkpoint).eval().to(segmenter.device)):
+        for net in (
+            segmenter.network.to(segmenter.device),
+            network_from_checkpoint(segmenter.checkpoint).eval().to(segmenter.device),
+        ):
             net(x)
     sync(segmenter.device)
 
@@ -198,8 +199,11 @@ def main() -> int:
         print(f"{args.checkpoint} is not a 62M-class BraTS model (feature size 48, 4 inputs)", file=sys.stderr)
         return 2
     if meta.version.endswith("untrained"):
-        print(f"{args.checkpoint} holds untrained weights: their outputs sit at 0.5 and the agreement would mean "
-              "nothing; train one with Training/configs/bench-62m.yaml", file=sys.stderr)
+        print(
+            f"{args.checkpoint} holds untrained weights: their outputs sit at 0.5 and the agreement would mean "
+            "nothing; train one with Training/configs/bench-62m.yaml",
+            file=sys.stderr,
+        )
         return 2
     # The released 62M weights were trained at 128^3, so ours runs at 128^3 whatever ROI a stand-in carries.
     roi = REFERENCE["roi"] if tuple(meta.roi_size) != REFERENCE["roi"] else None
@@ -208,17 +212,25 @@ def main() -> int:
         settings = fast_settings() if overrides == "fast" else InferenceSettings(roi_size=roi, **overrides)
         return Segmenter(args.checkpoint, task="brats", device=args.device, settings=settings)
 
-    rows = [(name, make(overrides) if i == 0 else overrides)
-            for i, (name, overrides) in enumerate(rows_to_run(args, torch.device(args.device)))]
+    rows = [
+        (name, make(overrides) if i == 0 else overrides)
+        for i, (name, overrides) in enumerate(rows_to_run(args, torch.device(args.device)))
+    ]
     first = rows[0][1]
     device = first.device
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+    )
     folder = Path(args.keep or tempfile.mkdtemp(prefix="bsf-bench-"))
     paths, truth = synthetic_case(folder / "case", args.seed)
-    print(f"inference on {where}: {args.checkpoint} ({sum(p.numel() for p in first.network.parameters()):,} "
-          f"parameters, trained at {'x'.join(map(str, meta.roi_size))}), one synthetic case "
-          f"{'x'.join(map(str, BRATS_SIZE))} at 1 mm, 4 inputs", flush=True)
+    print(
+        f"inference on {where}: {args.checkpoint} ({sum(p.numel() for p in first.network.parameters()):,} "
+        f"parameters, trained at {'x'.join(map(str, meta.roi_size))}), one synthetic case "
+        f"{'x'.join(map(str, BRATS_SIZE))} at 1 mm, 4 inputs",
+        flush=True,
+    )
     warm_up(first)
 
     results = {}
@@ -229,36 +241,55 @@ def main() -> int:
         output = folder / f"ours-{i}.nii.gz"
         with PeakMemory(device) as mem:
             total_s, info = run_ours(seg, paths, output)
-        results[name] = dict(model_s=info["model_s"], total_s=total_s, windows=info["windows"], host=mem.host_gib,
-                             gpu=mem.gpu_gib, labels=output, info=info)
+        results[name] = dict(
+            model_s=info["model_s"],
+            total_s=total_s,
+            windows=info["windows"],
+            host=mem.host_gib,
+            gpu=mem.gpu_gib,
+            labels=output,
+            info=info,
+        )
         print(f"  ran {name}: {total_s:.1f} s", flush=True)
         rows[i] = seg = first = None
     gc.collect()
     with PeakMemory(device) as mem:
         model_s, total_s, windows = run_reference(checkpoint, paths, folder / "reference.nii.gz", device)
-    ref = dict(model_s=model_s, total_s=total_s, windows=windows, host=mem.host_gib, gpu=mem.gpu_gib,
-               labels=folder / "reference.nii.gz")
+    ref = dict(
+        model_s=model_s,
+        total_s=total_s,
+        windows=windows,
+        host=mem.host_gib,
+        gpu=mem.gpu_gib,
+        labels=folder / "reference.nii.gz",
+    )
     print(f"  ran the reference: {total_s:.1f} s", flush=True)
 
-    print(f"\n{'path':34} {'windows':>7} {'model s':>8} {'files s':>8} {'host GiB':>9} {'GPU GiB':>8} {'speed x':>8}"
-          f"  {'Dice vs reference TC/WT/ET':28} Dice vs truth TC/WT/ET")
+    print(
+        f"\n{'path':34} {'windows':>7} {'model s':>8} {'files s':>8} {'host GiB':>9} {'GPU GiB':>8} {'speed x':>8}"
+        f"  {'Dice vs reference TC/WT/ET':28} Dice vs truth TC/WT/ET"
+    )
 
     def dice_text(labels, other):
         d = agreement(labels, other)
         return f"{d['TC']:.4f}/{d['WT']:.4f}/{d['ET']:.4f}"
 
-    for name, r in [("reference (BrainSegFounder test)", ref)] + list(results.items()):
+    for name, r in [("reference (BrainSegFounder test)", ref), *list(results.items())]:
         gpu = f"{r['gpu']:.2f}" if r["gpu"] is not None else "-"
         vs_ref = "-" if r is ref else dice_text(r["labels"], ref["labels"])
-        print(f"{name:34} {r['windows']:7d} {r['model_s']:8.2f} {r['total_s']:8.2f} {r['host']:9.2f} {gpu:>8} "
-              f"{ref['total_s'] / r['total_s']:8.2f}  {vs_ref:28} {dice_text(r['labels'], truth)}")
+        print(
+            f"{name:34} {r['windows']:7d} {r['model_s']:8.2f} {r['total_s']:8.2f} {r['host']:9.2f} {gpu:>8} "
+            f"{ref['total_s'] / r['total_s']:8.2f}  {vs_ref:28} {dice_text(r['labels'], truth)}"
+        )
     print("\nreference: whole volume, 128^3, overlap 0.6, constant blending, fp32, explicit attention, 1 window/batch")
     for name, r in results.items():
         info = r["info"]
-        print(f"{name}: brain crop ({info['brain_box_fraction']:.0%} of the volume), ROI "
-              f"{'x'.join(map(str, info['roi_size']))}, overlap {info['overlap']}, {info['blend']} blending, "
-              f"{info['precision']}, memory mode {info['memory_mode']}, {info['threads']} threads, "
-              f"{info['sw_batch_size']} window(s)/batch, SDPA attention, lean forward")
+        print(
+            f"{name}: brain crop ({info['brain_box_fraction']:.0%} of the volume), ROI "
+            f"{'x'.join(map(str, info['roi_size']))}, overlap {info['overlap']}, {info['blend']} blending, "
+            f"{info['precision']}, memory mode {info['memory_mode']}, {info['threads']} threads, "
+            f"{info['sw_batch_size']} window(s)/batch, SDPA attention, lean forward"
+        )
     if not args.keep:
         import shutil
 

@@ -47,6 +47,7 @@ COHORT = 41_400
 def crops_of_a_subject(roi, n_crops: int, batch: int):
     """``batch`` volumes' worth of crops (batch * n_crops, C, *roi) from a synthetic healthy subject."""
     import torch
+
     from brainsegfounder.synth.cohort import write_cohort
     from brainsegfounder_training.pretraining.data import CropStream
     from brainsegfounder_training.pretraining.subjects import discover_subjects
@@ -65,6 +66,7 @@ def run_variant(name: str, size: str, roi, n_crops: int, batch: int, steps: int,
     """One configuration in this process: (crops/s, peak host GiB, peak GPU GiB)."""
     import numpy as np
     import torch
+
     from brainsegfounder.networks import SIZES
     from brainsegfounder_training.pretraining.head import SSLHead, ssl_network_config
     from brainsegfounder_training.pretraining.pretext import PretextSettings, make_views, pretext_losses
@@ -74,8 +76,11 @@ def run_variant(name: str, size: str, roi, n_crops: int, batch: int, steps: int,
     crops, read_s = crops_of_a_subject(roi, n_crops, batch)
     crops = crops.to(device)
     torch.manual_seed(0)
-    head = SSLHead(ssl_network_config(crops.shape[1], **SIZES[size]), use_checkpoint=cfg["checkpoint"],
-                   use_flash_attention=cfg["flash"]).to(device)
+    head = SSLHead(
+        ssl_network_config(crops.shape[1], **SIZES[size]),
+        use_checkpoint=cfg["checkpoint"],
+        use_flash_attention=cfg["flash"],
+    ).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=4e-4, weight_decay=0.1)
     settings = PretextSettings(gather_negatives=False)
     use_amp = cfg["amp"] and device.type == "cuda"
@@ -91,7 +96,7 @@ def run_variant(name: str, size: str, roi, n_crops: int, batch: int, steps: int,
             else:  # the original: one forward per view
                 n = inputs.shape[0] // 2
                 first, second = head(inputs[:n]), head(inputs[n:])
-                outputs = tuple(torch.cat([a, b]) for a, b in zip(first, second))
+                outputs = tuple(torch.cat([a, b]) for a, b in zip(first, second, strict=True))
         losses = pretext_losses(outputs, targets, rotations, settings)
         optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
@@ -113,8 +118,13 @@ def run_variant(name: str, size: str, roi, n_crops: int, batch: int, steps: int,
     elapsed = time.perf_counter() - t0
     gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"crops_per_s": crops.shape[0] * steps / elapsed, "step_s": elapsed / steps, "host_gib": host,
-            "gpu_gib": gpu, "read_s": read_s}
+    return {
+        "crops_per_s": crops.shape[0] * steps / elapsed,
+        "step_s": elapsed / steps,
+        "host_gib": host,
+        "gpu_gib": gpu,
+        "read_s": read_s,
+    }
 
 
 def estimate(crops_per_s: float, crops_per_step: int) -> str:
@@ -122,9 +132,11 @@ def estimate(crops_per_s: float, crops_per_step: int) -> str:
     hours = total / crops_per_s / 3600
     gpus = math.ceil(hours / 24)
     one = ORIGINAL_STEPS * crops_per_step / crops_per_s / 3600
-    return (f"{ORIGINAL_STEPS:,} steps x {crops_per_step} crops x {ORIGINAL_GPUS} GPUs = {total / 1e6:.1f}M crops "
-            f"({total / COHORT:.0f} per subject of {COHORT:,}): {hours:,.0f} device-hours; under 24 h with "
-            f"{gpus} devices (linear DDP scaling assumed). The same 100k steps on one device: {one:,.1f} h.")
+    return (
+        f"{ORIGINAL_STEPS:,} steps x {crops_per_step} crops x {ORIGINAL_GPUS} GPUs = {total / 1e6:.1f}M crops "
+        f"({total / COHORT:.0f} per subject of {COHORT:,}): {hours:,.0f} device-hours; under 24 h with "
+        f"{gpus} devices (linear DDP scaling assumed). The same 100k steps on one device: {one:,.1f} h."
+    )
 
 
 def main() -> int:
@@ -147,18 +159,39 @@ def main() -> int:
 
     import torch
 
-    device_text = torch.cuda.get_device_name(0) if cuda else f"CPU, {os.cpu_count()} cores, torch threads " \
-                                                            f"{torch.get_num_threads()}"
-    print(f"pretraining throughput on {device_text}; {'x'.join(map(str, roi))} crops, {batch} volume(s) x "
-          f"{n_crops} crops per step (x2 views), {steps} timed steps after {warmup} warm-up")
-    print(f"{'size':5} {'configuration':27} {'crops/s':>8} {'s/step':>7} {'host GiB':>9} {'GPU GiB':>8} "
-          f"{'speed x':>8} {'GPU mem x':>9}")
+    device_text = (
+        torch.cuda.get_device_name(0)
+        if cuda
+        else f"CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"pretraining throughput on {device_text}; {'x'.join(map(str, roi))} crops, {batch} volume(s) x "
+        f"{n_crops} crops per step (x2 views), {steps} timed steps after {warmup} warm-up"
+    )
+    print(
+        f"{'size':5} {'configuration':27} {'crops/s':>8} {'s/step':>7} {'host GiB':>9} {'GPU GiB':>8} "
+        f"{'speed x':>8} {'GPU mem x':>9}"
+    )
     ours_rate = {}
     for size in args.sizes.split(","):
         results = {}
         for name in args.variants.split(","):
-            proc = subprocess.run([sys.executable, __file__, "--device", args.device, "--roi", str(roi[0]), "--steps",
-                                   str(steps), "--one", f"{name}|{size}"], capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--device",
+                    args.device,
+                    "--roi",
+                    str(roi[0]),
+                    "--steps",
+                    str(steps),
+                    "--one",
+                    f"{name}|{size}",
+                ],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
                 reason = "out of memory" if "out of memory" in proc.stderr.lower() else proc.stderr.strip()[-300:]
                 print(f"{size:5} {name:27} failed: {reason}")
@@ -168,8 +201,11 @@ def main() -> int:
             speed = f"{r['crops_per_s'] / ref['crops_per_s']:.2f}" if ref else "-"
             mem = f"{r['gpu_gib'] / ref['gpu_gib']:.2f}" if ref and r["gpu_gib"] else "-"
             gpu = f"{r['gpu_gib']:.2f}" if r["gpu_gib"] is not None else "-"
-            print(f"{size:5} {name:27} {r['crops_per_s']:8.3f} {r['step_s']:7.2f} {r['host_gib']:9.2f} {gpu:>8} "
-                  f"{speed:>8} {mem:>9}", flush=True)
+            print(
+                f"{size:5} {name:27} {r['crops_per_s']:8.3f} {r['step_s']:7.2f} {r['host_gib']:9.2f} {gpu:>8} "
+                f"{speed:>8} {mem:>9}",
+                flush=True,
+            )
         if "ours" in results:
             ours_rate[size] = results["ours"]["crops_per_s"]
         if results:
@@ -178,8 +214,9 @@ def main() -> int:
     crops_per_gpu_step = 4  # BrainSegFounder: 2 volumes x 2 crops per GPU
     for size, rate in ours_rate.items():
         scale = (96 / roi[0]) ** 3
-        note = "" if roi[0] == 96 else \
-            f" (measured at {roi[0]}^3, scaled by (96/{roi[0]})^3 = {scale:.2f} for 96^3 crops)"
+        note = (
+            "" if roi[0] == 96 else f" (measured at {roi[0]}^3, scaled by (96/{roi[0]})^3 = {scale:.2f} for 96^3 crops)"
+        )
         print(f"stage 1 estimate, {size} ours on this device{note}: {estimate(rate / scale, crops_per_gpu_step)}")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +15,11 @@ from helpers import ROOT, run_cli, segment_args, ssl_checkpoint, write_dicom_ser
 
 
 def expect_clean_failure(capsys, args, out_dir, pattern):
-    code, stdout, stderr = run_cli(args, capsys)
+    code, _stdout, stderr = run_cli(args, capsys)
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 2, stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
     assert re.search(pattern, lines[0]), lines[0]
     assert "Traceback" not in stderr
     written = [p for p in out_dir.rglob("*") if p.name.startswith(("out", ".out"))]
@@ -57,13 +59,13 @@ def test_modality_absent(capsys, case):
 
 def test_modality_given_twice_also_through_an_alias(capsys, case):
     inputs, model, tmp, _ = case
-    args = segment_args(model, inputs + [("t2f", inputs[0][1])], tmp / "out.nii.gz")
+    args = segment_args(model, [*inputs, ("t2f", inputs[0][1])], tmp / "out.nii.gz")
     expect_clean_failure(capsys, args, tmp, r"modality flair is given twice")
 
 
 def test_unknown_modality(capsys, case):
     inputs, model, tmp, _ = case
-    args = segment_args(model, inputs + [("dwi", inputs[0][1])], tmp / "out.nii.gz")
+    args = segment_args(model, [*inputs, ("dwi", inputs[0][1])], tmp / "out.nii.gz")
     expect_clean_failure(capsys, args, tmp, r"unknown modality 'dwi'; this model takes flair, t1ce, t1, t2")
 
 
@@ -90,7 +92,7 @@ def test_vector_image(capsys, case):
     expect_clean_failure(capsys, args, tmp, r"3 components per voxel")
 
 
-@pytest.mark.parametrize("suffix,bad", [(".nii.gz", np.nan), (".nii.gz", np.inf), (".nrrd", np.nan)])
+@pytest.mark.parametrize(("suffix", "bad"), [(".nii.gz", np.nan), (".nii.gz", np.inf), (".nrrd", np.nan)])
 def test_non_finite_voxels(capsys, case, suffix, bad):
     inputs, model, tmp, like = case
     array = sitk.GetArrayFromImage(like).astype(np.float32)
@@ -126,8 +128,7 @@ def test_multi_member_gzip_is_whole(tmp_path, brats_inputs):
 
     from brainsegfounder.imageio import read_volume
 
-    with open(brats_inputs[0][0][1], "rb") as f:
-        data = gzip.decompress(f.read())
+    data = gzip.decompress(Path(brats_inputs[0][0][1]).read_bytes())
     half = len(data) // 2
     (tmp_path / "multi.nii.gz").write_bytes(gzip.compress(data[:half]) + gzip.compress(data[half:]))
     assert read_volume(tmp_path / "multi.nii.gz").GetSize() == read_volume(brats_inputs[0][0][1]).GetSize()
@@ -218,7 +219,8 @@ def test_existing_output_survives_a_failed_run(capsys, case):
     previous.write_bytes(b"an earlier result")
     args = segment_args(model, replace_input(inputs, "t2", tmp / "missing.nii.gz"), previous)
     code, _, _ = run_cli(args, capsys)
-    assert code == 2 and previous.read_bytes() == b"an earlier result"
+    assert code == 2
+    assert previous.read_bytes() == b"an earlier result"
     assert sorted(p.name for p in previous.parent.iterdir()) == ["labels.nii.gz"]
 
 
@@ -237,19 +239,27 @@ def test_cli_exit_code_and_single_line_in_a_real_process(tmp_path, brats_inputs,
 
     inputs, _ = brats_inputs
     args = segment_args(brats_model, inputs[:3], tmp_path / "out.nii.gz")
-    result = subprocess.run([sys.executable, "-m", "brainsegfounder", *map(str, args)], capture_output=True,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "BrainSegFounderSlicer")})
+    result = subprocess.run(
+        [sys.executable, "-m", "brainsegfounder", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "BrainSegFounderSlicer")},
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: missing input for t2")
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: missing input for t2")
 
 
-@pytest.mark.parametrize("extra,pattern", [
-    (["--device", "cuda"], r"PyTorch sees no CUDA GPU here; use --device cpu or auto"),
-    (["--device", "tpu"], r"unknown device 'tpu'"),
-    (["--roi", "100"], r"ROI \(100, 100, 100\) is not usable: each side must be a multiple of 32"),
-    (["--overlap", "1.5"], r"overlap must be in \[0, 1\)"),
-    (["--task", "atlas"], r"is for task 'brats', not 'atlas'"),
-])
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        (["--device", "cuda"], r"PyTorch sees no CUDA GPU here; use --device cpu or auto"),
+        (["--device", "tpu"], r"unknown device 'tpu'"),
+        (["--roi", "100"], r"ROI \(100, 100, 100\) is not usable: each side must be a multiple of 32"),
+        (["--overlap", "1.5"], r"overlap must be in \[0, 1\)"),
+        (["--task", "atlas"], r"is for task 'brats', not 'atlas'"),
+    ],
+)
 def test_bad_settings(capsys, case, extra, pattern):
     import torch
 

@@ -21,14 +21,17 @@ def _case(value):
 def test_second_save_makes_a_revision(tmp_path):
     from brainsegfounder.cases import list_cases, save_case
 
-    first = save_case(tmp_path, "case-1", *_case(1.0), "lesion", source_model={"name": "m", "version": "1"},
-                      author="anna")
+    first = save_case(
+        tmp_path, "case-1", *_case(1.0), "lesion", source_model={"name": "m", "version": "1"}, author="anna"
+    )
     second = save_case(tmp_path, "case-1", *_case(2.0), "lesion", author="ben")
     assert (first.revision, second.revision) == (1, 2)
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(first.folder / "t1.nii.gz"))).max() == 1.0  # kept
     assert first.info["content_sha256"] != second.info["content_sha256"]
     info = json.loads((second.folder / "case.json").read_text())
-    assert info["author"] == "ben" and info["label_values"] == [0, 1] and info["modalities"] == ["t1"]
+    assert info["author"] == "ben"
+    assert info["label_values"] == [0, 1]
+    assert info["modalities"] == ["t1"]
     listing = json.loads((tmp_path / "datalist.json").read_text())
     assert [e["image"] for e in listing["training"]] == [["case-1/r002/t1.nii.gz"]]
     assert [c.revision for c in list_cases(tmp_path)] == [2]
@@ -37,6 +40,7 @@ def test_second_save_makes_a_revision(tmp_path):
 
 def test_inputs_off_the_reference_grid_are_refused(tmp_path):
     import pytest
+
     from brainsegfounder.cases import save_case
     from brainsegfounder.errors import UserError
 

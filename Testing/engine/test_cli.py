@@ -23,11 +23,25 @@ def test_sigterm_cancels_between_windows_and_writes_nothing(tmp_path, brats_mode
     root = write_cohort(tmp_path / "data", kind="brats", n=1, seed=21, spacing=2.0)
     _, images, _ = case_files("brats2021", 0)
     inputs = [(m, root / p) for m, p in images.items()]
-    args = segment_args(brats_model, inputs, tmp_path / "out.nii.gz", "--overlap", "0.9", "--sw-batch-size", "1",
-                        "--summary", tmp_path / "out.json")
+    args = segment_args(
+        brats_model,
+        inputs,
+        tmp_path / "out.nii.gz",
+        "--overlap",
+        "0.9",
+        "--sw-batch-size",
+        "1",
+        "--summary",
+        tmp_path / "out.json",
+    )
     args[args.index("--progress") + 1] = "json"
-    proc = subprocess.Popen([sys.executable, "-m", "brainsegfounder", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brainsegfounder", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     lines = []
     for line in proc.stdout:
         lines.append(json.loads(line))
@@ -44,7 +58,8 @@ def test_sigterm_cancels_between_windows_and_writes_nothing(tmp_path, brats_mode
     assert lines[-1]["status"] == "cancelled"
     done = [r["done"] for r in lines if r.get("stage") == "inference"]
     assert max(done) < total, "the run should stop well before its last window"
-    assert not (tmp_path / "out.nii.gz").exists() and not (tmp_path / "out.json").exists()
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert not (tmp_path / "out.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
@@ -54,24 +69,33 @@ def test_json_mode_reports_errors_as_a_final_status_line(tmp_path, capsys, brats
     args[args.index("--progress") + 1] = "json"
     code, out, err = run_cli(args, capsys)
     final = json.loads(out.splitlines()[-1])
-    assert code == 2 and final["status"] == "error" and final["message"].startswith("missing input for t1, t2")
+    assert code == 2
+    assert final["status"] == "error"
+    assert final["message"].startswith("missing input for t1, t2")
     assert err.strip().startswith("error: missing input")
 
 
 def test_models_init_inspect_and_list(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BRAINSEGFOUNDER_HOME", str(tmp_path / "home"))
     target = tmp_path / "home" / "models" / "my-stroke.pt"
-    code, _, err = run_cli(["models", "init", "--size", "tiny", "--task", "atlas", "--output", target,
-                            "--progress", "none"], capsys)
+    code, _, err = run_cli(
+        ["models", "init", "--size", "tiny", "--task", "atlas", "--output", target, "--progress", "none"], capsys
+    )
     assert code == 0, err
     code, out, _ = run_cli(["models", "inspect", target], capsys)
     info = json.loads(out)
-    assert info["format"] == "brainsegfounder" and info["meta"]["modalities"] == ["t1"]
-    assert info["network"]["feature_size"] == 12 and info["parameters"] > 4_000_000
+    assert info["format"] == "brainsegfounder"
+    assert info["meta"]["modalities"] == ["t1"]
+    assert info["network"]["feature_size"] == 12
+    assert info["parameters"] > 4_000_000
     code, out, _ = run_cli(["models", "list"], capsys)
-    assert "my-stroke" in out and "brats" in out and "62M" in out
+    assert "my-stroke" in out
+    assert "brats" in out
+    assert "62M" in out
     code, _, err = run_cli(["models", "init", "--size", "9M", "--output", tmp_path / "x.pt"], capsys)
-    assert code == 2 and "unknown model size '9M'" in err and not (tmp_path / "x.pt").exists()
+    assert code == 2
+    assert "unknown model size '9M'" in err
+    assert not (tmp_path / "x.pt").exists()
 
 
 @pytest.mark.slow
@@ -83,17 +107,38 @@ def test_local_model_names_resolve(tmp_path, capsys, monkeypatch, brats_model, b
     code, _, err = run_cli(segment_args("glioma-v1", inputs, tmp_path / "o.nii.gz"), capsys)
     assert code == 0, err
     code, _, err = run_cli(segment_args("glioma-v2", inputs, tmp_path / "p.nii.gz"), capsys)
-    assert code == 2 and "unknown model 'glioma-v2'" in err and "glioma-v1" in err
+    assert code == 2
+    assert "unknown model 'glioma-v2'" in err
+    assert "glioma-v1" in err
 
 
 def test_synth_command_with_previews(tmp_path, capsys):
-    code, out, err = run_cli(["synth", "--out", tmp_path / "d", "--kind", "brats", "--layout", "brats2023", "--n", "1",
-                              "--spacing", "4", "--preview", "--progress", "none"], capsys)
+    code, _out, err = run_cli(
+        [
+            "synth",
+            "--out",
+            tmp_path / "d",
+            "--kind",
+            "brats",
+            "--layout",
+            "brats2023",
+            "--n",
+            "1",
+            "--spacing",
+            "4",
+            "--preview",
+            "--progress",
+            "none",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert (tmp_path / "d" / "previews" / "BraTS-GLI-00001-000.png").stat().st_size > 10_000
-    code, _, err = run_cli(["synth", "--out", tmp_path / "e", "--kind", "stroke", "--layout", "brats2021",
-                            "--progress", "none"], capsys)
-    assert code == 2 and "does not fit kind 'stroke'" in err
+    code, _, err = run_cli(
+        ["synth", "--out", tmp_path / "e", "--kind", "stroke", "--layout", "brats2021", "--progress", "none"], capsys
+    )
+    assert code == 2
+    assert "does not fit kind 'stroke'" in err
 
 
 @pytest.mark.slow
@@ -103,7 +148,9 @@ def test_text_progress_bar_on_stderr(tmp_path, capsys, brats_model, brats_inputs
     args[args.index("--progress") + 1] = "text"
     code, out, err = run_cli(args, capsys)
     assert code == 0
-    assert "inference [####" in err and out.startswith("wrote ") and "WT" in out
+    assert "inference [####" in err
+    assert out.startswith("wrote ")
+    assert "WT" in out
 
 
 def _register_hello(subparsers, add_common):
@@ -118,5 +165,6 @@ def test_plugin_commands_run_and_leave_the_built_in_table_as_it_was(monkeypatch,
     before = dict(cli.COMMANDS)
     monkeypatch.setenv(cli.PLUGIN_ENV, f"{__name__}:_register_hello")
     cli.build_parser()
-    assert cli.main(["hello", "--progress", "none"]) == 0 and capsys.readouterr().out == "hello\n"
-    assert cli.COMMANDS == before  # building parsers changes no module state
+    assert cli.main(["hello", "--progress", "none"]) == 0
+    assert capsys.readouterr().out == "hello\n"
+    assert before == cli.COMMANDS  # building parsers changes no module state

@@ -35,8 +35,9 @@ def test_lean_forward_equals_monai_and_keeps_the_weights(tiny_net):
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
     # same parameters under the same names (the wrapper adds a "net." prefix only)
-    assert {k.removeprefix("net."): v.shape for k, v in lean.state_dict().items()} == \
-        {k: v.shape for k, v in tiny_net.state_dict().items()}
+    assert {k.removeprefix("net."): v.shape for k, v in lean.state_dict().items()} == {
+        k: v.shape for k, v in tiny_net.state_dict().items()
+    }
     assert not any(isinstance(m, torch.nn.InstanceNorm3d) for m in lean.modules())
 
 
@@ -86,12 +87,15 @@ def test_low_memory_mode_is_chosen_and_reported(monkeypatch, tiny_net):
     messages = []
     normal, r1 = predict_probabilities(tiny_net, volume, (128,) * 3, InferenceSettings(memory="normal"), CPU)
     monkeypatch.setattr(resources, "available_host_bytes", lambda: 2**20)
-    low, r2 = predict_probabilities(tiny_net, volume, (128,) * 3, InferenceSettings(), CPU,
-                                    lambda s, d, t, m="": messages.append(m))
+    low, r2 = predict_probabilities(
+        tiny_net, volume, (128,) * 3, InferenceSettings(), CPU, lambda s, d, t, m="": messages.append(m)
+    )
     assert (r1.memory_mode, r1.roi, r2.memory_mode, r2.roi) == ("normal", (128,) * 3, "low", (96,) * 3)
-    assert any("low-memory mode" in m for m in messages) and "low-memory mode" in r2.notes[0]
+    assert any("low-memory mode" in m for m in messages)
+    assert "low-memory mode" in r2.notes[0]
     # (agreement between window sizes is the benchmark's to measure, on trained weights)
-    assert low.shape == normal.shape and np.all((low >= 0) & (low <= 1))
+    assert low.shape == normal.shape
+    assert np.all((low >= 0) & (low <= 1))
 
 
 def test_cpu_and_memory_grants_from_cgroup_files(tmp_path, monkeypatch):
@@ -99,14 +103,16 @@ def test_cpu_and_memory_grants_from_cgroup_files(tmp_path, monkeypatch):
     (tmp_path / "memory.max").write_text(str(3 * 2**30))
     (tmp_path / "memory.current").write_text(str(2**30))
     monkeypatch.setattr(resources, "CGROUP", tmp_path)
-    assert resources.cpu_quota() == 1.5 and resources.usable_cpus() == 1
+    assert resources.cpu_quota() == 1.5
+    assert resources.usable_cpus() == 1
     assert resources.available_host_bytes() <= 2 * 2**30
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert resources.cpu_quota() is None
     before = torch.get_num_threads()
     try:
         monkeypatch.setattr(resources, "usable_cpus", lambda: 1)
-        assert resources.configure_threads() == 1 and torch.get_num_threads() == 1
+        assert resources.configure_threads() == 1
+        assert torch.get_num_threads() == 1
         assert resources.configure_threads(2) == 2
         with pytest.raises(Exception, match="at least 1"):
             resources.configure_threads(0)
@@ -117,14 +123,21 @@ def test_cpu_and_memory_grants_from_cgroup_files(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_cli_fast_and_low_memory_modes(tmp_path, capsys, brats_model, brats_inputs):
     inputs, _ = brats_inputs
-    for extra, roi, overlap in ((["--fast"], 96, 0.25), (["--fast", "--overlap", "0.5"], 96, 0.5),
-                                (["--memory", "low", "--threads", "1"], 64, 0.5)):
+    for extra, roi, overlap in (
+        (["--fast"], 96, 0.25),
+        (["--fast", "--overlap", "0.5"], 96, 0.5),
+        (["--memory", "low", "--threads", "1"], 64, 0.5),
+    ):
         summary_path = tmp_path / "summary.json"
-        code, _, err = run_cli(segment_args(brats_model, inputs, tmp_path / "l.nii.gz", "--summary",
-                                            summary_path, *extra), capsys)
+        code, _, err = run_cli(
+            segment_args(brats_model, inputs, tmp_path / "l.nii.gz", "--summary", summary_path, *extra), capsys
+        )
         assert code == 0, err
         info = json.loads(summary_path.read_text())["inference"]
-        assert info["roi_size"] == [roi] * 3 and info["overlap"] == overlap, (extra, info)
-        assert info["model_s"] > 0 and info["precision"] in ("fp32", "bf16")
+        assert info["roi_size"] == [roi] * 3, (extra, info)
+        assert info["overlap"] == overlap, (extra, info)
+        assert info["model_s"] > 0
+        assert info["precision"] in ("fp32", "bf16")
         if "low" in extra:
-            assert info["memory_mode"] == "low" and info["threads"] == 1
+            assert info["memory_mode"] == "low"
+            assert info["threads"] == 1

@@ -29,11 +29,11 @@ class CountingNet(torch.nn.Module):
         return x[:, :1].repeat(1, 3, 1, 1, 1)
 
 
-@pytest.mark.parametrize("shape,overlap", [((70, 90, 64), 0.5), ((130, 64, 200), 0.6), ((40, 40, 40), 0.5)])
+@pytest.mark.parametrize(("shape", "overlap"), [((70, 90, 64), 0.5), ((130, 64, 200), 0.6), ((40, 40, 40), 0.5)])
 def test_window_count_matches_monai(shape, overlap):
     net = CountingNet()
     settings = InferenceSettings(overlap=overlap, sw_batch_size=1)
-    volume = np.random.default_rng(0).standard_normal((1,) + shape).astype(np.float32)
+    volume = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     probs, report = predict_probabilities(net, volume, (64, 64, 64), settings, torch.device("cpu"))
     assert net.calls == report.windows == count_windows(shape, (64, 64, 64), overlap)
     # identity logits, gaussian blending of identical values: sigmoid of the input back
@@ -51,18 +51,32 @@ def test_cancel_between_windows():
             cancel.cancel()
 
     with pytest.raises(Cancelled):
-        predict_probabilities(net, np.ones((1, 128, 128, 128), np.float32), (64, 64, 64),
-                              InferenceSettings(sw_batch_size=1), torch.device("cpu"), progress, cancel)
-    assert net.calls == 2 and max(seen) == 2
+        predict_probabilities(
+            net,
+            np.ones((1, 128, 128, 128), np.float32),
+            (64, 64, 64),
+            InferenceSettings(sw_batch_size=1),
+            torch.device("cpu"),
+            progress,
+            cancel,
+        )
+    assert net.calls == 2
+    assert max(seen) == 2
 
 
 def test_out_of_memory_retries_with_smaller_batches_and_says_so():
     net = CountingNet(fail_if_batch_over=1)
     messages = []
-    probs, report = predict_probabilities(net, np.ones((1, 128, 64, 64), np.float32), (64, 64, 64),
-                                          InferenceSettings(sw_batch_size=4), torch.device("cpu"),
-                                          lambda s, d, t, m="": messages.append(m))
-    assert report.sw_batch_size == 1 and "out of memory" in report.notes[0]
+    probs, report = predict_probabilities(
+        net,
+        np.ones((1, 128, 64, 64), np.float32),
+        (64, 64, 64),
+        InferenceSettings(sw_batch_size=4),
+        torch.device("cpu"),
+        lambda s, d, t, m="": messages.append(m),
+    )
+    assert report.sw_batch_size == 1
+    assert "out of memory" in report.notes[0]
     assert any("retrying" in m for m in messages)
     assert probs.shape == (3, 128, 64, 64)
 
@@ -106,5 +120,6 @@ def test_brain_box_stays_inside_the_volume():
     volume = np.zeros((1, 30, 30, 30), np.float32)
     volume[0, 0:10, 5:25, 28:30] = 1
     box = BrainBox.of(volume, margin=4)
-    assert box.start == (0, 1, 24) and box.end == (14, 29, 30)
+    assert box.start == (0, 1, 24)
+    assert box.end == (14, 29, 30)
     assert np.array_equal(box.paste(box.crop(volume)), volume)

@@ -5,15 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brainsegfounder.checkpoints import (ENCODER_PREFIX, ModelMeta, infer_network, load_checkpoint, load_strict,
-                                         network_from_checkpoint, resolve_meta, save_checkpoint)
+from brainsegfounder.checkpoints import (
+    ENCODER_PREFIX,
+    ModelMeta,
+    infer_network,
+    load_checkpoint,
+    load_strict,
+    network_from_checkpoint,
+    resolve_meta,
+    save_checkpoint,
+)
 from brainsegfounder.errors import UserError
 from brainsegfounder.networks import NetworkConfig, build_network, count_parameters, network_config
 
 from helpers import monai_swinunetr, ssl_checkpoint
 
 
-@pytest.mark.parametrize("size,params", [("62M", 62_191_941), ("64M", 64_076_853), ("70M", 69_731_589)])
+@pytest.mark.parametrize(("size", "params"), [("62M", 62_191_941), ("64M", 64_076_853), ("70M", 69_731_589)])
 def test_brainsegfounder_sizes_have_the_published_parameter_counts(size, params):
     assert count_parameters(build_network(network_config(size, "brats"))) == params
 
@@ -34,13 +42,16 @@ def outputs_equal(a, b, in_ch=4):
         return torch.allclose(a.eval()(x), b.eval()(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("layout", [  # each builds and runs two networks: one layout in the quick tier
-    pytest.param("state_dict", marks=pytest.mark.slow),
-    pytest.param("epoch_best_acc", marks=pytest.mark.slow),
-    pytest.param("module_prefix", marks=pytest.mark.slow),
-    "plain",
-    pytest.param("monai_model_key", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "layout",
+    [  # each builds and runs two networks: one layout in the quick tier
+        pytest.param("state_dict", marks=pytest.mark.slow),
+        pytest.param("epoch_best_acc", marks=pytest.mark.slow),
+        pytest.param("module_prefix", marks=pytest.mark.slow),
+        "plain",
+        pytest.param("monai_model_key", marks=pytest.mark.slow),
+    ],
+)
 def test_released_finetuned_formats_load_strictly_and_match_monai(tmp_path, layout):
     reference = monai_swinunetr(depths=(2, 2, 6, 2))
     state = reference.state_dict()
@@ -57,22 +68,26 @@ def test_released_finetuned_formats_load_strictly_and_match_monai(tmp_path, layo
     assert ckpt.network.depths == (2, 2, 6, 2)
     assert (ckpt.network.feature_size, ckpt.network.in_channels, ckpt.network.out_channels) == (12, 4, 3)
     meta = resolve_meta(ckpt)
-    assert meta.task == "brats" and meta.modalities == ("flair", "t1ce", "t1", "t2")
+    assert meta.task == "brats"
+    assert meta.modalities == ("flair", "t1ce", "t1", "t2")
     assert outputs_equal(network_from_checkpoint(ckpt), reference)
 
 
 def test_architecture_inferred_for_other_heads_and_channels():
     state = monai_swinunetr(in_ch=1, out_ch=1, depths=(2, 2, 18, 2), heads=(4, 8, 16, 32), feature=12).state_dict()
     config = infer_network(state)
-    assert config == NetworkConfig(in_channels=1, out_channels=1, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
-                                   feature_size=12)
+    assert config == NetworkConfig(
+        in_channels=1, out_channels=1, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), feature_size=12
+    )
 
 
 def test_ssl_checkpoint_loads_encoder_only(tmp_path):
     encoder = ssl_checkpoint(tmp_path / "ssl.pt")
     ckpt = load_checkpoint(tmp_path / "ssl.pt")
-    assert ckpt.kind == "ssl" and ckpt.is_encoder_only
-    assert ckpt.network.in_channels == 1 and ckpt.network.out_channels == 0
+    assert ckpt.kind == "ssl"
+    assert ckpt.is_encoder_only
+    assert ckpt.network.in_channels == 1
+    assert ckpt.network.out_channels == 0
     model = build_network(NetworkConfig(in_channels=1, out_channels=1, feature_size=12))
     state = {k.removeprefix(ENCODER_PREFIX): v for k, v in ckpt.state_dict.items() if k.startswith(ENCODER_PREFIX)}
     assert len(state) == len(encoder)
@@ -87,14 +102,16 @@ def test_our_checkpoint_round_trip(tmp_path):
     config = network_config("tiny", "atlas")
     torch.manual_seed(0)
     model = build_network(config)
-    meta = ModelMeta.for_preset("atlas", config, name="stroke-tiny", version="1.2",
-                                provenance={"data": "synthetic"})
+    meta = ModelMeta.for_preset("atlas", config, name="stroke-tiny", version="1.2", provenance={"data": "synthetic"})
     save_checkpoint(tmp_path / "m.pt", model, meta)
     ckpt = load_checkpoint(tmp_path / "m.pt")
     assert ckpt.kind == "brainsegfounder"
-    assert ckpt.meta.name == "stroke-tiny" and ckpt.meta.version == "1.2"
-    assert ckpt.meta.orientation == "RAS" and ckpt.meta.modalities == ("t1",)
-    assert ckpt.meta.provenance["data"] == "synthetic" and "date" in ckpt.meta.provenance
+    assert ckpt.meta.name == "stroke-tiny"
+    assert ckpt.meta.version == "1.2"
+    assert ckpt.meta.orientation == "RAS"
+    assert ckpt.meta.modalities == ("t1",)
+    assert ckpt.meta.provenance["data"] == "synthetic"
+    assert "date" in ckpt.meta.provenance
     assert outputs_equal(network_from_checkpoint(ckpt), model, in_ch=1)
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
 
@@ -120,7 +137,7 @@ def test_declared_config_that_does_not_fit_the_weights_is_named(tmp_path):
     model = build_network(config)
     meta = ModelMeta.for_preset("brats", NetworkConfig(4, 3, depths=(2, 2, 6, 2), feature_size=12))
     save_checkpoint(tmp_path / "m.pt", model, meta)
-    with pytest.raises(UserError, match="missing .*swinViT.layers3.0.blocks.2"):
+    with pytest.raises(UserError, match=r"missing .*swinViT\.layers3\.0\.blocks\.2"):
         network_from_checkpoint(load_checkpoint(tmp_path / "m.pt"))
 
 

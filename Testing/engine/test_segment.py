@@ -22,14 +22,17 @@ def assert_same_grid(a: sitk.Image, b: sitk.Image):
 def test_segment_writes_labels_seg_nrrd_and_summary(tmp_path, capsys, brats_model, brats_inputs):
     inputs, _ = brats_inputs
     out = tmp_path / "labels.nii.gz"
-    code, stdout, stderr = run_cli(segment_args(brats_model, inputs, out, "--seg-nrrd", tmp_path / "s.seg.nrrd",
-                                                "--summary", tmp_path / "s.json"), capsys)
+    code, _stdout, stderr = run_cli(
+        segment_args(brats_model, inputs, out, "--seg-nrrd", tmp_path / "s.seg.nrrd", "--summary", tmp_path / "s.json"),
+        capsys,
+    )
     assert code == 0, stderr
     reference = sitk.ReadImage(inputs[0][1])
     labels = sitk.ReadImage(str(out))
     assert_same_grid(labels, reference)
     values = set(np.unique(sitk.GetArrayFromImage(labels)))
-    assert values <= {0, 1, 2, 4} and values - {0}, "the tiny model's thresholded output should not be empty"
+    assert values <= {0, 1, 2, 4}, values
+    assert values - {0}, "the tiny model's thresholded output should not be empty"
 
     seg = slicerio.read_segmentation(str(tmp_path / "s.seg.nrrd"))
     names = {s["name"]: s for s in seg["segments"]}
@@ -46,19 +49,23 @@ def test_segment_writes_labels_seg_nrrd_and_summary(tmp_path, capsys, brats_mode
     ed = np.count_nonzero(sitk.GetArrayFromImage(labels) == 2) * voxel_ml
     assert summary["regions"]["ED"]["volume_ml"] == pytest.approx(ed, abs=1e-3)
     assert summary["regions"]["WT"]["volume_ml"] >= summary["regions"]["TC"]["volume_ml"]
-    assert summary["model"]["name"] == "tiny-brats" and summary["inference"]["windows"] >= 1
+    assert summary["model"]["name"] == "tiny-brats"
+    assert summary["inference"]["windows"] >= 1
     assert summary["timings_s"]["inference_s"] > 0
 
 
 def test_brats2023_convention_moves_only_et(tmp_path, capsys, brats_model, brats_inputs):
     inputs, _ = brats_inputs
     for convention in ("brats2021", "brats2023"):
-        code, _, err = run_cli(segment_args(brats_model, inputs, tmp_path / f"{convention}.nii.gz",
-                                            "--labels", convention), capsys)
+        code, _, err = run_cli(
+            segment_args(brats_model, inputs, tmp_path / f"{convention}.nii.gz", "--labels", convention), capsys
+        )
         assert code == 0, err
     a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "brats2021.nii.gz")))
     b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "brats2023.nii.gz")))
-    assert np.array_equal(a == 4, b == 3) and np.array_equal(a == 1, b == 1) and np.array_equal(a == 2, b == 2)
+    assert np.array_equal(a == 4, b == 3)
+    assert np.array_equal(a == 1, b == 1)
+    assert np.array_equal(a == 2, b == 2)
     assert not np.any(b == 4)
 
 
@@ -84,12 +91,14 @@ def test_input_on_rotated_grid_lands_on_reference_grid(tmp_path, capsys, brats_m
     oblique = sitk.Resample(t1, rotated_grid(reference), sitk.Transform(), sitk.sitkLinear, 0.0)
     sitk.WriteImage(oblique, str(tmp_path / "t1_oblique.nrrd"))
     moved = [(m, str(tmp_path / "t1_oblique.nrrd") if m == "t1" else p) for m, p in inputs]
-    code, _, err = run_cli(segment_args(brats_model, moved, tmp_path / "out.nii.gz", "--summary",
-                                        tmp_path / "s.json"), capsys)
+    code, _, err = run_cli(
+        segment_args(brats_model, moved, tmp_path / "out.nii.gz", "--summary", tmp_path / "s.json"), capsys
+    )
     assert code == 0, err
     assert_same_grid(sitk.ReadImage(str(tmp_path / "out.nii.gz")), reference)
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["inputs"]["t1"]["resampled_to_reference"] and not summary["inputs"]["t2"]["resampled_to_reference"]
+    assert summary["inputs"]["t1"]["resampled_to_reference"]
+    assert not summary["inputs"]["t2"]["resampled_to_reference"]
     # The engine's resampling through physical space brings back the original T1.
     from brainsegfounder.geometry import resample_to
 
@@ -120,7 +129,7 @@ def test_orientation_of_the_files_does_not_change_the_result(tmp_path, capsys, b
 def test_dicom_series_folder_as_reference_input(tmp_path, capsys, brats_model, brats_inputs):
     inputs, _ = brats_inputs
     write_dicom_series(sitk.ReadImage(inputs[0][1]), tmp_path / "flair_dicom")
-    given = [("flair", str(tmp_path / "flair_dicom"))] + inputs[1:]
+    given = [("flair", str(tmp_path / "flair_dicom")), *inputs[1:]]
     code, _, err = run_cli(segment_args(brats_model, given, tmp_path / "out.nrrd"), capsys)
     assert code == 0, err
     assert_same_grid(sitk.ReadImage(str(tmp_path / "out.nrrd")), sitk.ReadImage(inputs[0][1]))
@@ -132,8 +141,9 @@ def test_atlas_preset_on_a_stroke_case(tmp_path, capsys, atlas_model):
     root = write_cohort(tmp_path / "atlas", kind="stroke", n=1, seed=5, spacing=3.0)
     _, images, _ = case_files("atlas", 0)
     out = tmp_path / "lesion.nii.gz"
-    code, _, err = run_cli(segment_args(atlas_model, [("t1", root / images["t1"])], out, "--seg-nrrd",
-                                        tmp_path / "l.seg.nrrd"), capsys)
+    code, _, err = run_cli(
+        segment_args(atlas_model, [("t1", root / images["t1"])], out, "--seg-nrrd", tmp_path / "l.seg.nrrd"), capsys
+    )
     assert code == 0, err
     assert_same_grid(sitk.ReadImage(str(out)), sitk.ReadImage(str(root / images["t1"])))
     assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(out))))) <= {0, 1}
@@ -151,11 +161,16 @@ def test_brainsegfounder_format_checkpoint_segments(tmp_path, capsys, brats_inpu
     state = build_network(network_config("tiny", "brats")).state_dict()
     torch.save({"epoch": 300, "best_acc": 0.9, "state_dict": state}, tmp_path / "released.pt")
     inputs, _ = brats_inputs
-    code, _, err = run_cli(segment_args(tmp_path / "released.pt", inputs, tmp_path / "o.nii.gz", "--roi", "64",
-                                        "--summary", tmp_path / "s.json"), capsys)
+    code, _, err = run_cli(
+        segment_args(
+            tmp_path / "released.pt", inputs, tmp_path / "o.nii.gz", "--roi", "64", "--summary", tmp_path / "s.json"
+        ),
+        capsys,
+    )
     assert code == 0, err
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["model"]["format"] == "finetuned" and summary["model"]["task"] == "brats"
+    assert summary["model"]["format"] == "finetuned"
+    assert summary["model"]["task"] == "brats"
 
 
 @pytest.mark.slow
@@ -166,9 +181,11 @@ def test_json_progress_protocol(tmp_path, capsys, brats_model, brats_inputs):
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
-    assert records[-1]["status"] == "ok" and records[-1]["output"].endswith("o.nii.gz")
+    assert records[-1]["status"] == "ok"
+    assert records[-1]["output"].endswith("o.nii.gz")
     inference = [r for r in records if r.get("stage") == "inference"]
     total = inference[-1]["total"]
-    assert total % 8 == 0 and inference[-1]["done"] == total  # 8 mirror passes with --tta
+    assert total % 8 == 0
+    assert inference[-1]["done"] == total
     assert [r["done"] for r in inference] == list(range(total + 1))
     assert all("eta_s" in r for r in inference)

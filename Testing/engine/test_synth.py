@@ -20,16 +20,23 @@ def test_brats2021_layout_labels_and_contrasts(brats_root):
     datalist = json.loads((brats_root / "datalist.json").read_text())
     assert [e["fold"] for e in datalist["training"]] == [0, 1]
     entry = datalist["training"][0]
-    assert entry["image"][0].endswith("BraTS2021_00001_flair.nii.gz") and entry["label"].endswith("_seg.nii.gz")
-    images = {m: arr(brats_root / p) for m, p in zip(("flair", "t1ce", "t1", "t2"), entry["image"])}
+    assert entry["image"][0].endswith("BraTS2021_00001_flair.nii.gz")
+    assert entry["label"].endswith("_seg.nii.gz")
+    images = {m: arr(brats_root / p) for m, p in zip(("flair", "t1ce", "t1", "t2"), entry["image"], strict=True)}
     seg = arr(brats_root / entry["label"])
     assert set(np.unique(seg)) == {0, 1, 2, 4}
     reference = sitk.ReadImage(str(brats_root / entry["image"][0]))
-    assert reference.GetSize() == (80, 80, 52) and reference.GetSpacing() == (3.0, 3.0, 3.0)
+    assert reference.GetSize() == (80, 80, 52)
+    assert reference.GetSpacing() == (3.0, 3.0, 3.0)
     assert np.allclose(reference.GetDirection(), np.eye(3).ravel())  # LPS, as BraTS files
     brain = (images["t1"] > 0) & (seg == 0)
-    mean = {m: {name: images[m][mask].mean() for name, mask in
-                (("brain", brain), ("ncr", seg == 1), ("ed", seg == 2), ("et", seg == 4))} for m in images}
+    mean = {
+        m: {
+            name: images[m][mask].mean()
+            for name, mask in (("brain", brain), ("ncr", seg == 1), ("ed", seg == 2), ("et", seg == 4))
+        }
+        for m in images
+    }
     assert mean["flair"]["ed"] > 1.3 * mean["flair"]["brain"]  # edema bright on FLAIR
     assert mean["t1ce"]["et"] > 1.3 * mean["t1ce"]["brain"]  # enhancing rim bright after contrast
     assert mean["t1ce"]["ncr"] < 0.7 * mean["t1ce"]["et"]  # necrosis does not enhance
@@ -58,7 +65,8 @@ def test_edema_follows_white_matter():
     subject = make_subject(rng, BRATS_GRID, 3.0)
     tumour = add_tumour(rng, subject)
     wm = subject.tissues["wm"] > 0.5
-    assert tumour.edema.any() and tumour.enhancing.any()
+    assert tumour.edema.any()
+    assert tumour.enhancing.any()
     assert wm[tumour.edema].mean() > wm[subject.brain].mean() + 0.15
 
 
@@ -67,7 +75,8 @@ def test_deterministic_by_seed_and_different_across_seeds():
     b = make_case("stroke", seed=4, index=2, spacing=4.0)
     c = make_case("stroke", seed=5, index=2, spacing=4.0)
     ta, tb, tc = (sitk.GetArrayFromImage(x.images["t1"]) for x in (a, b, c))
-    assert np.array_equal(ta, tb) and np.array_equal(a.regions["infarct"], b.regions["infarct"])
+    assert np.array_equal(ta, tb)
+    assert np.array_equal(a.regions["infarct"], b.regions["infarct"])
     assert not np.array_equal(ta, tc)
 
 
@@ -81,15 +90,20 @@ def test_stroke_lesion_is_dark_on_t1_in_one_hemisphere(tmp_path):
     x = np.argwhere(mask == 1)[:, 2]
     mid = np.argwhere(t1 > 0)[:, 2].mean()
     assert np.all(x > mid) or np.all(x < mid)
-    assert sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
-        sitk.ReadImage(str(root / images["t1"])).GetDirection()) == "RAS"
+    assert (
+        sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
+            sitk.ReadImage(str(root / images["t1"])).GetDirection()
+        )
+        == "RAS"
+    )
 
 
 def test_brats2023_and_ukb_layouts(tmp_path):
     root = write_cohort(tmp_path / "b23", kind="brats", layout="brats2023", n=1, seed=1, spacing=4.0)
     _, images, label = case_files("brats2023", 0)
     assert images["flair"] == "BraTS-GLI-00001-000/BraTS-GLI-00001-000-t2f.nii.gz"
-    assert set(np.unique(arr(root / label))) <= {0, 1, 2, 3} and 3 in arr(root / label)
+    assert set(np.unique(arr(root / label))) <= {0, 1, 2, 3}
+    assert 3 in arr(root / label)
     root = write_cohort(tmp_path / "ukb", kind="healthy", n=2, seed=1, spacing=4.0)
     entries = json.loads((root / "datalist.json").read_text())["training"]
     assert entries[1]["image"] == ["1000002/T1/T1_brain_to_MNI.nii.gz", "1000002/T2_FLAIR/T2_FLAIR_brain_to_MNI.nii.gz"]

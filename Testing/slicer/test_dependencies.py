@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from brainsegfounder.errors import UserError
-
 from BrainSegFounderSlicerLib import dependencies
 from BrainSegFounderSlicerLib.dependencies import plan
 
@@ -26,30 +25,49 @@ def test_plan_for_a_fresh_slicer_python():
     shipped = {"numpy": "1.26.4", "SimpleITK": "2.4.0", "scipy": "1.13.1", "requests": "2.32.3"}
     result = plan(version_of=shipped.get, loaded=["numpy"], pytorch_utils=False)
     assert result.torch == "torch>=2.8,<3"
-    assert "monai>=1.6,<1.7" in result.pip and "slicerio>=1.4" in result.pip
+    assert "monai>=1.6,<1.7" in result.pip
+    assert "slicerio>=1.4" in result.pip
     assert not any(r.startswith(("numpy", "SimpleITK", "scipy")) for r in result.pip)  # Slicer's stay
-    assert result.constraints == shipped and "numpy==1.26.4\n" in result.constraints_text()
+    assert result.constraints == shipped
+    assert "numpy==1.26.4\n" in result.constraints_text()
     assert not result.restart_required  # nothing to change is loaded yet
     text = result.summary()
-    assert "torch>=2.8,<3" in text and "numpy 1.26.4" in text and "restart" not in text
+    assert "torch>=2.8,<3" in text
+    assert "numpy 1.26.4" in text
+    assert "restart" not in text
     assert "torchvision" not in text  # pip installs torch alone
     through_extension = plan(version_of=shipped.get, loaded=[], pytorch_utils=True)
-    assert through_extension.torch == "torch>=2.8,<3" and through_extension.pip == result.pip
+    assert through_extension.torch == "torch>=2.8,<3"
+    assert through_extension.pip == result.pip
     assert "torch>=2.8,<3 and torchvision (through the PyTorch Utils extension" in through_extension.summary()
     assert plan(version_of=shipped.get, loaded=[]).pytorch_utils is False  # not installed in this Python
 
 
 def test_an_old_loaded_package_means_restart():
-    versions = {"torch": "2.1.0", "monai": "1.6.1", "einops": "0.8.0", "nibabel": "5.3.0", "scipy": "1.14.0",
-                "slicerio": "1.4.0"}
+    versions = {
+        "torch": "2.1.0",
+        "monai": "1.6.1",
+        "einops": "0.8.0",
+        "nibabel": "5.3.0",
+        "scipy": "1.14.0",
+        "slicerio": "1.4.0",
+    }
     result = plan(version_of=versions.get, loaded=["torch"])
-    assert result.torch == "torch>=2.8,<3" and result.pip == [] and result.restart_required
+    assert result.torch == "torch>=2.8,<3"
+    assert result.pip == []
+    assert result.restart_required
     assert "restarted" in result.summary()
 
 
 def test_a_requirement_that_would_replace_a_shipped_package_is_refused():
-    versions = {"torch": "2.6.0", "monai": "1.6.1", "einops": "0.8.0", "nibabel": "5.3.0", "scipy": "1.5.0",
-                "slicerio": "1.4.0"}
+    versions = {
+        "torch": "2.6.0",
+        "monai": "1.6.1",
+        "einops": "0.8.0",
+        "nibabel": "5.3.0",
+        "scipy": "1.5.0",
+        "slicerio": "1.4.0",
+    }
     with pytest.raises(UserError, match="newer scipy than this Slicer ships"):
         plan(version_of=versions.get)
 
@@ -57,8 +75,9 @@ def test_a_requirement_that_would_replace_a_shipped_package_is_refused():
 def _wheel(folder: Path, name: str, version: str, *requires: str) -> None:
     """A tiny metadata-only wheel, enough for pip's resolver."""
     info = f"{name}-{version}.dist-info"
-    metadata = "".join([f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-                        *(f"Requires-Dist: {r}\n" for r in requires)])
+    metadata = "".join(
+        [f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", *(f"Requires-Dist: {r}\n" for r in requires)]
+    )
     with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as whl:
         whl.writestr(f"{info}/METADATA", metadata)
         whl.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
@@ -82,8 +101,9 @@ def test_pip_honours_the_constraints(tmp_path):
     def resolve(requirement):
         report = tmp_path / "report.json"
         command = dependencies.pip_command(sys.executable, [requirement], constraints)
-        result = subprocess.run([*command, *offline, "--report", str(report)], capture_output=True, text=True,
-                                env=env, timeout=120)
+        result = subprocess.run(
+            [*command, *offline, "--report", str(report)], capture_output=True, text=True, env=env, timeout=120
+        )
         if result.returncode:
             return result
         return {i["metadata"]["name"]: i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}

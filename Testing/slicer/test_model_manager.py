@@ -7,12 +7,12 @@ import http.server
 import json
 import shutil
 import threading
+from typing import ClassVar
 
 import pytest
 
 from brainsegfounder.errors import Cancelled, UserError
 from brainsegfounder.progress import CancelToken
-
 from BrainSegFounderSlicerLib.models import REGISTRY_FILE, ModelManager, import_command
 from BrainSegFounderSlicerLib.runner import BackgroundProcess
 
@@ -21,9 +21,9 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
     """Serves one payload, honouring ``Range: bytes=N-`` as a real file host does."""
 
     payload = b""
-    requests: list = []
+    requests: ClassVar[list] = []  # the Range headers asked for, in order
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         start = 0
         header = self.headers.get("Range")
         self.requests.append(header)
@@ -42,7 +42,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture()
+@pytest.fixture
 def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -52,9 +52,19 @@ def server():
 
 
 def registry_with(tmp_path, url, sha256, size=None):
-    entry = {"id": "served", "name": "Served model", "version": "1", "task": "brats",
-             "inputs": ["flair", "t1ce", "t1", "t2"], "label_schema": "brats_regions", "file": "served.pt",
-             "url": url, "sha256": sha256, "size_bytes": size, "license": "Apache-2.0"}
+    entry = {
+        "id": "served",
+        "name": "Served model",
+        "version": "1",
+        "task": "brats",
+        "inputs": ["flair", "t1ce", "t1", "t2"],
+        "label_schema": "brats_regions",
+        "file": "served.pt",
+        "url": url,
+        "sha256": sha256,
+        "size_bytes": size,
+        "license": "Apache-2.0",
+    }
     path = tmp_path / "models.json"
     path.write_text(json.dumps({"models": [entry]}))
     return path
@@ -65,12 +75,16 @@ def test_shipped_registry_lists_the_released_and_demo_models(home, tmp_path):
     entries = {e.id: e for e in manager.entries()}
     assert entries["brainsegfounder-brats"].sha256 == "6fd4ec5dc690f365a99c10b92f0d5519ca8a6b68feb844ff3424e9f6a01f6a39"
     assert entries["brainsegfounder-brats"].inputs == ["flair", "t1ce", "t1", "t2"]
-    assert entries["brainsegfounder-atlas"].inputs == ["t1"] and "uk-biobank" in entries["brainsegfounder-atlas"].license
+    assert entries["brainsegfounder-atlas"].inputs == ["t1"]
+    assert "uk-biobank" in entries["brainsegfounder-atlas"].license
     demo = manager.choice("registry:brats-synthetic-demo")
-    assert demo.available and demo.status() == "ready"
+    assert demo.available
+    assert demo.status() == "ready"
     assert hashlib.sha256(demo.path.read_bytes()).hexdigest() == entries["brats-synthetic-demo"].sha256
     atlas = manager.choice("registry:brainsegfounder-atlas")
-    assert not atlas.available and not atlas.can_download and "Import from file" in atlas.status()
+    assert not atlas.available
+    assert not atlas.can_download
+    assert "Import from file" in atlas.status()
     with pytest.raises(UserError, match="no published SHA-256"):
         manager.download("brainsegfounder-atlas")
 
@@ -90,16 +104,19 @@ def test_download_keeps_only_a_file_whose_checksum_matches(home, tmp_path, serve
     manager = ModelManager(registry_with(tmp_path, f"{server}/served.pt", right), cache=cache)
     seen = []
     path = manager.download("served", progress=lambda stage, done, total, message="": seen.append((stage, done, total)))
-    assert path == cache / "served.pt" and path.read_bytes() == payload
-    assert seen[-1] == ("verify", 1, 1) and ("download", len(payload), len(payload)) in seen
+    assert path == cache / "served.pt"
+    assert path.read_bytes() == payload
+    assert seen[-1] == ("verify", 1, 1)
+    assert ("download", len(payload), len(payload)) in seen
     assert manager.choice("registry:served").available
 
 
 def test_download_resumes_after_an_interruption(home, tmp_path, server):
     payload = bytes(range(256)) * 20000
     RangeHandler.payload, RangeHandler.requests = payload, []
-    manager = ModelManager(registry_with(tmp_path, f"{server}/served.pt", hashlib.sha256(payload).hexdigest()),
-                           cache=tmp_path / "dl")
+    manager = ModelManager(
+        registry_with(tmp_path, f"{server}/served.pt", hashlib.sha256(payload).hexdigest()), cache=tmp_path / "dl"
+    )
     token = CancelToken()
 
     def stop_after_first_block(stage, done, total, message=""):
@@ -124,7 +141,9 @@ def test_import_from_file_known_and_new_models(home, tmp_path):
     copy.parent.mkdir()
     shutil.copyfile(demo, copy)
     entry = manager.import_known(copy)
-    assert entry is not None and entry.id == "brats-synthetic-demo" and (tmp_path / "dl" / entry.file).is_file()
+    assert entry is not None
+    assert entry.id == "brats-synthetic-demo"
+    assert (tmp_path / "dl" / entry.file).is_file()
     # any other model goes through the engine, which checks it loads, then lists it as a local version
     other = tmp_path / "usb" / "colleague.pt"
     import torch
@@ -136,14 +155,17 @@ def test_import_from_file_known_and_new_models(home, tmp_path):
     process = BackgroundProcess(import_command(other, "colleague")).start()
     assert process.wait(timeout=120) == "ok", process.details()
     local = manager.choice("local:colleague")
-    assert local.available and local.version == "colleague-1" and local.inputs == ["flair", "t1ce", "t1", "t2"]
+    assert local.available
+    assert local.version == "colleague-1"
+    assert local.inputs == ["flair", "t1ce", "t1", "t2"]
     assert local.label_schema == "brats_regions"  # its label names come from the engine's schema
     # a file that is not a model is refused with the engine's one line
     bad = tmp_path / "usb" / "notes.pt"
     bad.write_text("hello")
     process = BackgroundProcess(import_command(bad, "notes")).start()
     assert process.wait(timeout=120) == "error"
-    assert "notes.pt" in process.error_line() and not (home / "models" / "notes.pt").exists()
+    assert "notes.pt" in process.error_line()
+    assert not (home / "models" / "notes.pt").exists()
 
 
 def test_registry_entries_cannot_name_files_outside_the_cache(tmp_path):

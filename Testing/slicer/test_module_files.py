@@ -22,7 +22,9 @@ MODULE = ROOT / "BrainSegFounderSlicer"
 
 def cmake_list(text: str, variable: str):
     block = re.search(rf"set\({variable}\n(.*?)\n\s*\)", text, re.S).group(1)
-    return [line.strip().replace("${MODULE_NAME}", "BrainSegFounderSlicer") for line in block.splitlines() if line.strip()]
+    return [
+        line.strip().replace("${MODULE_NAME}", "BrainSegFounderSlicer") for line in block.splitlines() if line.strip()
+    ]
 
 
 def test_module_cmake_lists_every_file():
@@ -34,9 +36,11 @@ def test_module_cmake_lists_every_file():
         assert (MODULE / resource).is_file(), resource
     training = ROOT / "Training"
     assert set(cmake_list(text, "TRAINING_PYTHON_SCRIPTS")) == {
-        str(p.relative_to(training)) for p in (training / "brainsegfounder_training").rglob("*.py")}
+        str(p.relative_to(training)) for p in (training / "brainsegfounder_training").rglob("*.py")
+    }
     assert set(cmake_list(text, "TRAINING_RESOURCES")) == {
-        str(p.relative_to(training)) for p in (training / "configs").rglob("*.yaml")}
+        str(p.relative_to(training)) for p in (training / "configs").rglob("*.yaml")
+    }
     shared = set(cmake_list(text, "EXTENSION_SHARED_RESOURCES"))
     assert {"models.json", "Models/brats-synthetic-demo.pt", "SampleData/sample.json"} <= shared
     assert all((ROOT / "Resources" / r).is_file() for r in shared)
@@ -57,33 +61,43 @@ def test_panel_has_every_widget_and_parameter_the_module_uses():
     used |= {f"{m}{kind}" for m in ("flair", "t1ce", "t1", "t2") for kind in ("Selector", "Label")}
     assert used - names == set()
     tree = ast.parse(source)
-    node_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "BrainSegFounderSlicerParameterNode")
+    node_class = next(
+        n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "BrainSegFounderSlicerParameterNode"
+    )
     fields = {n.target.id for n in node_class.body if isinstance(n, ast.AnnAssign)}
-    assert bound <= fields and {"flair", "t1ce", "t1", "t2", "segmentation", "epochs", "caseId"} <= bound
+    assert bound <= fields
+    assert {"flair", "t1ce", "t1", "t2", "segmentation", "epochs", "caseId"} <= bound
     classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
-    assert {"BrainSegFounderSlicer", "BrainSegFounderSlicerWidget", "BrainSegFounderSlicerLogic",
-            "BrainSegFounderSlicerTest"} <= classes
+    assert {
+        "BrainSegFounderSlicer",
+        "BrainSegFounderSlicerWidget",
+        "BrainSegFounderSlicerLogic",
+        "BrainSegFounderSlicerTest",
+    } <= classes
 
 
 def test_the_module_side_imports_no_torch():
     """Slicer loads the module at start-up, before anyone installed PyTorch: keep it light."""
-    code = ("import sys; import BrainSegFounderSlicerLib.logic, BrainSegFounderSlicerLib.dependencies, "
-            "BrainSegFounderSlicerLib.sampledata; heavy = [m for m in ('torch', 'monai', 'nibabel', 'scipy') "
-            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    code = (
+        "import sys; import BrainSegFounderSlicerLib.logic, BrainSegFounderSlicerLib.dependencies, "
+        "BrainSegFounderSlicerLib.sampledata; heavy = [m for m in ('torch', 'monai', 'nibabel', 'scipy') "
+        "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=MODULE, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_sample_data_is_what_its_checksums_say():
     from brainsegfounder.modalities import guess_from_text
-
     from BrainSegFounderSlicerLib.sampledata import SAMPLE_DIR, sample_data_source
 
     source = sample_data_source()
-    assert len(source["uris"]) == 4 and Path(source["thumbnailFileName"]).is_file()
-    for uri, name, checksum in zip(source["uris"], source["fileNames"], source["checksums"]):
+    assert len(source["uris"]) == 4
+    assert Path(source["thumbnailFileName"]).is_file()
+    for uri, name, checksum in zip(source["uris"], source["fileNames"], source["checksums"], strict=True):
         path = SAMPLE_DIR / name
-        assert uri == path.as_uri() and checksum == "SHA256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        assert uri == path.as_uri()
+        assert checksum == "SHA256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     assert sorted(guess_from_text(n) for n in source["nodeNames"]) == ["flair", "t1", "t1ce", "t2"]
     info = json.loads((SAMPLE_DIR / "sample.json").read_text())
     assert sum(f["label"] for f in info["files"]) == 1

@@ -6,8 +6,10 @@ the shipped demo model; results come back through Slicer's segmentation reader.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +22,6 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("slicer-core is not installed", allow_module_level=True)
 
 from brainsegfounder.errors import UserError  # noqa: E402
-
 from BrainSegFounderSlicerLib.assignment import check_assignment, guess_assignment  # noqa: E402
 from BrainSegFounderSlicerLib.logic import WorkflowLogic  # noqa: E402
 from BrainSegFounderSlicerLib.models import ModelManager  # noqa: E402
@@ -54,7 +55,7 @@ def load_case(inputs, names=None):
     return scene, nodes
 
 
-@pytest.fixture()
+@pytest.fixture
 def logic_env(home, tmp_path):
     """A Logic whose downloads go to a private cache (the demo model ships with the extension)."""
     return ModelManager(cache=tmp_path / "downloads")
@@ -79,8 +80,17 @@ def segmented(brats_inputs, tmp_path_factory):
         return False
 
     wait_until(finished, 600, "the background segmentation to finish", on_timeout=job.cancel)
-    yield dict(scene=scene, nodes=nodes, logic=logic, choice=choice, job=job, stages=stages, inputs=inputs,
-               truth=truth, assignment=assignment)
+    yield dict(
+        scene=scene,
+        nodes=nodes,
+        logic=logic,
+        choice=choice,
+        job=job,
+        stages=stages,
+        inputs=inputs,
+        truth=truth,
+        assignment=assignment,
+    )
     os.environ.pop("BRAINSEGFOUNDER_HOME", None)
 
 
@@ -90,7 +100,8 @@ def test_volumes_keep_their_voxels_and_geometry(brats_inputs, tmp_path):
     for modality, path in inputs:
         ours, read = volume_to_image(nodes[modality]), sitk.ReadImage(str(path))
         assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(read))
-        assert np.allclose(ours.GetOrigin(), read.GetOrigin()) and np.allclose(ours.GetSpacing(), read.GetSpacing())
+        assert np.allclose(ours.GetOrigin(), read.GetOrigin())
+        assert np.allclose(ours.GetSpacing(), read.GetSpacing())
         assert np.allclose(ours.GetDirection(), read.GetDirection())
     # an oblique RAS-stored file keeps its physical geometry through Slicer's reader and back
     image = sitk.ReadImage(str(inputs[0][1]))
@@ -107,23 +118,31 @@ def test_volumes_keep_their_voxels_and_geometry(brats_inputs, tmp_path):
 
 def test_modality_assignment_from_volume_names(brats_inputs):
     inputs, _ = brats_inputs
-    scene, nodes = load_case(inputs)
+    _scene, nodes = load_case(inputs)
     needed = ["flair", "t1ce", "t1", "t2"]
     guessed = guess_assignment([nodes[m] for m in needed], needed)
     assert {m: n.GetName() for m, n in guessed.items()} == {
-        "flair": "case7-t2f", "t1ce": "case7-t1c", "t1": "case7-t1n", "t2": "case7-t2w"}
+        "flair": "case7-t2f",
+        "t1ce": "case7-t1c",
+        "t1": "case7-t1n",
+        "t2": "case7-t2w",
+    }
     # a choice the user made is kept; nothing else is guessed onto that volume
     kept = guess_assignment(list(nodes.values()), needed, keep={"t1": nodes["t1ce"]})
-    assert kept["t1"] is nodes["t1ce"] and kept["t1ce"] is None
+    assert kept["t1"] is nodes["t1ce"]
+    assert kept["t1ce"] is None
     with pytest.raises(UserError, match="T1ce"):
         check_assignment(kept)
     with pytest.raises(UserError, match="chosen for both"):
         check_assignment({**guessed, "t2": nodes["flair"]})
     # older spellings and unrelated volumes
-    scene2, nodes2 = load_case(inputs, {"flair": "Brain FLAIR", "t1ce": "T1 post Gd", "t1": "MPRAGE",
-                                        "t2": "localizer"})
+    _scene2, nodes2 = load_case(
+        inputs, {"flair": "Brain FLAIR", "t1ce": "T1 post Gd", "t1": "MPRAGE", "t2": "localizer"}
+    )
     guessed2 = guess_assignment(list(nodes2.values()), needed)
-    assert guessed2["flair"] is nodes2["flair"] and guessed2["t1"] is nodes2["t1"] and guessed2["t2"] is None
+    assert guessed2["flair"] is nodes2["flair"]
+    assert guessed2["t1"] is nodes2["t1"]
+    assert guessed2["t2"] is None
 
 
 def test_segmentation_comes_back_named_coloured_coded_on_the_reference_grid(segmented, tmp_path):
@@ -153,7 +172,8 @@ def test_segmentation_comes_back_named_coloured_coded_on_the_reference_grid(segm
     direct = sitk.ReadImage(str(tmp_path / "direct.nii.gz"))
     ours = label_image(scene, seg, flair, {1: "Necrotic tumor core", 2: "Peritumoral edema", 4: "Enhancing tumor"})
     assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(direct))
-    assert np.allclose(ours.GetOrigin(), direct.GetOrigin()) and np.allclose(ours.GetDirection(), direct.GetDirection())
+    assert np.allclose(ours.GetOrigin(), direct.GetOrigin())
+    assert np.allclose(ours.GetDirection(), direct.GetDirection())
     assert set(np.unique(sitk.GetArrayFromImage(ours))) == {0, 1, 2, 4}
     # the volume table holds each label and the TC / WT regions, in mL
     table = job.table.GetTable()
@@ -173,7 +193,7 @@ def test_save_as_training_case_round_trip(segmented, tmp_path):
     known = {1: "Necrotic tumor core", 2: "Peritumoral edema", 4: "Enhancing tumor"}
     before = sitk.GetArrayFromImage(label_image(scene, seg, flair, known))
     edema = segment_mask(scene, seg, "ED", flair)
-    edema[edema.shape[0] // 2:] = False
+    edema[edema.shape[0] // 2 :] = False
     paint(seg, "ED", edema, flair)
     corrected = sitk.GetArrayFromImage(label_image(scene, seg, flair, known))
     assert (corrected == 2).sum() < (before == 2).sum()
@@ -183,11 +203,15 @@ def test_save_as_training_case_round_trip(segmented, tmp_path):
     assert case_id == "case7"
     first = logic.save_training_case(segmented["assignment"], seg, choice, case_id, root)
     second = logic.save_training_case(segmented["assignment"], seg, choice, case_id, root, note="second look")
-    assert (first.revision, second.revision) == (1, 2) and first.folder != second.folder
-    assert case_count(root) == 1 and list_cases(root)[0].revision == 2
+    assert (first.revision, second.revision) == (1, 2)
+    assert first.folder != second.folder
+    assert case_count(root) == 1
+    assert list_cases(root)[0].revision == 2
     info = second.info
-    assert info["modalities"] == ["flair", "t1ce", "t1", "t2"] and info["source_model"]["key"] == DEMO
-    assert info["note"] == "second look" and len(info["content_sha256"]) == 64
+    assert info["modalities"] == ["flair", "t1ce", "t1", "t2"]
+    assert info["source_model"]["key"] == DEMO
+    assert info["note"] == "second look"
+    assert len(info["content_sha256"]) == 64
     saved_label = sitk.ReadImage(str(second.folder / "label.nii.gz"))
     assert np.array_equal(sitk.GetArrayFromImage(saved_label), corrected)
     for modality, path in segmented["inputs"]:
@@ -221,13 +245,18 @@ def paint(seg, segment_id, mask, reference):
 @pytest.mark.slow
 def test_cancel_ends_the_process_tree_and_writes_nothing(brats_inputs, logic_env):
     inputs, _ = brats_inputs
-    scene, nodes = load_case(inputs)
+    scene, _nodes = load_case(inputs)
     logic = WorkflowLogic(scene, logic_env)
     choice = logic.models.choice(DEMO)
     job = logic.start_segmentation(logic.guess_inputs(choice), choice, device="cpu")
     pid = job.process.process.pid
-    wait_until(lambda: job.poll() or job.progress.stage, 120, "the engine to report its first stage",
-               interval=0.02, on_timeout=job.cancel)  # cancel once the engine is working
+    wait_until(
+        lambda: job.poll() or job.progress.stage,
+        120,
+        "the engine to report its first stage",
+        interval=0.02,
+        on_timeout=job.cancel,
+    )  # cancel once the engine is working
     job.cancel()
     assert job.wait(timeout=60) == "cancelled"
     with pytest.raises(ProcessLookupError):
@@ -239,12 +268,15 @@ def test_cancel_ends_the_process_tree_and_writes_nothing(brats_inputs, logic_env
 def test_cancel_reaches_children_of_the_engine(tmp_path):
     from BrainSegFounderSlicerLib.runner import BackgroundProcess
 
-    script = ("import subprocess, sys, time; "
-              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-              "print(child.pid, flush=True); time.sleep(60)")
+    script = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print(child.pid, flush=True); time.sleep(60)"
+    )
     process = BackgroundProcess([sys.executable, "-c", script], env=dict(os.environ), grace_s=0.5).start()
-    events = wait_until(process.poll, 30, "the engine stand-in to print its child's pid", interval=0.02,
-                        on_timeout=process.cancel)
+    events = wait_until(
+        process.poll, 30, "the engine stand-in to print its child's pid", interval=0.02, on_timeout=process.cancel
+    )
     child = int(events[0]["log"]) if "log" in events[0] else int(events[0])
     process.cancel()
     process.wait(timeout=30)
@@ -253,12 +285,9 @@ def test_cancel_reaches_children_of_the_engine(tmp_path):
 
 def _gone(pid: int) -> bool:
     """No process ``pid`` is left, or only its zombie (it has ended, its parent has not reaped it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().split(")")[-1].split()[0] == "Z":
-                return True
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # no /proc entry: the process is gone (checked below)
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -268,7 +297,7 @@ def _gone(pid: int) -> bool:
 
 def test_engine_error_arrives_as_one_line_with_details(brats_inputs, logic_env, tmp_path):
     inputs, _ = brats_inputs
-    scene, nodes = load_case(inputs)
+    scene, _nodes = load_case(inputs)
     logic = WorkflowLogic(scene, logic_env)
     choice = logic.models.choice(DEMO)
     broken = tmp_path / "broken.pt"
@@ -276,8 +305,10 @@ def test_engine_error_arrives_as_one_line_with_details(brats_inputs, logic_env, 
     choice.path = broken
     job = logic.start_segmentation(logic.guess_inputs(choice), choice, device="cpu")
     assert job.wait(timeout=120) == "error"
-    assert "\n" not in job.error and "broken.pt" in job.error
-    assert "command:" in job.details() and "exit code: 2" in job.details()
+    assert "\n" not in job.error
+    assert "broken.pt" in job.error
+    assert "command:" in job.details()
+    assert "exit code: 2" in job.details()
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
 
@@ -286,19 +317,28 @@ def test_finetune_from_the_panel_plots_and_adds_a_version(segmented, train_root,
     """Fine-tune the demo model on saved cases in a background process, as the panel does."""
     logic, base = segmented["logic"], segmented["choice"]
     cases = save_cases(tmp_path / "cases", train_root, range(3))
-    job = logic.start_finetune(base, cases, epochs=1, name="demo-ft", device="cpu",
-                               overrides={"train.steps_per_epoch": 1, "train.warmup_epochs": 0,
-                                          "validation.overlap": 0, "data.cache": "none"})
+    job = logic.start_finetune(
+        base,
+        cases,
+        epochs=1,
+        name="demo-ft",
+        device="cpu",
+        overrides={"train.steps_per_epoch": 1, "train.warmup_epochs": 0, "validation.overlap": 0, "data.cache": "none"},
+    )
     assert job.wait(timeout=600) == "ok", job.error or job.details()
-    assert job.registered and job.registered.endswith("demo-ft.pt")
+    assert job.registered
+    assert job.registered.endswith("demo-ft.pt")
     # the plot: a table of epochs (0 = the base model's score, 1 = after training) and two series
     table = job.chart.GetScene().GetFirstNode("Fine-tuning metrics", "vtkMRMLTableNode").GetTable()
-    assert table.GetNumberOfRows() == 2 and table.GetColumnByName("dice").GetValue(0) > 0
+    assert table.GetNumberOfRows() == 2
+    assert table.GetColumnByName("dice").GetValue(0) > 0
     assert table.GetColumnByName("loss").GetValue(1) > 0
     assert job.chart.GetNumberOfPlotSeriesNodes() == 2
     # the new version is offered beside the registry models, with the base's inputs and labels
     choice = next(c for c in logic.model_choices() if c.key == "local:demo-ft")
-    assert choice.available and choice.inputs == base.inputs and choice.label_schema == "brats_regions"
+    assert choice.available
+    assert choice.inputs == base.inputs
+    assert choice.label_schema == "brats_regions"
     # data that holds no cases gets one clear line before anything starts
     with pytest.raises(UserError, match="no training cases"):
         logic.start_finetune(base, tmp_path / "empty", epochs=1)

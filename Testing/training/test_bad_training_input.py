@@ -15,8 +15,24 @@ from quick import QUICK
 
 
 def _finetune(capsys, data, out, *extra):
-    return run_cli(["finetune", "--config", "brats", "--data", data, "--out", out, "--progress", "none",
-                    "--device", "cpu", *QUICK, *extra], capsys)
+    return run_cli(
+        [
+            "finetune",
+            "--config",
+            "brats",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--progress",
+            "none",
+            "--device",
+            "cpu",
+            *QUICK,
+            *extra,
+        ],
+        capsys,
+    )
 
 
 def _copy(train_root, tmp_path):
@@ -25,14 +41,17 @@ def _copy(train_root, tmp_path):
     return root
 
 
-@pytest.mark.parametrize("problem, expected", [
-    ("missing", "does not exist"),
-    ("empty", "no labelled cases found"),
-    ("bad_label", r"label values \[7\] are outside the schema brats_regions"),
-    ("other_grid", "is not on the grid of"),
-    ("few", "2 cases are fewer than the 5 folds"),
-    ("escape", "points outside its folder"),
-])
+@pytest.mark.parametrize(
+    ("problem", "expected"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "no labelled cases found"),
+        ("bad_label", r"label values \[7\] are outside the schema brats_regions"),
+        ("other_grid", "is not on the grid of"),
+        ("few", "2 cases are fewer than the 5 folds"),
+        ("escape", "points outside its folder"),
+    ],
+)
 def test_bad_data_sets(tmp_path, train_root, capsys, problem, expected):
     extra = []
     data = _copy(train_root, tmp_path)
@@ -51,9 +70,18 @@ def test_bad_data_sets(tmp_path, train_root, capsys, problem, expected):
         sitk.WriteImage(bad, str(label))
     elif problem == "other_grid":
         image = sitk.ReadImage(str(label))
-        sitk.WriteImage(sitk.Resample(image, [s + 2 for s in image.GetSize()], sitk.Transform(),
-                                      sitk.sitkNearestNeighbor, image.GetOrigin(), image.GetSpacing(),
-                                      image.GetDirection()), str(label))
+        sitk.WriteImage(
+            sitk.Resample(
+                image,
+                [s + 2 for s in image.GetSize()],
+                sitk.Transform(),
+                sitk.sitkNearestNeighbor,
+                image.GetOrigin(),
+                image.GetSpacing(),
+                image.GetDirection(),
+            ),
+            str(label),
+        )
     elif problem == "few":
         listing = json.loads((data / "datalist.json").read_text())
         listing["training"] = listing["training"][:2]
@@ -63,12 +91,14 @@ def test_bad_data_sets(tmp_path, train_root, capsys, problem, expected):
         listing = json.loads((data / "datalist.json").read_text())
         listing["training"][0]["label"] = "../../etc/passwd"
         (data / "datalist.json").write_text(json.dumps(listing))
-    code, out, err = _finetune(capsys, data, tmp_path / "run", *extra)
+    code, _out, err = _finetune(capsys, data, tmp_path / "run", *extra)
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
     assert re.search(expected, lines[0]), lines[0]
-    assert not (tmp_path / "run" / "state.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
+    assert not (tmp_path / "run" / "state.pt").exists()
+    assert not (tmp_path / "run" / "best.pt").exists()
 
 
 def test_existing_run_is_never_overwritten(tmp_path, train_root, capsys):
@@ -76,13 +106,15 @@ def test_existing_run_is_never_overwritten(tmp_path, train_root, capsys):
     run.mkdir()
     (run / "best.pt").write_bytes(b"precious")
     code, _, err = _finetune(capsys, train_root, run)
-    assert code == 2 and "--resume" in err
+    assert code == 2
+    assert "--resume" in err
     assert (run / "best.pt").read_bytes() == b"precious"
 
 
 def test_unknown_override(tmp_path, train_root, capsys):
     code, _, err = _finetune(capsys, train_root, tmp_path / "run", "train.epoch=3")
-    assert code == 2 and "unknown recipe key 'train.epoch'" in err
+    assert code == 2
+    assert "unknown recipe key 'train.epoch'" in err
     assert not (tmp_path / "run").exists()
 
 

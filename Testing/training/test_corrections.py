@@ -14,22 +14,43 @@ from quick import QUICK
 def test_corrections_make_a_registered_model(tmp_path, home, train_root, brats_root, brats_model, capsys):
     cases = save_cases(tmp_path / "cases", train_root, range(4))
     code, out, err = run_cli(
-        ["finetune", "--base", brats_model, "--data", cases, "--replay", brats_root, "--register", "tiny-brats-ft",
-         "--out", tmp_path / "run", "--progress", "none", "--device", "cpu",
-         *[q for q in QUICK if not q.startswith(("model.size", "model.roi", "data.folds"))], "data.cache=memory"],
-        capsys)
+        [
+            "finetune",
+            "--base",
+            brats_model,
+            "--data",
+            cases,
+            "--replay",
+            brats_root,
+            "--register",
+            "tiny-brats-ft",
+            "--out",
+            tmp_path / "run",
+            "--progress",
+            "none",
+            "--device",
+            "cpu",
+            *[q for q in QUICK if not q.startswith(("model.size", "model.roi", "data.folds"))],
+            "data.cache=memory",
+        ],
+        capsys,
+    )
     assert code == 0, err
     registered = home / "models" / "tiny-brats-ft.pt"
-    assert registered.is_file() and "registered as tiny-brats-ft" in out
+    assert registered.is_file()
+    assert "registered as tiny-brats-ft" in out
 
     from brainsegfounder.checkpoints import load_checkpoint
 
     meta = load_checkpoint(registered).meta
-    assert meta.name == "tiny-brats-ft" and meta.task == "brats"
-    assert meta.modalities == ("flair", "t1ce", "t1", "t2") and meta.roi_size == (64, 64, 64)  # the base's
+    assert meta.name == "tiny-brats-ft"
+    assert meta.task == "brats"
+    assert meta.modalities == ("flair", "t1ce", "t1", "t2")
+    assert meta.roi_size == (64, 64, 64)
     prov = meta.provenance
     assert prov["base"].startswith("tiny-brats")
-    assert len(prov["val_cases"]) == 1 and len(prov["train_cases"]) == 3
+    assert len(prov["val_cases"]) == 1
+    assert len(prov["train_cases"]) == 3
     assert all(c["content_sha256"] and c["revision"] == 1 for c in prov["train_cases"])
     assert prov["replay_cases"] == 2  # replay: the base data's 2 cases, for 3 corrected training cases
     assert set(prov["val_dice_before"]) == set(prov["val_dice"]) == {"TC", "WT", "ET"}

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
 from brainsegfounder.errors import UserError
 
 from helpers import run_cli
-
 
 SPACING = (1.0, 1.0, 2.0)  # x, y, z in mm: HD95 must use it
 
@@ -45,32 +46,37 @@ def _known_case(root):
 
 
 def test_metrics_match_monai_and_known_values(tmp_path):
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric
+
     from brainsegfounder.labels import schema
     from brainsegfounder_training.finetuning.evaluate import evaluate
-    from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
     truth, pred = _known_case(tmp_path)
     summary = evaluate(str(tmp_path / "data"), str(tmp_path / "out"), pred=str(tmp_path / "pred"))
-    rows = {r["region"]: r for r in csv.DictReader(open(tmp_path / "out" / "metrics.csv"))}
-    assert summary["cases"] == 1 and set(rows) == {"TC", "WT", "ET"}
+    rows = {r["region"]: r for r in csv.DictReader(io.StringIO((tmp_path / "out" / "metrics.csv").read_text()))}
+    assert summary["cases"] == 1
+    assert set(rows) == {"TC", "WT", "ET"}
 
     s = schema("brats_regions")
     t = torch.as_tensor(s.labels_to_regions(truth))[None].float()
     p = torch.as_tensor(s.labels_to_regions(pred))[None].float()
     dice = DiceMetric(include_background=True, reduction="none")(p, t)[0]
     hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(
-        p, t, spacing=list(SPACING[::-1]))[0]
+        p, t, spacing=list(SPACING[::-1])
+    )[0]
     for i, region in enumerate(("TC", "WT", "ET")):
         assert float(rows[region]["dice"]) == pytest.approx(float(dice[i]), abs=1e-4)
         assert float(rows[region]["hd95_mm"]) == pytest.approx(float(hd95[i]), abs=1e-3)
     # by hand: WT overlap 10*10*8 of 1000 + (1000 + 27) voxels
     assert float(rows["WT"]["dice"]) == pytest.approx(2 * 800 / (1000 + 1027), abs=1e-4)
-    assert float(rows["ET"]["dice"]) == 1.0 and float(rows["ET"]["hd95_mm"]) == 0.0
+    assert float(rows["ET"]["dice"]) == 1.0
+    assert float(rows["ET"]["hd95_mm"]) == 0.0
     # volumes: 2 mm^3 voxels
     assert float(rows["WT"]["volume_error_ml"]) == pytest.approx((1000 - 1027) * 2 / 1000, abs=1e-4)
     # lesion-wise (panoptica): the big lesion matched, the small one missed -> F1 = 2*1/(2*1+0+1)
     assert float(rows["WT"]["lesion_f1"]) == pytest.approx(2 / 3, abs=1e-4)
-    assert int(float(rows["WT"]["lesions_true"])) == 2 and int(float(rows["WT"]["lesions_pred"])) == 1
+    assert int(float(rows["WT"]["lesions_true"])) == 2
+    assert int(float(rows["WT"]["lesions_pred"])) == 1
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert data["regions"]["WT"]["dice"]["mean"] == pytest.approx(float(rows["WT"]["dice"]), abs=1e-4)
     assert (tmp_path / "out" / "boxplots.png").stat().st_size > 1000
@@ -79,7 +85,7 @@ def test_metrics_match_monai_and_known_values(tmp_path):
 def test_prediction_on_another_grid_is_refused(tmp_path):
     from brainsegfounder_training.finetuning.evaluate import evaluate
 
-    truth, pred = _known_case(tmp_path)
+    _truth, pred = _known_case(tmp_path)
     _write(pred, tmp_path / "pred" / "BraTS2021_00001.nii.gz", spacing=(1.0, 1.0, 1.0))
     with pytest.raises(UserError, match="not on the grid of its label"):
         evaluate(str(tmp_path / "data"), str(tmp_path / "out"), pred=str(tmp_path / "pred"))
@@ -92,11 +98,26 @@ def test_evaluate_a_model_from_the_cli(tmp_path, brats_root, brats_model, capsys
     from brainsegfounder.labels import schema
     from brainsegfounder_training.finetuning.metrics import region_dice
 
-    code, out, err = run_cli(["evaluate", "--data", brats_root, "--model", brats_model, "--out", tmp_path / "eval",
-                              "--progress", "none", "--device", "cpu"], capsys)
+    code, out, err = run_cli(
+        [
+            "evaluate",
+            "--data",
+            brats_root,
+            "--model",
+            brats_model,
+            "--out",
+            tmp_path / "eval",
+            "--progress",
+            "none",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    assert "2 cases" in out and "WT" in out
-    rows = list(csv.DictReader(open(tmp_path / "eval" / "metrics.csv")))
+    assert "2 cases" in out
+    assert "WT" in out
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "metrics.csv").read_text())))
     assert len(rows) == 6
     case = rows[0]["case_id"]
     pred = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "eval" / "predictions" / f"{case}.nii.gz")))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from brainsegfounder.errors import UserError
 from brainsegfounder_training.harness import host
 from brainsegfounder_training.harness.optimisation import Optimisation
@@ -29,7 +30,7 @@ def _vm_hwm_gib() -> float:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="compares with Linux's /proc record")
 def test_peak_host_memory_is_in_gib_as_the_kernel_counts_it():
     block = bytearray(300 * 2**20)  # raise the peak by 300 MiB, touched
-    block[:: 4096] = b"x" * len(block[:: 4096])
+    block[::4096] = b"x" * len(block[::4096])
     assert host.peak_host_memory_gib() == pytest.approx(_vm_hwm_gib(), rel=0.02)
     assert host.peak_host_memory_gib() > 0.29
     del block
@@ -44,22 +45,27 @@ def test_peak_memory_is_left_out_where_the_os_has_no_measure(monkeypatch):
 
 def test_the_training_commands_import_without_the_resource_module():
     """Windows has no ``resource``: "Start fine-tuning" must not fail at import."""
-    code = ("import sys; sys.modules['resource'] = None\n"
-            "import brainsegfounder_training.finetuning.trainer, brainsegfounder_training.pretraining.loop\n"
-            "from brainsegfounder_training.harness.host import peak_memory_gib\n"
-            "import torch; print(sorted(peak_memory_gib(torch.device('cpu'))))")
+    code = (
+        "import sys; sys.modules['resource'] = None\n"
+        "import brainsegfounder_training.finetuning.trainer, brainsegfounder_training.pretraining.loop\n"
+        "from brainsegfounder_training.harness.host import peak_memory_gib\n"
+        "import torch; print(sorted(peak_memory_gib(torch.device('cpu'))))"
+    )
     env = {"PYTHONPATH": f"{ROOT / 'BrainSegFounderSlicer'}:{ROOT / 'Training'}", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() in ("[]", "['host_peak_rss_gib']")
 
 
-@pytest.mark.parametrize(("device", "amp", "bf16", "expected"), [
-    ("cpu", True, True, "fp32"),       # mixed precision is for CUDA only
-    ("cuda", False, True, "fp32"),     # turned off in the recipe
-    ("cuda", True, True, "bf16"),
-    ("cuda", True, False, "fp16"),     # a GPU without bf16: fp16 with loss scaling
-])
+@pytest.mark.parametrize(
+    ("device", "amp", "bf16", "expected"),
+    [
+        ("cpu", True, True, "fp32"),  # mixed precision is for CUDA only
+        ("cuda", False, True, "fp32"),  # turned off in the recipe
+        ("cuda", True, True, "bf16"),
+        ("cuda", True, False, "fp16"),  # a GPU without bf16: fp16 with loss scaling
+    ],
+)
 def test_one_precision_decision_for_training_and_validation(monkeypatch, device, amp, bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     model = torch.nn.Linear(2, 2)

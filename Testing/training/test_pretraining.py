@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,13 +21,24 @@ pytestmark = pytest.mark.slow  # every test here is a pretraining run
 
 # Tiny model, 64^3 crops (at 3 mm the whole brain), 2 volumes x 1 crop per step: the crops of one
 # step come from different subjects, so the contrastive task has real negatives.
-PT_QUICK = ["model.size=tiny", "model.roi=[64,64,64]", "train.batch_size=2", "train.crops_per_volume=1",
-            "train.warmup_steps=0", "data.workers=0", "model.gradient_checkpointing=false", "train.log_every=1"]
+PT_QUICK = [
+    "model.size=tiny",
+    "model.roi=[64,64,64]",
+    "train.batch_size=2",
+    "train.crops_per_volume=1",
+    "train.warmup_steps=0",
+    "data.workers=0",
+    "model.gradient_checkpointing=false",
+    "train.log_every=1",
+]
 
 
 def _records(run, kind):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["type"] == kind]
+    return [
+        json.loads(line)
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["type"] == kind
+    ]
 
 
 def _learn(subjects, weights, steps, seed=0):
@@ -50,16 +62,18 @@ def _learn(subjects, weights, steps, seed=0):
         return torch.cat([stream[(i, 1000 * step + i)]["image"] for i in range(len(subjects))])
 
     def evaluate():
-        inputs, targets, rotations = make_views(batch(997), np.random.default_rng(999),
-                                                torch.Generator().manual_seed(999), settings)
+        inputs, targets, rotations = make_views(
+            batch(997), np.random.default_rng(999), torch.Generator().manual_seed(999), settings
+        )
         with torch.no_grad():
             losses = pretext_losses(head(inputs), targets, rotations, settings)
         return {k: float(getattr(losses, k)) for k in ("rotation", "contrastive", "reconstruction")}
 
     before = evaluate()
     for step in range(steps):
-        inputs, targets, rotations = make_views(batch(step), np.random.default_rng(step),
-                                                torch.Generator().manual_seed(step), settings)
+        inputs, targets, rotations = make_views(
+            batch(step), np.random.default_rng(step), torch.Generator().manual_seed(step), settings
+        )
         losses = pretext_losses(head(inputs), targets, rotations, settings)
         optimizer.zero_grad()
         losses.total.backward()
@@ -91,13 +105,15 @@ def test_contrastive_loss_goes_down(healthy_root):
 
 @pytest.fixture(scope="module")
 def stage1_run(tmp_path_factory, healthy_root):
+    from brainsegfounder_training.harness.run_folder import RunFolder
     from brainsegfounder_training.pretraining.loop import Pretrainer
     from brainsegfounder_training.pretraining.recipe import load_pretrain_recipe
-    from brainsegfounder_training.harness.run_folder import RunFolder
 
     out = tmp_path_factory.mktemp("stage1") / "run"
-    recipe = load_pretrain_recipe("stage1-ukb", [f"data.path={healthy_root}", *PT_QUICK, "train.steps=4",
-                                                 "train.val_every=2", "train.save_every=2"])
+    recipe = load_pretrain_recipe(
+        "stage1-ukb",
+        [f"data.path={healthy_root}", *PT_QUICK, "train.steps=4", "train.val_every=2", "train.save_every=2"],
+    )
     return out, Pretrainer(recipe, RunFolder(out), False, "cpu").fit()
 
 
@@ -118,38 +134,81 @@ def test_stage1_model_describes_itself(stage1_run):
 
     run, summary = stage1_run
     ckpt = load_checkpoint(run / "best.pt")
-    assert ckpt.kind == "ssl" and ckpt.meta.task == "ssl"
-    assert ckpt.meta.modalities == ("t1", "flair") and ckpt.meta.normalization == "zscore_nonzero"
-    assert ckpt.meta.roi_size == (64, 64, 64) and ckpt.network.in_channels == 2
-    assert ckpt.meta.provenance["stage"] == 1 and ckpt.meta.provenance["step"] == summary["best"]["step"]
+    assert ckpt.kind == "ssl"
+    assert ckpt.meta.task == "ssl"
+    assert ckpt.meta.modalities == ("t1", "flair")
+    assert ckpt.meta.normalization == "zscore_nonzero"
+    assert ckpt.meta.roi_size == (64, 64, 64)
+    assert ckpt.network.in_channels == 2
+    assert ckpt.meta.provenance["stage"] == 1
+    assert ckpt.meta.provenance["step"] == summary["best"]["step"]
     subjects = json.loads((run / "subjects.json").read_text())
-    assert len(subjects["train"]) == 5 and len(subjects["validation"]) == 1
+    assert len(subjects["train"]) == 5
+    assert len(subjects["validation"]) == 1
 
 
 def test_stage1_to_stage2_to_finetune_from_the_cli(stage1_run, train_root, tmp_path, capsys):
     from brainsegfounder.checkpoints import load_checkpoint
 
     stage1, _ = stage1_run
-    code, out, err = run_cli(["pretrain", "--config", "stage2-brats", "--init", stage1 / "best.pt", "--data",
-                              train_root, "--out", tmp_path / "stage2", *PT_QUICK, "train.steps=2",
-                              "train.val_every=2", "--device", "cpu", "--progress", "none"], capsys)
+    code, out, err = run_cli(
+        [
+            "pretrain",
+            "--config",
+            "stage2-brats",
+            "--init",
+            stage1 / "best.pt",
+            "--data",
+            train_root,
+            "--out",
+            tmp_path / "stage2",
+            *PT_QUICK,
+            "train.steps=2",
+            "train.val_every=2",
+            "--device",
+            "cpu",
+            "--progress",
+            "none",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "stage 2: best validation reconstruction" in out
     init = json.loads((tmp_path / "stage2" / "init.json").read_text())
-    assert init["kind"] == "ssl" and init["inflated"]["swinViT.patch_embed.proj.weight"] == \
-        "flair<-flair, t1ce<-mean, t1<-t1, t2<-mean"
+    assert init["kind"] == "ssl"
+    assert init["inflated"]["swinViT.patch_embed.proj.weight"] == "flair<-flair, t1ce<-mean, t1<-t1, t2<-mean"
     assert not init["reinitialised"]
     stage2 = load_checkpoint(tmp_path / "stage2" / "best.pt")
-    assert stage2.meta.modalities == ("flair", "t1ce", "t1", "t2") and stage2.meta.provenance["stage"] == 2
+    assert stage2.meta.modalities == ("flair", "t1ce", "t1", "t2")
+    assert stage2.meta.provenance["stage"] == 2
     assert stage2.meta.provenance["base"].startswith("run ")  # stage 1's name and version
 
-    code, out, err = run_cli(["finetune", "--config", "brats", "--base", tmp_path / "stage2" / "best.pt", "--data",
-                              train_root, "--out", tmp_path / "ft", *QUICK, "model.size=auto", "--device", "cpu",
-                              "--progress", "none"], capsys)
+    code, out, err = run_cli(
+        [
+            "finetune",
+            "--config",
+            "brats",
+            "--base",
+            tmp_path / "stage2" / "best.pt",
+            "--data",
+            train_root,
+            "--out",
+            tmp_path / "ft",
+            *QUICK,
+            "model.size=auto",
+            "--device",
+            "cpu",
+            "--progress",
+            "none",
+        ],
+        capsys,
+    )
     assert code == 0, err
     init = json.loads((tmp_path / "ft" / "init.json").read_text())
     encoder = [k for k in stage2.state_dict if k.startswith("swinViT.")]
-    assert init["kind"] == "ssl" and init["loaded_count"] == len(encoder) and not init["inflated"]
+    assert init["kind"] == "ssl"
+    assert init["loaded_count"] == len(encoder)
+    assert not init["inflated"]
     assert (tmp_path / "ft" / "best.pt").is_file()
 
 
@@ -158,9 +217,22 @@ def test_killed_pretraining_resumes_where_it_stopped(tmp_path, healthy_root):
     same learning rates and the same losses (the data, crops and corruptions are functions of seed
     and step), and the same weights up to floating-point rounding: a fresh process's first kernels
     may round differently, which AdamW's normalised steps carry to ~1e-4 after a few steps."""
-    args = ["pretrain", "--config", "stage1-ukb", "--data", healthy_root, *PT_QUICK, "train.steps=3",
-            "train.save_every=1", "train.val_every=3", "--progress", "none", "--device", "cpu"]
-    whole = cli(args + ["--out", tmp_path / "whole"])
+    args = [
+        "pretrain",
+        "--config",
+        "stage1-ukb",
+        "--data",
+        healthy_root,
+        *PT_QUICK,
+        "train.steps=3",
+        "train.save_every=1",
+        "train.val_every=3",
+        "--progress",
+        "none",
+        "--device",
+        "cpu",
+    ]
+    whole = cli([*args, "--out", tmp_path / "whole"])
     state = kill_after_first_state(args, tmp_path / "killed")
     assert torch.load(state, weights_only=True)["step"] < 3
     resumed = cli(["pretrain", "--resume", tmp_path / "killed", "--progress", "none", "--device", "cpu"])
@@ -173,7 +245,7 @@ def test_killed_pretraining_resumes_where_it_stopped(tmp_path, healthy_root):
     assert a["step"] == b["step"] == 3
     steps_a, steps_b = _records(tmp_path / "whole", "step"), _records(tmp_path / "killed", "step")
     assert [r["step"] for r in steps_b] == [1, 2, 3]  # none logged twice
-    for ra, rb in zip(steps_a, steps_b):
+    for ra, rb in zip(steps_a, steps_b, strict=True):
         assert ra["lr"] == rb["lr"]
         for key in ("rotation", "contrastive", "reconstruction"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5), (ra["step"], key)
@@ -185,31 +257,57 @@ def test_killed_pretraining_resumes_where_it_stopped(tmp_path, healthy_root):
 def test_two_process_torchrun_skips_unreadable_subjects(tmp_path, healthy_root):
     """3 of the 5 training subjects are truncated: 2 processes x 2 steps draw 4 different subjects
     of the first pass, so at least 2 are skipped, listed, and the run still finishes."""
-    from brainsegfounder_training.pretraining.subjects import split_subjects
     from brainsegfounder_training.pretraining.recipe import load_pretrain_recipe
-    from brainsegfounder_training.pretraining.subjects import discover_subjects
+    from brainsegfounder_training.pretraining.subjects import discover_subjects, split_subjects
 
     root = tmp_path / "cohort"
     shutil.copytree(healthy_root, root)
-    overrides = [f"data.path={root}", *PT_QUICK, "train.batch_size=1", "train.crops_per_volume=2", "train.steps=2",
-                 "train.val_every=2"]
+    overrides = [
+        f"data.path={root}",
+        *PT_QUICK,
+        "train.batch_size=1",
+        "train.crops_per_volume=2",
+        "train.steps=2",
+        "train.val_every=2",
+    ]
     recipe = load_pretrain_recipe("stage1-ukb", overrides)
     train, _ = split_subjects(discover_subjects(root, ["t1", "flair"])[0], recipe["data"], 0)
     broken = {s.subject_id for s in train[:3]}
     for subject in train[:3]:
         t1 = subject.images["t1"]
-        with open(t1, "rb") as f:
-            data = gzip.decompress(f.read())
-        with open(t1, "wb") as f:
-            f.write(gzip.compress(data[: len(data) // 3]))
+        data = gzip.decompress(Path(t1).read_bytes())
+        Path(t1).write_bytes(gzip.compress(data[: len(data) // 3]))
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "brainsegfounder",
-         "pretrain", "--config", "stage1-ukb", *overrides[1:], f"--data={root}", "--out", str(tmp_path / "ddp"),
-         "--progress", "none", "--device", "cpu"],
-        env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "brainsegfounder",
+            "pretrain",
+            "--config",
+            "stage1-ukb",
+            *overrides[1:],
+            f"--data={root}",
+            "--out",
+            str(tmp_path / "ddp"),
+            "--progress",
+            "none",
+            "--device",
+            "cpu",
+        ],
+        env={**ENV, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["steps"] == 2
+    assert summary["processes"] == 2
+    assert summary["steps"] == 2
     skipped = [json.loads(line) for line in (tmp_path / "ddp" / "skipped.jsonl").read_text().splitlines()]
-    assert 2 <= len(skipped) == summary["skipped"] and {s["id"] for s in skipped} <= broken
+    assert 2 <= len(skipped) == summary["skipped"]
+    assert {s["id"] for s in skipped} <= broken
     assert all("truncated" in s["reason"] for s in skipped), skipped

@@ -7,10 +7,12 @@ import errno
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
 from brainsegfounder.errors import UserError
 
 from quick import ENV, QUICK, cli, kill_after_first_state, quick_recipe, run_trainer
@@ -22,14 +24,21 @@ def test_a_few_steps_lower_the_loss_and_raise_the_dice(tmp_path, train_root):
     """Twelve steps from scratch: at 3 mm one 64^3 crop holds the whole brain. The Dice is measured
     with the run's validator on one of the cases before and after."""
     from brainsegfounder.labels import schema
-    from brainsegfounder_training.harness import distributed
     from brainsegfounder_training.finetuning.datasets import check_cases, discover
     from brainsegfounder_training.finetuning.initialise import build_model, resolve_task
     from brainsegfounder_training.finetuning.trainer import STATE_FORMAT, Validator
+    from brainsegfounder_training.harness import distributed
     from brainsegfounder_training.harness.state import load_state
 
-    recipe = quick_recipe(train_root, "train.steps_per_epoch=12", "train.lr=2e-3", "train.loss=dice_ce",
-                          "train.crop=posneg", "augment.flip=0", "data.cache=memory")
+    recipe = quick_recipe(
+        train_root,
+        "train.steps_per_epoch=12",
+        "train.lr=2e-3",
+        "train.loss=dice_ce",
+        "train.crop=posneg",
+        "augment.flip=0",
+        "data.cache=memory",
+    )
     spec = resolve_task(recipe)
     cases = check_cases(discover(train_root, spec.modalities), schema(spec.label_schema))
     torch.manual_seed(0)
@@ -51,37 +60,76 @@ def test_a_few_steps_lower_the_loss_and_raise_the_dice(tmp_path, train_root):
 def test_killed_run_resumes_where_it_stopped(tmp_path, train_root):
     """SIGKILL right after epoch 1 is saved, resume, and end with the same weights as a run that
     was never interrupted (the random state is derived from seed and epoch)."""
-    args = ["finetune", "--config", "brats", "--data", train_root, *QUICK, "train.epochs=3",
-            "train.val_every=10", "--progress", "none", "--device", "cpu"]
-    whole = cli(args + ["--out", tmp_path / "whole"])
+    args = [
+        "finetune",
+        "--config",
+        "brats",
+        "--data",
+        train_root,
+        *QUICK,
+        "train.epochs=3",
+        "train.val_every=10",
+        "--progress",
+        "none",
+        "--device",
+        "cpu",
+    ]
+    whole = cli([*args, "--out", tmp_path / "whole"])
     state = kill_after_first_state(args, tmp_path / "killed")
     saved = torch.load(state, weights_only=True)
     assert saved["epoch"] < 3
     resumed = cli(["finetune", "--resume", tmp_path / "killed", "--progress", "none", "--device", "cpu"])
-    out, err = resumed.communicate(timeout=600)
+    _out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     whole.communicate(timeout=600)
     assert whole.returncode == 0
     a = torch.load(tmp_path / "whole" / "state.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "state.pt", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"] == 3
+    assert a["epoch"] == b["epoch"] == 3
+    assert a["step"] == b["step"] == 3
     for key in a["model"]:
         assert torch.allclose(a["model"][key].float(), b["model"][key].float(), atol=1e-5), key
-    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line)["type"] == "epoch"]
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["type"] == "epoch"
+    ]
     assert epochs == [1, 2, 3]  # no epoch logged twice
 
 
 def test_two_process_torchrun_on_cpu(tmp_path, train_root):
     out = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "brainsegfounder",
-         "finetune", "--config", "brats", "--data", str(train_root), *QUICK, "--out", str(out),
-         "--progress", "none", "--device", "cpu"],
-        env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "brainsegfounder",
+            "finetune",
+            "--config",
+            "brats",
+            "--data",
+            str(train_root),
+            *QUICK,
+            "--out",
+            str(out),
+            "--progress",
+            "none",
+            "--device",
+            "cpu",
+        ],
+        env={**ENV, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["steps"] == 1
+    assert summary["processes"] == 2
+    assert summary["steps"] == 1
     assert set(summary["best"]["dice"]) == {"TC", "WT", "ET"}
     assert (out / "best.pt").is_file()
 
@@ -95,8 +143,7 @@ def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, train_root, monkeypa
         if isinstance(obj, dict) and obj.get("format") == "brainsegfounder-train-state":
             calls.append(obj["epoch"])
             if obj["epoch"] == 2:
-                with open(f, "wb") as handle:  # half a file, then the disk is full
-                    handle.write(b"x" * 1000)
+                Path(f).write_bytes(b"x" * 1000)  # half a file, then the disk is full
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 

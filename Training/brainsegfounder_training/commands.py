@@ -22,17 +22,24 @@ def add_run_arguments(parser, recipes: str, example: str, resumes: str) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"recipe overrides, e.g. {example}")
     parser.add_argument("--out", help="run folder (default the recipe's output.dir)")
     parser.add_argument("--resume", metavar="RUN", help=f"continue the run in this folder {resumes}")
-    parser.add_argument("--device", default="auto",
-                        help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per process)")
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per process)"
+    )
 
 
 def register(subparsers, add_common) -> dict:
     ft = subparsers.add_parser(
-        "finetune", help="fine-tune a model (BraTS, ATLAS, generic) or learn from saved corrections",
+        "finetune",
+        help="fine-tune a model (BraTS, ATLAS, generic) or learn from saved corrections",
         description="Fine-tune from a recipe. Single process: brainsegfounder finetune ...; several GPUs or "
-                    "nodes: torchrun --nproc_per_node=N -m brainsegfounder finetune ... (same arguments).")
-    add_run_arguments(ft, "brats, atlas, generic, corrections, demo; default corrections when --base is given",
-                      "train.epochs=5", "from its last finished epoch")
+        "nodes: torchrun --nproc_per_node=N -m brainsegfounder finetune ... (same arguments).",
+    )
+    add_run_arguments(
+        ft,
+        "brats, atlas, generic, corrections, demo; default corrections when --base is given",
+        "train.epochs=5",
+        "from its last finished epoch",
+    )
     ft.add_argument("--data", help="datalist.json, BraTS 2021/2023 or ATLAS folder, or saved training cases")
     ft.add_argument("--base", help="model to start from (path or local model name); sets init.checkpoint")
     ft.add_argument("--replay", help="data set mixed into training so a few corrections do not make it forget")
@@ -41,11 +48,13 @@ def register(subparsers, add_common) -> dict:
     add_common(ft)
 
     pt = subparsers.add_parser(
-        "pretrain", help="self-supervised pretraining (BrainSegFounder's stage 1 or 2)",
+        "pretrain",
+        help="self-supervised pretraining (BrainSegFounder's stage 1 or 2)",
         description="Rotation + contrastive + inpainting pretraining of the Swin encoder. Single process: "
-                    "brainsegfounder pretrain ...; several GPUs or nodes: torchrun --nproc_per_node=N -m "
-                    "brainsegfounder pretrain ... (same arguments). The run's best.pt is what stage 2 (--init) "
-                    "and finetune (--base) take.")
+        "brainsegfounder pretrain ...; several GPUs or nodes: torchrun --nproc_per_node=N -m "
+        "brainsegfounder pretrain ... (same arguments). The run's best.pt is what stage 2 (--init) "
+        "and finetune (--base) take.",
+    )
     add_run_arguments(pt, "stage1-ukb, stage2-brats, stage2-atlas", "train.steps=1000", "from its last saved step")
     pt.add_argument("--data", help="datalist.json, or a folder: BIDS, UK Biobank-style, BraTS, one folder per subject")
     pt.add_argument("--init", help="stage 2: the stage-1 model to start from (sets init.checkpoint)")
@@ -76,14 +85,24 @@ def _overrides(args, flags) -> list:
 
 
 def finetune_recipe(args) -> dict:
-    overrides = _overrides(args, (("data", "data.path"), ("base", "init.checkpoint"), ("replay", "data.replay"),
-                                  ("epochs", "train.epochs"), ("register", "register")))
+    overrides = _overrides(
+        args,
+        (
+            ("data", "data.path"),
+            ("base", "init.checkpoint"),
+            ("replay", "data.replay"),
+            ("epochs", "train.epochs"),
+            ("register", "register"),
+        ),
+    )
     if args.resume:
         return overrides
     config = args.config or ("corrections" if args.base else None)
     if config is None:
-        raise UserError("give a recipe with --config (brats, atlas, generic, corrections, demo or a YAML file), "
-                        "or --base MODEL to learn from saved corrections")
+        raise UserError(
+            "give a recipe with --config (brats, atlas, generic, corrections, demo or a YAML file), "
+            "or --base MODEL to learn from saved corrections"
+        )
     return load_recipe(config, overrides)
 
 
@@ -120,8 +139,15 @@ def cmd_pretrain(args, report, cancel) -> dict:
 
     overrides = _overrides(args, (("data", "data.path"), ("init", "init.checkpoint"), ("steps", "train.steps")))
     if args.resume:
-        recipe, run, resuming = prepare_run(None, None, args.resume, overrides, load=load_pretrain_recipe,
-                                            resumable=PRETRAIN_RESUMABLE, command="pretrain")
+        recipe, run, resuming = prepare_run(
+            None,
+            None,
+            args.resume,
+            overrides,
+            load=load_pretrain_recipe,
+            resumable=PRETRAIN_RESUMABLE,
+            command="pretrain",
+        )
     else:
         if not args.config:
             raise UserError("give a recipe with --config (stage1-ukb, stage2-brats, stage2-atlas or a YAML file)")
@@ -130,8 +156,10 @@ def cmd_pretrain(args, report, cancel) -> dict:
     if int(os.environ.get("RANK", "0")) != 0:
         return {"message": ""}
     best = summary["best"]
-    message = (f"stage {summary['stage']}: best validation reconstruction L1 {best['val_reconstruction']:.4f} at step "
-               f"{best['step']} of {summary['steps']}; model {summary['best_model']}")
+    message = (
+        f"stage {summary['stage']}: best validation reconstruction L1 {best['val_reconstruction']:.4f} at step "
+        f"{best['step']} of {summary['steps']}; model {summary['best_model']}"
+    )
     if summary["skipped"]:
         message += f"\n{summary['skipped']} unreadable subjects skipped (listed in {run.path}/skipped.jsonl)"
     return {"output": summary["run"], "summary": summary, "message": message}
@@ -140,7 +168,20 @@ def cmd_pretrain(args, report, cancel) -> dict:
 def cmd_evaluate(args, report, cancel) -> dict:
     from .finetuning.evaluate import evaluate, format_table
 
-    summary = evaluate(args.data, args.out, pred=args.pred, model=args.model, task=args.task, run=args.run,
-                       device=args.device, lesion_wise=not args.no_lesion_wise, progress=report, cancel=cancel)
-    return {"output": str(Path(args.out)), "message": f"{summary['cases']} cases\n{format_table(summary)}\n"
-                                                       f"wrote {args.out}/metrics.csv, summary.json, boxplots.png"}
+    summary = evaluate(
+        args.data,
+        args.out,
+        pred=args.pred,
+        model=args.model,
+        task=args.task,
+        run=args.run,
+        device=args.device,
+        lesion_wise=not args.no_lesion_wise,
+        progress=report,
+        cancel=cancel,
+    )
+    return {
+        "output": str(Path(args.out)),
+        "message": f"{summary['cases']} cases\n{format_table(summary)}\n"
+        f"wrote {args.out}/metrics.csv, summary.json, boxplots.png",
+    }

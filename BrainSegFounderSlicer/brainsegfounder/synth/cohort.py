@@ -91,8 +91,10 @@ def _brats_names(layout: str, index: int):
     else:
         case = f"BraTS-GLI-{index + 1:05d}-000"
         tags = {"flair": "t2f", "t1ce": "t1c", "t1": "t1n", "t2": "t2w"}
-    images = {m: f"{case}/{case}-{t}.nii.gz" if layout == "brats2023" else f"{case}/{case}_{t}.nii.gz"
-              for m, t in tags.items()}
+    images = {
+        m: f"{case}/{case}-{t}.nii.gz" if layout == "brats2023" else f"{case}/{case}_{t}.nii.gz"
+        for m, t in tags.items()
+    }
     label = f"{case}/{case}-seg.nii.gz" if layout == "brats2023" else f"{case}/{case}_seg.nii.gz"
     return case, images, label
 
@@ -107,14 +109,26 @@ def case_files(layout: str, index: int):
         return sub, {"t1": f"{stem}_T1w.nii.gz"}, f"{stem}_label-L_desc-T1lesion_mask.nii.gz"
     if layout == "ukb":
         eid = f"{1000001 + index}"
-        return eid, {"t1": f"{eid}/T1/T1_brain_to_MNI.nii.gz",
-                     "flair": f"{eid}/T2_FLAIR/T2_FLAIR_brain_to_MNI.nii.gz"}, None
+        return (
+            eid,
+            {"t1": f"{eid}/T1/T1_brain_to_MNI.nii.gz", "flair": f"{eid}/T2_FLAIR/T2_FLAIR_brain_to_MNI.nii.gz"},
+            None,
+        )
     raise UserError(f"unknown layout {layout!r}")
 
 
-def write_cohort(out: os.PathLike, kind: str = "brats", n: int = 5, seed: int = 0, spacing: float = 1.0,
-                 layout: Optional[str] = None, folds: int = 5, start: int = 0,
-                 progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None) -> Path:
+def write_cohort(
+    out: os.PathLike,
+    kind: str = "brats",
+    n: int = 5,
+    seed: int = 0,
+    spacing: float = 1.0,
+    layout: Optional[str] = None,
+    folds: int = 5,
+    start: int = 0,
+    progress: ProgressCallback = null_progress,
+    cancel: Optional[CancelToken] = None,
+) -> Path:
     """Write ``n`` cases and ``datalist.json``; returns the data set root.
 
     Each case is written into a hidden temporary folder and renamed into place, so an
@@ -135,8 +149,10 @@ def write_cohort(out: os.PathLike, kind: str = "brats", n: int = 5, seed: int = 
     indices = range(start, start + n)
     clashes = [case_files(layout, i)[0] for i in indices if (root / case_files(layout, i)[0]).exists()]
     if clashes:
-        raise UserError(f"{root} already holds case {clashes[0]} (and {len(clashes) - 1} more); "
-                        "write to a new folder or use --start to add cases after it")
+        raise UserError(
+            f"{root} already holds case {clashes[0]} (and {len(clashes) - 1} more); "
+            "write to a new folder or use --start to add cases after it"
+        )
     entries = []
     for count, index in enumerate(indices):
         progress("synth", count, n, f"case {index + 1}")
@@ -154,7 +170,7 @@ def write_cohort(out: os.PathLike, kind: str = "brats", n: int = 5, seed: int = 
             if label:
                 target = tmp / Path(label).relative_to(folder)
                 sitk.WriteImage(label_image, str(target), useCompression=True)
-            os.replace(tmp, root / folder)
+            tmp.replace(root / folder)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -163,8 +179,18 @@ def write_cohort(out: os.PathLike, kind: str = "brats", n: int = 5, seed: int = 
             entry["label"] = label
         entries.append(entry)
     progress("synth", len(entries), n)
-    _merge_datalist(root, entries, {"kind": kind, "layout": layout, "seed": seed, "spacing_mm": spacing,
-                                    "modalities": list(MODALITIES[kind]), "folds": folds})
+    _merge_datalist(
+        root,
+        entries,
+        {
+            "kind": kind,
+            "layout": layout,
+            "seed": seed,
+            "spacing_mm": spacing,
+            "modalities": list(MODALITIES[kind]),
+            "folds": folds,
+        },
+    )
     if cancel is not None:
         cancel.check()
     return root

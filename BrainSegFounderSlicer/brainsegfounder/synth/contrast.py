@@ -12,15 +12,20 @@ from .subject import Subject
 # Relative signal per tissue (WM-normalised in spirit), after typical clinical protocols:
 # T1 WM > GM > CSF; T2 CSF bright; FLAIR CSF suppressed, edema brightest; T1ce enhancing rim bright.
 MEANS: Dict[str, Dict[str, float]] = {
-    "t1":    {"csf": 0.25, "gm": 0.55, "wm": 0.85, "necrosis": 0.25, "enhancing": 0.55, "edema": 0.45, "infarct": 0.22},
-    "t1ce":  {"csf": 0.25, "gm": 0.55, "wm": 0.80, "necrosis": 0.22, "enhancing": 1.30, "edema": 0.45, "infarct": 0.22},
-    "t2":    {"csf": 1.00, "gm": 0.55, "wm": 0.40, "necrosis": 0.95, "enhancing": 0.65, "edema": 0.85, "infarct": 0.95},
+    "t1": {"csf": 0.25, "gm": 0.55, "wm": 0.85, "necrosis": 0.25, "enhancing": 0.55, "edema": 0.45, "infarct": 0.22},
+    "t1ce": {"csf": 0.25, "gm": 0.55, "wm": 0.80, "necrosis": 0.22, "enhancing": 1.30, "edema": 0.45, "infarct": 0.22},
+    "t2": {"csf": 1.00, "gm": 0.55, "wm": 0.40, "necrosis": 0.95, "enhancing": 0.65, "edema": 0.85, "infarct": 0.95},
     "flair": {"csf": 0.12, "gm": 0.60, "wm": 0.48, "necrosis": 0.55, "enhancing": 0.75, "edema": 0.95, "infarct": 0.30},
 }
 
 
-def render(rng: np.random.Generator, subject: Subject, modality: str,
-           lesions: Optional[Dict[str, np.ndarray]] = None, gain: float = 1000.0) -> np.ndarray:
+def render(
+    rng: np.random.Generator,
+    subject: Subject,
+    modality: str,
+    lesions: Optional[Dict[str, np.ndarray]] = None,
+    gain: float = 1000.0,
+) -> np.ndarray:
     """One modality's image (z, y, x), float32, skull-stripped (0 outside the brain)."""
     means = {k: v * rng.uniform(0.92, 1.08) for k, v in MEANS[modality].items()}  # per-subject contrast
     shape = subject.brain.shape

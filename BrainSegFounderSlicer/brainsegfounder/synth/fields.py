@@ -15,8 +15,13 @@ def smooth_noise(rng: np.random.Generator, shape: Sequence[int], coarse: int = 6
     # Cubic up to a quarter of the size, then linear: smooth, and far cheaper than cubic at full size.
     middle = [max(coarse, s // 4) for s in shape]
     field = zoom(small, [m / coarse for m in middle], order=3, mode="nearest")
-    field = zoom(field.astype(np.float32), [s / m for s, m in zip(shape, field.shape)], order=1,
-                 mode="nearest", grid_mode=False)[tuple(slice(0, s) for s in shape)]
+    field = zoom(
+        field.astype(np.float32),
+        [s / m for s, m in zip(shape, field.shape, strict=True)],
+        order=1,
+        mode="nearest",
+        grid_mode=False,
+    )[tuple(slice(0, s) for s in shape)]
     field = field - field.mean()
     return (field / (field.std() + 1e-8)).astype(np.float32)
 

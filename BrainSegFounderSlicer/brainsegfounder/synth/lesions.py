@@ -20,7 +20,7 @@ class Tumour:
 
 
 def _physical_coordinates(shape, spacing):
-    return np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"))
+    return np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij"))
 
 
 def _ellipsoid_radius(rng, coords, center, radii):
@@ -46,13 +46,15 @@ def push_tissue(subject: Subject, center_mm: np.ndarray, radius: float, strength
     spacing = np.array(subject.spacing)
     coords = _physical_coordinates(subject.brain.shape, spacing)
     offset = coords - center_mm.reshape(3, 1, 1, 1)
-    r2 = (offset ** 2).sum(axis=0)
+    r2 = (offset**2).sum(axis=0)
     sigma = 1.6 * radius
-    scale = 1 - strength * np.exp(-r2 / (2 * sigma ** 2))
+    scale = 1 - strength * np.exp(-r2 / (2 * sigma**2))
     sample = (center_mm.reshape(3, 1, 1, 1) + offset * scale) / spacing.reshape(3, 1, 1, 1)
     for name in ("gm", "wm", "csf"):
-        subject.tissues[name] = ndimage.map_coordinates(subject.tissues[name], sample, order=1,
-                                                        mode="nearest").astype(np.float32) * subject.brain
+        subject.tissues[name] = (
+            ndimage.map_coordinates(subject.tissues[name], sample, order=1, mode="nearest").astype(np.float32)
+            * subject.brain
+        )
     subject.tissues["csf"] += np.where(subject.brain, np.clip(1 - sum(subject.tissues.values()), 0, 1), 0)
 
 
@@ -80,8 +82,11 @@ def add_tumour(rng: np.random.Generator, subject: Subject) -> Tumour:
     reach = rng.uniform(8, 25)  # mm
     distance = ndimage.distance_transform_edt(~core, sampling=spacing)
     wm_smooth = ndimage.gaussian_filter(wm, 1.0)
-    edema = ((distance < reach * (0.15 + 1.0 * wm_smooth) * (1 + 0.25 * smooth_noise(rng, shape, coarse=8)))
-             & subject.brain & ~core)
+    edema = (
+        (distance < reach * (0.15 + 1.0 * wm_smooth) * (1 + 0.25 * smooth_noise(rng, shape, coarse=8)))
+        & subject.brain
+        & ~core
+    )
     edema = ndimage.binary_opening(edema, iterations=1)
     return Tumour(necrosis=necrosis, enhancing=enhancing, edema=edema)
 
@@ -95,7 +100,7 @@ def add_stroke(rng: np.random.Generator, subject: Subject) -> np.ndarray:
     x_mid = np.argwhere(subject.brain)[:, 2].mean()
     side = rng.choice([-1, 1])
     x = np.arange(shape[2])[None, None, :]
-    hemisphere = (side * (x - x_mid) > 6 / spacing[2])
+    hemisphere = side * (x - x_mid) > 6 / spacing[2]
     coords = _physical_coordinates(shape, spacing)
     lesion = np.zeros(shape, bool)
     base = _pick_center(rng, parenchyma & hemisphere) * spacing

@@ -26,7 +26,7 @@ class GridSpec:
     scale_range: Tuple[float, float] = (0.92, 1.08)
 
     def make(self, spacing: float, center: Sequence[float]) -> sitk.Image:
-        size = [max(8, int(round(s / spacing))) for s in self.size_1mm]
+        size = [max(8, round(s / spacing)) for s in self.size_1mm]
         grid = sitk.Image(size, sitk.sitkUInt8)
         grid.SetSpacing([float(spacing)] * 3)
         letters = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
@@ -60,8 +60,14 @@ class Subject:
         return tuple(self.grid.GetSpacing())[::-1]  # in array (z, y, x) order
 
 
-def random_transform(rng: np.random.Generator, template: Template, grid: sitk.Image,
-                     max_rotation_deg: float = 8.0, scale_range=(0.92, 1.08), warp_mm: float = 2.5):
+def random_transform(
+    rng: np.random.Generator,
+    template: Template,
+    grid: sitk.Image,
+    max_rotation_deg: float = 8.0,
+    scale_range=(0.92, 1.08),
+    warp_mm: float = 2.5,
+):
     """Maps output points to template points: affine about the brain centre + B-spline warp."""
     center = template.brain_center()
     affine = sitk.AffineTransform(3)
@@ -86,8 +92,9 @@ def make_subject(rng: np.random.Generator, grid_spec: GridSpec, spacing: float) 
     transform = random_transform(rng, template, grid, scale_range=grid_spec.scale_range)
     # One dense displacement field, reused for every map: far cheaper than evaluating the
     # B-spline once per map.
-    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, grid.GetSize(),
-                                              grid.GetOrigin(), grid.GetSpacing(), grid.GetDirection())
+    field = sitk.TransformToDisplacementField(
+        transform, sitk.sitkVectorFloat64, grid.GetSize(), grid.GetOrigin(), grid.GetSpacing(), grid.GetDirection()
+    )
     dense = sitk.DisplacementFieldTransform(field)
     sigma = max(0.0, (spacing - 1.0) / 2)  # anti-aliasing before coarser sampling
 

@@ -30,11 +30,11 @@ from ..harness.data import BRATS_TAGS, data_path, inside
 @dataclass(frozen=True)
 class Case:
     case_id: str
-    images: Dict[str, str]          # modality -> absolute path, in the model's channel order
+    images: Dict[str, str]  # modality -> absolute path, in the model's channel order
     label: str
     fold: Optional[int] = None
-    convention: str = "auto"       # brats2021 / brats2023 / auto (decided from the label values)
-    source: str = "data"           # data or replay
+    convention: str = "auto"  # brats2021 / brats2023 / auto (decided from the label values)
+    source: str = "data"  # data or replay
     extra: dict = field(default_factory=dict, compare=False)
 
     def image_list(self) -> List[str]:
@@ -46,8 +46,10 @@ def _order(names: Sequence[str], modalities: Sequence[str], where: str) -> List[
     normal = [canonical(n) or n.lower() for n in names]
     missing = [m for m in modalities if m not in normal]
     if missing:
-        raise UserError(f"{where} has inputs {', '.join(names)} but the model needs {', '.join(modalities)}; "
-                        f"{', '.join(missing)} missing: choose a recipe or base model for these inputs")
+        raise UserError(
+            f"{where} has inputs {', '.join(names)} but the model needs {', '.join(modalities)}; "
+            f"{', '.join(missing)} missing: choose a recipe or base model for these inputs"
+        )
     return [normal.index(m) for m in modalities]
 
 
@@ -80,8 +82,10 @@ def from_datalist(path: Path, modalities: Sequence[str]) -> List[Case]:
         elif len(images) == len(modalities):
             order = list(range(len(modalities)))  # no names given: the recipe's order is assumed
         else:
-            raise UserError(f"datalist {path} entry {i} has {len(images)} images, the model needs "
-                            f"{len(modalities)} ({', '.join(modalities)})")
+            raise UserError(
+                f"datalist {path} entry {i} has {len(images)} images, the model needs "
+                f"{len(modalities)} ({', '.join(modalities)})"
+            )
         if len(images) <= max(order):
             raise UserError(f"datalist {path} entry {i} has {len(images)} images, fewer than its description lists")
         label = inside(root, entry["label"])
@@ -102,8 +106,9 @@ def from_brats_folder(root: Path, modalities: Sequence[str]) -> List[Case]:
             if label.is_file():
                 missing = [m for m in modalities if m not in tags]
                 if missing:
-                    raise UserError(f"{root} is a BraTS folder (flair, t1ce, t1, t2); the model needs "
-                                    f"{', '.join(modalities)}")
+                    raise UserError(
+                        f"{root} is a BraTS folder (flair, t1ce, t1, t2); the model needs {', '.join(modalities)}"
+                    )
                 images = {m: str(folder / f"{name}{sep}{tags[m]}.nii.gz") for m in modalities}
                 cases.append(Case(name, images, str(label), None, convention))
                 break
@@ -127,16 +132,26 @@ def from_saved_cases(root: Path, modalities: Sequence[str]) -> List[Case]:
         info = saved.info
         order = _order(info["modalities"], modalities, f"saved case {saved.case_id}")
         names = [info["images"][info["modalities"][j]] for j in order]
-        cases.append(Case(saved.case_id, {m: str(saved.folder / n) for m, n in zip(modalities, names, strict=True)},
-                          str(saved.folder / info["label"]), None, info.get("label_convention", "auto"),
-                          extra={"revision": saved.revision, "content_sha256": info.get("content_sha256")}))
+        cases.append(
+            Case(
+                saved.case_id,
+                {m: str(saved.folder / n) for m, n in zip(modalities, names, strict=True)},
+                str(saved.folder / info["label"]),
+                None,
+                info.get("label_convention", "auto"),
+                extra={"revision": saved.revision, "content_sha256": info.get("content_sha256")},
+            )
+        )
     return cases
 
 
 def discover(path: os.PathLike, modalities: Sequence[str]) -> List[Case]:
     """All labelled cases of a data source, in a stable order."""
-    path = data_path(path, "no training data given; set data.path (or --data) to a datalist.json, a BraTS or "
-                           "ATLAS folder, or a folder of saved training cases")
+    path = data_path(
+        path,
+        "no training data given; set data.path (or --data) to a datalist.json, a BraTS or "
+        "ATLAS folder, or a folder of saved training cases",
+    )
     if path.is_file():
         cases = from_datalist(path, modalities)
     elif is_case_root(path):
@@ -146,8 +161,10 @@ def discover(path: os.PathLike, modalities: Sequence[str]) -> List[Case]:
     else:
         cases = from_brats_folder(path, modalities) or from_atlas_folder(path, modalities)
     if not cases:
-        raise UserError(f"no labelled cases found in {path}; expected a datalist.json, BraTS 2021/2023 case "
-                        "folders, an ATLAS BIDS tree or saved training cases")
+        raise UserError(
+            f"no labelled cases found in {path}; expected a datalist.json, BraTS 2021/2023 case "
+            "folders, an ATLAS BIDS tree or saved training cases"
+        )
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -182,8 +199,9 @@ def decide_convention(case: Case, values: np.ndarray, schema: LabelSchema) -> st
     return "brats2023" if 3 in values and 4 not in values else "brats2021"
 
 
-def check_cases(cases: Sequence[Case], schema: LabelSchema, convention: str = "auto",
-                progress: ProgressCallback = null_progress) -> List[Case]:
+def check_cases(
+    cases: Sequence[Case], schema: LabelSchema, convention: str = "auto", progress: ProgressCallback = null_progress
+) -> List[Case]:
     """Every file exists and reads, inputs are 3D, the label shares the first input's grid and
     holds only the schema's values. Returns the cases with their label convention decided."""
     checked = []
@@ -197,16 +215,20 @@ def check_cases(cases: Sequence[Case], schema: LabelSchema, convention: str = "a
             raise UserError(f"case {case.case_id}: {case.image_list()[0]} is not a 3D volume")
         label_image = sitk.ReadImage(case.label)
         if not same_grid(label_image, _grid(first)):
-            raise UserError(f"case {case.case_id}: the label {Path(case.label).name} is not on the grid of "
-                            f"{Path(case.image_list()[0]).name} (size {label_image.GetSize()} vs "
-                            f"{first.GetSize()}); resample the label onto the image grid")
+            raise UserError(
+                f"case {case.case_id}: the label {Path(case.label).name} is not on the grid of "
+                f"{Path(case.image_list()[0]).name} (size {label_image.GetSize()} vs "
+                f"{first.GetSize()}); resample the label onto the image grid"
+            )
         values = np.unique(sitk.GetArrayViewFromImage(label_image))
         case_convention = convention if convention != "auto" else decide_convention(case, values, schema)
         bad = sorted(set(values.tolist()) - set(schema.valid_values(case_convention)))
         if bad:
-            raise UserError(f"case {case.case_id}: label values {bad} are outside the schema {schema.name} "
-                            f"(allowed {list(schema.valid_values(case_convention))}); fix the label map or "
-                            "choose the matching label convention")
+            raise UserError(
+                f"case {case.case_id}: label values {bad} are outside the schema {schema.name} "
+                f"(allowed {list(schema.valid_values(case_convention))}); fix the label map or "
+                "choose the matching label convention"
+            )
         for path in case.image_list()[1:]:
             _info(path)
         checked.append(replace(case, convention=case_convention))

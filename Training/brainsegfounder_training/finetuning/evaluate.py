@@ -36,11 +36,9 @@ PRED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd")
 def _task_of(model: Optional[str], task: Optional[str], run: Optional[Path]):
     """(modalities, label schema name) from the model, the run's recipe, or a task preset."""
     if model:
-
         meta = resolve_meta(load_checkpoint(resolve_model(model)), task)
         return meta.modalities, meta.label_schema
     if run is not None:
-
         spec = resolve_task(load_recipe(str(run / "recipe.yaml")))
         return spec.modalities, spec.label_schema
     preset = PRESETS.get(task or "brats")
@@ -54,8 +52,10 @@ def _prediction_path(folder: Path, case_id: str) -> Path:
         path = folder / f"{case_id}{suffix}"
         if path.is_file():
             return path
-    raise UserError(f"no prediction for case {case_id} in {folder} (expected {case_id}.nii.gz); "
-                    "predict every case or evaluate a subset of the data")
+    raise UserError(
+        f"no prediction for case {case_id} in {folder} (expected {case_id}.nii.gz); "
+        "predict every case or evaluate a subset of the data"
+    )
 
 
 def _select(cases: List[Case], run: Optional[Path]) -> List[Case]:
@@ -71,10 +71,18 @@ def _select(cases: List[Case], run: Optional[Path]) -> List[Case]:
     return chosen
 
 
-def evaluate(data: str, out: str, pred: Optional[str] = None, model: Optional[str] = None,
-             task: Optional[str] = None, run: Optional[str] = None, device: str = "auto",
-             lesion_wise: bool = True, progress: ProgressCallback = null_progress,
-             cancel: Optional[CancelToken] = None) -> dict:
+def evaluate(
+    data: str,
+    out: str,
+    pred: Optional[str] = None,
+    model: Optional[str] = None,
+    task: Optional[str] = None,
+    run: Optional[str] = None,
+    device: str = "auto",
+    lesion_wise: bool = True,
+    progress: ProgressCallback = null_progress,
+    cancel: Optional[CancelToken] = None,
+) -> dict:
     if bool(pred) == bool(model):
         raise UserError("give either --pred FOLDER (predicted label maps named CASE_ID.nii.gz) or --model MODEL")
     cancel = cancel or CancelToken()
@@ -101,22 +109,30 @@ def evaluate(data: str, out: str, pred: Optional[str] = None, model: Optional[st
             from brainsegfounder.segment import segment_files
 
             path = pred_dir / f"{case.case_id}.nii.gz"
-            segment_files(model, list(case.images.items()), path, labels=case.convention, segmenter=segmenter,
-                          cancel=cancel)
+            segment_files(
+                model, list(case.images.items()), path, labels=case.convention, segmenter=segmenter, cancel=cancel
+            )
         else:
             path = _prediction_path(pred_dir, case.case_id)
         prediction, truth = sitk.ReadImage(str(path)), sitk.ReadImage(case.label)
         if not same_grid(prediction, truth):
-            raise UserError(f"case {case.case_id}: prediction {path.name} is not on the grid of its label "
-                            f"(size {prediction.GetSize()} vs {truth.GetSize()}); predict on the label's grid")
+            raise UserError(
+                f"case {case.case_id}: prediction {path.name} is not on the grid of its label "
+                f"(size {prediction.GetSize()} vs {truth.GetSize()}); predict on the label's grid"
+            )
         spacing = truth.GetSpacing()[::-1]  # the arrays below are (z, y, x)
         p = schema.labels_to_regions(sitk.GetArrayFromImage(prediction), case.convention).astype(bool)
         t = schema.labels_to_regions(sitk.GetArrayFromImage(truth), case.convention).astype(bool)
         for region, values in case_metrics(p, t, spacing, schema.channels, lesions=lesion_wise).items():
             rows.append({"case_id": case.case_id, "region": region, **{k: round(v, 5) for k, v in values.items()}})
     progress("evaluate", len(cases), len(cases))
-    summary = {"cases": len(cases), "label_schema": schema.name, "predictions": str(pred_dir),
-               "model": model, "regions": summarise(rows)}
+    summary = {
+        "cases": len(cases),
+        "label_schema": schema.name,
+        "predictions": str(pred_dir),
+        "model": model,
+        "regions": summarise(rows),
+    }
     _write_csv(out_dir / "metrics.csv", rows)
     with atomic_path(out_dir / "summary.json", suffix=".json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
@@ -142,8 +158,12 @@ def format_table(summary: dict) -> str:
     """Mean per region of the headline metrics, for the terminal."""
     lines = [f"{'region':8s} {'Dice':>7s} {'HD95 mm':>8s} {'vol err mL':>10s} {'lesion F1':>9s}"]
     for region, metrics in summary["regions"].items():
-        mean = {name: metrics.get(name, {}).get("mean", np.nan)
-                for name in ("dice", "hd95_mm", "volume_error_ml", "lesion_f1")}
-        lines.append(f"{region:8s} {mean['dice']:7.4f} {mean['hd95_mm']:8.2f} {mean['volume_error_ml']:10.2f} "
-                     f"{mean['lesion_f1']:9.3f}")
+        mean = {
+            name: metrics.get(name, {}).get("mean", np.nan)
+            for name in ("dice", "hd95_mm", "volume_error_ml", "lesion_f1")
+        }
+        lines.append(
+            f"{region:8s} {mean['dice']:7.4f} {mean['hd95_mm']:8.2f} {mean['volume_error_ml']:10.2f} "
+            f"{mean['lesion_f1']:9.3f}"
+        )
     return "\n".join(lines)

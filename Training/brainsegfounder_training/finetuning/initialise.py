@@ -26,8 +26,11 @@ from ..harness.initial_weights import InitReport, inflate
 
 # SwinUNETR tensors whose second axis is the input channels: the patch embedding and the
 # first residual block on the raw image (its 3x3x3 conv and 1x1x1 shortcut).
-INPUT_KERNELS = ("swinViT.patch_embed.proj.weight", "encoder1.layer.conv1.conv.weight",
-                 "encoder1.layer.conv3.conv.weight")
+INPUT_KERNELS = (
+    "swinViT.patch_embed.proj.weight",
+    "encoder1.layer.conv1.conv.weight",
+    "encoder1.layer.conv3.conv.weight",
+)
 OUTPUT_PREFIX = "out."
 
 
@@ -45,9 +48,18 @@ class TaskSpec:
     base_meta: Optional[ModelMeta] = None
 
     def meta(self, name: str, version: str, provenance: Dict[str, str], description: str = "") -> ModelMeta:
-        return ModelMeta(network=self.network, modalities=self.modalities, label_schema=self.label_schema,
-                         name=name, version=version, task=self.task, roi_size=self.roi,
-                         orientation=self.orientation, provenance=provenance, description=description)
+        return ModelMeta(
+            network=self.network,
+            modalities=self.modalities,
+            label_schema=self.label_schema,
+            name=name,
+            version=version,
+            task=self.task,
+            roi_size=self.roi,
+            orientation=self.orientation,
+            provenance=provenance,
+            description=description,
+        )
 
 
 def resolve_task(recipe: dict) -> TaskSpec:
@@ -59,8 +71,10 @@ def resolve_task(recipe: dict) -> TaskSpec:
     base_meta = base.meta if base is not None else None
     if task == "from_base":
         if base_meta is None:
-            raise UserError(f"base model {base.path.name} has no metadata; use a task recipe (brats, atlas, generic) "
-                            "instead of from_base")
+            raise UserError(
+                f"base model {base.path.name} has no metadata; use a task recipe (brats, atlas, generic) "
+                "instead of from_base"
+            )
         modalities, label_schema, orientation = base_meta.modalities, base_meta.label_schema, base_meta.orientation
         task = base_meta.task
     elif task == "generic":
@@ -73,17 +87,25 @@ def resolve_task(recipe: dict) -> TaskSpec:
     else:
         raise UserError(f"unknown task {task!r}; choose {', '.join(PRESETS)}, generic or from_base")
     out_channels = schema(label_schema).num_channels
-    if base_meta is not None and recipe["task"] != "from_base" and not recipe["init"]["encoder_only"] \
-            and base.kind == "brainsegfounder" and base_meta.label_schema == label_schema \
-            and tuple(base_meta.modalities) != tuple(modalities):
-        raise UserError(f"base model {base_meta.name} takes {', '.join(base_meta.modalities)} but the recipe's "
-                        f"task needs {', '.join(modalities)}; choose a base model for these inputs")
+    if (
+        base_meta is not None
+        and recipe["task"] != "from_base"
+        and not recipe["init"]["encoder_only"]
+        and base.kind == "brainsegfounder"
+        and base_meta.label_schema == label_schema
+        and tuple(base_meta.modalities) != tuple(modalities)
+    ):
+        raise UserError(
+            f"base model {base_meta.name} takes {', '.join(base_meta.modalities)} but the recipe's "
+            f"task needs {', '.join(modalities)}; choose a base model for these inputs"
+        )
     size = recipe["model"]["size"]
     if size == "auto":
         if base is None:
             raise UserError("model.size auto needs an init checkpoint to take the architecture from")
-        arch = dict(depths=base.network.depths, num_heads=base.network.num_heads,
-                    feature_size=base.network.feature_size)
+        arch = dict(
+            depths=base.network.depths, num_heads=base.network.num_heads, feature_size=base.network.feature_size
+        )
     elif size in SIZES:
         arch = SIZES[size]
     else:
@@ -93,9 +115,11 @@ def resolve_task(recipe: dict) -> TaskSpec:
         mine = (network.depths, network.num_heads, network.feature_size)
         theirs = (base.network.depths, base.network.num_heads, base.network.feature_size)
         if mine != theirs:
-            raise UserError(f"the init checkpoint is depths {list(theirs[0])}, heads {list(theirs[1])}, feature "
-                            f"size {theirs[2]}, but model.size {size} is {list(mine[0])}, {list(mine[1])}, "
-                            f"{mine[2]}; set model.size=auto or the matching size")
+            raise UserError(
+                f"the init checkpoint is depths {list(theirs[0])}, heads {list(theirs[1])}, feature "
+                f"size {theirs[2]}, but model.size {size} is {list(mine[0])}, {list(mine[1])}, "
+                f"{mine[2]}; set model.size=auto or the matching size"
+            )
     roi_setting = recipe["model"]["roi"]
     if roi_setting == "auto":
         roi_setting = base_meta.roi_size if base_meta is not None else (128, 128, 128)
@@ -110,11 +134,10 @@ def initialise(model, spec: TaskSpec, recipe: dict) -> InitReport:
     if base is None:
         return report
     report.source, report.kind = str(base.path), base.kind
-    source_modalities = (base.meta.modalities if base.meta is not None else recipe["init"]["modalities"])
+    source_modalities = base.meta.modalities if base.meta is not None else recipe["init"]["modalities"]
     target = model.state_dict()
     encoder_only = base.is_encoder_only or recipe["init"]["encoder_only"]
-    wanted = {k: v for k, v in base.state_dict.items()
-              if not encoder_only or k.startswith(ENCODER_PREFIX)}
+    wanted = {k: v for k, v in base.state_dict.items() if not encoder_only or k.startswith(ENCODER_PREFIX)}
     report.ignored = sorted(set(base.state_dict) - set(wanted))
     state = dict(target)  # anything not in the checkpoint keeps its fresh initialisation
     for key, value in wanted.items():
@@ -130,15 +153,19 @@ def initialise(model, spec: TaskSpec, recipe: dict) -> InitReport:
         report.loaded.append(key)
     unexpected = sorted(set(wanted) - set(target))
     if unexpected:
-        raise UserError(f"{base.path.name} has {len(unexpected)} tensors this network lacks "
-                        f"({', '.join(unexpected[:3])}); it is a different architecture")
+        raise UserError(
+            f"{base.path.name} has {len(unexpected)} tensors this network lacks "
+            f"({', '.join(unexpected[:3])}); it is a different architecture"
+        )
     if encoder_only:
         missing = sorted(k for k in target if k.startswith(ENCODER_PREFIX) and k not in wanted)
     else:
         missing = sorted(k for k in target if k not in wanted)
     if missing:
-        raise UserError(f"{base.path.name} lacks {len(missing)} tensors of this network "
-                        f"({', '.join(missing[:3])}); it is a different architecture")
+        raise UserError(
+            f"{base.path.name} lacks {len(missing)} tensors of this network "
+            f"({', '.join(missing[:3])}); it is a different architecture"
+        )
     load_strict(model, state, f"initialisation from {base.path.name}")
     report.loaded.sort()
     report.reinitialised.sort()
@@ -161,4 +188,3 @@ def build_model(spec: TaskSpec, recipe: dict):
         with torch.no_grad():
             model.out.conv.conv.bias.fill_(math.log(prior / (1 - prior)))
     return model, report
-

@@ -18,8 +18,17 @@ import numpy as np
 
 from brainsegfounder.metrics import region_dice
 
-NUMERIC = ("dice", "hd95_mm", "volume_pred_ml", "volume_true_ml", "volume_error_ml", "lesion_dice", "lesion_f1",
-           "lesions_true", "lesions_pred")
+NUMERIC = (
+    "dice",
+    "hd95_mm",
+    "volume_pred_ml",
+    "volume_true_ml",
+    "volume_error_ml",
+    "lesion_dice",
+    "lesion_f1",
+    "lesions_true",
+    "lesions_pred",
+)
 
 
 def region_hd95(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -38,9 +47,13 @@ def region_hd95(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float]) ->
         else:
             with warnings.catch_warnings():  # MONAI 1.6 warns about an argument it passes itself
                 warnings.simplefilter("ignore", FutureWarning)
-                value = compute_hausdorff_distance(torch.as_tensor(pred[c][None, None]),
-                                                   torch.as_tensor(true[c][None, None]), include_background=True,
-                                                   percentile=95, spacing=list(spacing))
+                value = compute_hausdorff_distance(
+                    torch.as_tensor(pred[c][None, None]),
+                    torch.as_tensor(true[c][None, None]),
+                    include_background=True,
+                    percentile=95,
+                    spacing=list(spacing),
+                )
             result[c] = float(value.reshape(-1)[0])
     return result
 
@@ -57,20 +70,28 @@ def lesion_wise(pred: np.ndarray, true: np.ndarray) -> Dict[str, float]:
     )
 
     panoptica.disable_citation_reminder()
-    evaluator = Panoptica_Evaluator(expected_input=InputType.SEMANTIC,
-                                    instance_approximator=ConnectedComponentsInstanceApproximator(),
-                                    instance_matcher=NaiveThresholdMatching(matching_threshold=0.5),
-                                    instance_metrics=[Metric.DSC], global_metrics=[Metric.DSC], verbose=False)
+    evaluator = Panoptica_Evaluator(
+        expected_input=InputType.SEMANTIC,
+        instance_approximator=ConnectedComponentsInstanceApproximator(),
+        instance_matcher=NaiveThresholdMatching(matching_threshold=0.5),
+        instance_metrics=[Metric.DSC],
+        global_metrics=[Metric.DSC],
+        verbose=False,
+    )
     result = evaluator.evaluate(np.asarray(pred, np.uint8), np.asarray(true, np.uint8), verbose=False)
     values = next(iter(result.values())).to_dict()
     empty = values["n_ref_instances"] == 0 and values["n_pred_instances"] == 0
-    return {"lesion_dice": 1.0 if empty else float(np.nan_to_num(values["pq_dsc"])),
-            "lesion_f1": 1.0 if empty else float(np.nan_to_num(values["rq"])),
-            "lesions_true": int(values["n_ref_instances"]), "lesions_pred": int(values["n_pred_instances"])}
+    return {
+        "lesion_dice": 1.0 if empty else float(np.nan_to_num(values["pq_dsc"])),
+        "lesion_f1": 1.0 if empty else float(np.nan_to_num(values["rq"])),
+        "lesions_true": int(values["n_ref_instances"]),
+        "lesions_pred": int(values["n_pred_instances"]),
+    }
 
 
-def case_metrics(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float], names: Sequence[str],
-                 lesions: bool = True) -> Dict[str, Dict[str, float]]:
+def case_metrics(
+    pred: np.ndarray, true: np.ndarray, spacing: Sequence[float], names: Sequence[str], lesions: bool = True
+) -> Dict[str, Dict[str, float]]:
     """All metrics of one case: ``{region: {metric: value}}`` for binary (R, ...) arrays."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     dice = region_dice(pred, true)
@@ -78,8 +99,13 @@ def case_metrics(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float], n
     out = {}
     for c, name in enumerate(names):
         vp, vt = float(pred[c].sum()) * voxel_ml, float(true[c].sum()) * voxel_ml
-        row = {"dice": float(dice[c]), "hd95_mm": float(hd95[c]), "volume_pred_ml": vp, "volume_true_ml": vt,
-               "volume_error_ml": vp - vt}
+        row = {
+            "dice": float(dice[c]),
+            "hd95_mm": float(hd95[c]),
+            "volume_pred_ml": vp,
+            "volume_true_ml": vt,
+            "volume_error_ml": vp - vt,
+        }
         if lesions:
             row.update(lesion_wise(pred[c], true[c]))
         out[name] = row
@@ -96,8 +122,12 @@ def summarise(rows: Sequence[dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
             values = np.array([r[metric] for r in mine if metric in r and r[metric] is not None], float)
             values = values[np.isfinite(values)]
             if len(values):
-                summary[region][metric] = {"mean": float(values.mean()), "sd": float(values.std()),
-                                           "median": float(np.median(values)), "n": len(values)}
+                summary[region][metric] = {
+                    "mean": float(values.mean()),
+                    "sd": float(values.std()),
+                    "median": float(np.median(values)),
+                    "n": len(values),
+                }
     return summary
 
 

@@ -40,8 +40,12 @@ class LoadCase(MapTransform):
             raise UserError(f"case {case.case_id}: the label is not on the grid of its first image")
         labels = sitk.GetArrayFromImage(reorient(label, self.orientation)).transpose(2, 1, 0)
         regions = self.schema.labels_to_regions(labels, case.convention).astype(np.uint8)
-        return {"image": volume, "label": box.crop(regions), "case_id": case.case_id,
-                "spacing": np.asarray(reference.GetSpacing(), dtype=np.float64)}
+        return {
+            "image": volume,
+            "label": box.crop(regions),
+            "case_id": case.case_id,
+            "spacing": np.asarray(reference.GetSpacing(), dtype=np.float64),
+        }
 
 
 def case_key(item) -> bytes:
@@ -67,8 +71,17 @@ def train_transforms(schema: LabelSchema, orientation: str, roi: Sequence[int], 
     keys = ["image", "label"]
     if train["crop"] == "posneg":
         pos = float(train["pos_fraction"])
-        crop = RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=pos, neg=1 - pos,
-                                      num_samples=1, image_key="image", image_threshold=0, allow_smaller=True)
+        crop = RandCropByPosNegLabeld(
+            keys,
+            label_key="label",
+            spatial_size=roi,
+            pos=pos,
+            neg=1 - pos,
+            num_samples=1,
+            image_key="image",
+            image_threshold=0,
+            allow_smaller=True,
+        )
     else:
         crop = RandSpatialCropd(keys, roi_size=roi, random_size=False)
     steps = [LoadCase(schema, orientation), SpatialPadd(keys, spatial_size=roi), crop]
@@ -97,6 +110,5 @@ def make_dataset(cases: Sequence[Case], transform, cache: str, cache_dir: Option
         return CacheDataset(items, transform, cache_rate=1.0, num_workers=max(1, workers), progress=False)
     if cache == "disk":
         cache_dir.mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(items, transform, cache_dir=cache_dir, hash_transform=None,
-                                 hash_func=case_key)
+        return PersistentDataset(items, transform, cache_dir=cache_dir, hash_transform=None, hash_func=case_key)
     return Dataset(items, transform)

@@ -16,33 +16,33 @@ from ..harness.recipe import CONFIG_DIR, check_choices, check_open_fraction, che
 RESUMABLE = ("train.epochs",)  # what may change when a run is resumed
 
 DEFAULTS: Dict[str, Any] = {
-    "task": "brats",            # brats, atlas, generic or from_base
-    "modalities": None,         # generic: input names in channel order, e.g. [t1, flair]
-    "labels": None,             # generic: label names for values 1..N, e.g. [lesion, edema]
-    "orientation": "RAS",       # generic: index-axis orientation the network sees
+    "task": "brats",  # brats, atlas, generic or from_base
+    "modalities": None,  # generic: input names in channel order, e.g. [t1, flair]
+    "labels": None,  # generic: label names for values 1..N, e.g. [lesion, edema]
+    "orientation": "RAS",  # generic: index-axis orientation the network sees
     "model": {
-        "size": "62M",          # 62M, 64M, 70M, 277M, small, tiny, or auto (the init checkpoint's)
+        "size": "62M",  # 62M, 64M, 70M, 277M, small, tiny, or auto (the init checkpoint's)
         "roi": [128, 128, 128],  # or auto: the init checkpoint's training ROI
         "gradient_checkpointing": False,
-        "name": None,           # model name written into the checkpoint (default: the run folder)
+        "name": None,  # model name written into the checkpoint (default: the run folder)
         "save_dtype": "float32",  # float16 halves the size of the exported model
     },
     "init": {
-        "checkpoint": None,     # None = from scratch; a path or local model name
+        "checkpoint": None,  # None = from scratch; a path or local model name
         "encoder_only": False,  # take only the Swin encoder from a full model
-        "modalities": None,     # input names of a checkpoint without metadata, to inflate by name
-        "output_prior": 0.05,   # a new output layer starts predicting this foreground probability
+        "modalities": None,  # input names of a checkpoint without metadata, to inflate by name
+        "output_prior": 0.05,  # a new output layer starts predicting this foreground probability
     },
     "data": {
-        "path": None,           # datalist.json, a BraTS 2021/2023 or ATLAS folder, or saved cases
-        "split": "folds",       # folds: hold out fold `fold`; fraction: hold out val_fraction
+        "path": None,  # datalist.json, a BraTS 2021/2023 or ATLAS folder, or saved cases
+        "split": "folds",  # folds: hold out fold `fold`; fraction: hold out val_fraction
         "folds": 5,
         "fold": 0,
         "val_fraction": 0.2,
         "label_fraction": 1.0,  # share of the training split used (label-efficiency studies)
-        "replay": None,         # data set mixed into training (never into validation)
-        "replay_ratio": 1.0,    # replay cases per training case
-        "cache": "none",        # none, memory or disk (run folder/cache)
+        "replay": None,  # data set mixed into training (never into validation)
+        "replay_ratio": 1.0,  # replay cases per training case
+        "cache": "none",  # none, memory or disk (run folder/cache)
         "workers": 2,
         "label_convention": "auto",  # brats2021 (ET=4), brats2023 (ET=3) or auto
         "max_val_cases": None,
@@ -53,32 +53,36 @@ DEFAULTS: Dict[str, Any] = {
         "lr": 1.0e-4,
         "weight_decay": 1.0e-5,
         "warmup_epochs": 50,
-        "loss": "dice",         # dice (BrainSegFounder), dice_ce
-        "amp": True,            # CUDA only: bf16 where supported, else fp16 with loss scaling
+        "loss": "dice",  # dice (BrainSegFounder), dice_ce
+        "amp": True,  # CUDA only: bf16 where supported, else fp16 with loss scaling
         "seed": 0,
         "val_every": 1,
         "steps_per_epoch": None,  # None: one pass over the training cases
-        "crop": "random",       # random (BrainSegFounder) or posneg (foreground-weighted)
+        "crop": "random",  # random (BrainSegFounder) or posneg (foreground-weighted)
         "pos_fraction": 0.5,
         "log_every": 1,
     },
     "augment": {"flip": 0.5, "intensity_scale": 0.1, "intensity_shift": 0.1},
     "validation": {"overlap": 0.5, "sw_batch_size": 1, "threshold": 0.5},
     "output": {"dir": "runs/finetune"},
-    "register": None,           # a name: copy the best model into the local model registry
+    "register": None,  # a name: copy the best model into the local model registry
 }
 
 CHOICES = {
-    "data.split": ("folds", "fraction"), "data.cache": ("none", "memory", "disk"),
-    "data.label_convention": ("auto", "brats2021", "brats2023"), "train.loss": ("dice", "dice_ce"),
-    "train.crop": ("random", "posneg"), "model.save_dtype": ("float32", "float16"),
+    "data.split": ("folds", "fraction"),
+    "data.cache": ("none", "memory", "disk"),
+    "data.label_convention": ("auto", "brats2021", "brats2023"),
+    "train.loss": ("dice", "dice_ce"),
+    "train.crop": ("random", "posneg"),
+    "model.save_dtype": ("float32", "float16"),
 }
 
 
 def check_recipe(recipe: dict) -> None:
     check_choices(recipe, CHOICES)
-    check_whole_numbers(recipe, ("train.epochs", "train.batch_size", "train.val_every", "data.folds",
-                                 "train.log_every"))
+    check_whole_numbers(
+        recipe, ("train.epochs", "train.batch_size", "train.val_every", "data.folds", "train.log_every")
+    )
     if not 0 < float(recipe["data"]["label_fraction"]) <= 1:
         raise UserError("recipe data.label_fraction must be in (0, 1]")
     if not 0 < float(recipe["init"]["output_prior"]) < 1:
@@ -92,8 +96,9 @@ def check_recipe(recipe: dict) -> None:
     else:
         check_roi(recipe["model"]["roi"])
     if recipe["task"] == "generic" and not (recipe["modalities"] and recipe["labels"]):
-        raise UserError("a generic recipe needs `modalities` (inputs in channel order) and `labels` (names of "
-                        "label values 1..N)")
+        raise UserError(
+            "a generic recipe needs `modalities` (inputs in channel order) and `labels` (names of label values 1..N)"
+        )
     if recipe["task"] == "from_base" and not recipe["init"]["checkpoint"]:
         raise UserError("task from_base needs a base model: give --base MODEL (init.checkpoint)")
 

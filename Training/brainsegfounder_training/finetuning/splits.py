@@ -27,8 +27,12 @@ class Split:
     settings: Dict[str, object]
 
     def to_dict(self) -> dict:
-        return {**self.settings, "train": [c.case_id for c in self.train], "val": [c.case_id for c in self.val],
-                "replay": [c.case_id for c in self.replay]}
+        return {
+            **self.settings,
+            "train": [c.case_id for c in self.train],
+            "val": [c.case_id for c in self.val],
+            "replay": [c.case_id for c in self.replay],
+        }
 
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
@@ -38,13 +42,16 @@ def _rng(seed: int, purpose: str) -> np.random.Generator:
 def assign_folds(cases: Sequence[Case], folds: int, seed: int) -> List[Case]:
     """Cases with a fold each: the data set's folds where every case has one, else dealt."""
     if len(cases) < folds:
-        raise UserError(f"{len(cases)} cases are fewer than the {folds} folds asked for; use fewer folds "
-                        "(data.folds) or more cases")
+        raise UserError(
+            f"{len(cases)} cases are fewer than the {folds} folds asked for; use fewer folds (data.folds) or more cases"
+        )
     if all(c.fold is not None for c in cases):
         present = {c.fold for c in cases}
         if len(present) < folds:
-            raise UserError(f"the data set's datalist has folds {sorted(present)}, fewer than data.folds={folds}; "
-                            f"set data.folds to {len(present)}")
+            raise UserError(
+                f"the data set's datalist has folds {sorted(present)}, fewer than data.folds={folds}; "
+                f"set data.folds to {len(present)}"
+            )
         return list(cases)
     order = _rng(seed, "folds").permutation(len(cases))
     folded = list(cases)
@@ -65,8 +72,7 @@ def make_split(cases: Sequence[Case], data: dict, seed: int, replay: Sequence[Ca
     else:
         n_val = max(1, round(len(cases) * float(data["val_fraction"])))
         if len(cases) - n_val < 1:
-            raise UserError(f"{len(cases)} case(s) cannot be split into training and validation; "
-                            "save at least 2 cases")
+            raise UserError(f"{len(cases)} case(s) cannot be split into training and validation; save at least 2 cases")
         order = _rng(seed, "fraction").permutation(len(cases))
         val = [cases[i] for i in sorted(order[:n_val])]
         train = [cases[i] for i in sorted(order[n_val:])]
@@ -78,7 +84,7 @@ def make_split(cases: Sequence[Case], data: dict, seed: int, replay: Sequence[Ca
         chosen = sorted(_rng(seed, "label_fraction").choice(len(train), keep, replace=False))
         train = [train[i] for i in chosen]
     if data.get("max_val_cases"):
-        val = val[:int(data["max_val_cases"])]
+        val = val[: int(data["max_val_cases"])]
     replay_cases: List[Case] = []
     if replay:
         clash = {c.case_id for c in replay} & {c.case_id for c in val}
@@ -86,7 +92,13 @@ def make_split(cases: Sequence[Case], data: dict, seed: int, replay: Sequence[Ca
         count = min(len(replay), math.ceil(len(train) * float(data["replay_ratio"])))
         chosen = sorted(_rng(seed, "replay").choice(len(replay), count, replace=False)) if count else []
         replay_cases = [replace(replay[i], source="replay", case_id=f"replay:{replay[i].case_id}") for i in chosen]
-    settings = {"seed": seed, "split": data["split"], "folds": data["folds"], "fold": data["fold"],
-                "val_fraction": data["val_fraction"], "label_fraction": fraction,
-                "replay_ratio": data["replay_ratio"]}
+    settings = {
+        "seed": seed,
+        "split": data["split"],
+        "folds": data["folds"],
+        "fold": data["fold"],
+        "val_fraction": data["val_fraction"],
+        "label_fraction": fraction,
+        "replay_ratio": data["replay_ratio"],
+    }
     return Split(train, val, replay_cases, settings)

@@ -55,14 +55,23 @@ class Validator:
 
     def __init__(self, cases: List[Case], spec: TaskSpec, recipe: dict, d: distributed.Dist):
         self.schema = label_schema(spec.label_schema)
-        self.mine = cases[d.rank::d.world]
+        self.mine = cases[d.rank :: d.world]
         self.n = len(cases)
-        self.dataset = make_dataset(self.mine, val_transforms(self.schema, spec.orientation),
-                                    "memory" if recipe["data"]["cache"] != "none" else "none", None, 0)
+        self.dataset = make_dataset(
+            self.mine,
+            val_transforms(self.schema, spec.orientation),
+            "memory" if recipe["data"]["cache"] != "none" else "none",
+            None,
+            0,
+        )
         v = recipe["validation"]
-        self.settings = InferenceSettings(overlap=float(v["overlap"]), sw_batch_size=int(v["sw_batch_size"]),
-                                          threshold=float(v["threshold"]), memory="normal",
-                                          precision="auto" if recipe["train"]["amp"] else "fp32")
+        self.settings = InferenceSettings(
+            overlap=float(v["overlap"]),
+            sw_batch_size=int(v["sw_batch_size"]),
+            threshold=float(v["threshold"]),
+            memory="normal",
+            precision="auto" if recipe["train"]["amp"] else "fp32",
+        )
         self.roi, self.d = spec.roi, d
 
     def __call__(self, model, progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):
@@ -108,9 +117,15 @@ def epoch_batches(dataset, recipe: dict, epoch: int, steps: int, d: distributed.
         sampler = DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=epoch_seed)
         dataset.transform.set_random_state(seed=(epoch_seed * 7 + d.rank) % 2**32)
         workers = int(recipe["data"]["workers"])
-        loader = DataLoader(dataset, batch_size=int(recipe["train"]["batch_size"]), sampler=sampler,
-                            num_workers=workers, generator=torch.Generator().manual_seed(epoch_seed + d.rank),
-                            pin_memory=d.device.type == "cuda", drop_last=False)
+        loader = DataLoader(
+            dataset,
+            batch_size=int(recipe["train"]["batch_size"]),
+            sampler=sampler,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(epoch_seed + d.rank),
+            pin_memory=d.device.type == "cuda",
+            drop_last=False,
+        )
         for batch in loader:
             yield batch
             produced += 1
@@ -126,8 +141,8 @@ class FinetuneRun:
     spec: TaskSpec
     split: Split
     init_report: Optional[InitReport]
-    model: Any                      # the network (its state is what is saved)
-    net: Any                        # what steps: the network, or its DDP wrapper
+    model: Any  # the network (its state is what is saved)
+    net: Any  # what steps: the network, or its DDP wrapper
     dataset: Any
     validator: Validator
     opt: Optimisation
@@ -135,10 +150,10 @@ class FinetuneRun:
     epochs: int
     steps_per_epoch: int
     log: Optional[MetricsLog] = None
-    epoch: int = 0                  # finished epochs
-    step: int = 0                   # finished steps
-    best: Optional[dict] = None     # {"epoch", "mean_dice", "dice"} of best.pt
-    before: Optional[dict] = None   # the starting model's held-out score, when it is a full model
+    epoch: int = 0  # finished epochs
+    step: int = 0  # finished steps
+    best: Optional[dict] = None  # {"epoch", "mean_dice", "dice"} of best.pt
+    before: Optional[dict] = None  # the starting model's held-out score, when it is a full model
 
     @property
     def total_steps(self) -> int:
@@ -167,18 +182,19 @@ class Trainer(RunLoop):
     def _data(self, spec: TaskSpec) -> Split:
         data = self.recipe["data"]
         schema = label_schema(spec.label_schema)
-        cases = check_cases(discover(data["path"], spec.modalities), schema, data["label_convention"],
-                            self.progress)
+        cases = check_cases(discover(data["path"], spec.modalities), schema, data["label_convention"], self.progress)
         replay = []
         if data["replay"]:
-            replay = check_cases(discover(data["replay"], spec.modalities), schema, data["label_convention"],
-                                 self.progress)
+            replay = check_cases(
+                discover(data["replay"], spec.modalities), schema, data["label_convention"], self.progress
+            )
         split = make_split(cases, data, self.seed, replay)
         splits_path = self.run / "splits.json"
-        if splits_path.is_file() and json.loads(splits_path.read_text()) != json.loads(
-                json.dumps(split.to_dict())):
-            raise UserError(f"the data in {data['path']} changed since this run started (its split differs from "
-                            f"{splits_path}); resume with the same data or start a new run")
+        if splits_path.is_file() and json.loads(splits_path.read_text()) != json.loads(json.dumps(split.to_dict())):
+            raise UserError(
+                f"the data in {data['path']} changed since this run started (its split differs from "
+                f"{splits_path}); resume with the same data or start a new run"
+            )
         return split
 
     def _start(self) -> FinetuneRun:
@@ -193,8 +209,9 @@ class Trainer(RunLoop):
         else:
             model, init_report = build_model(spec, recipe)
         # recipe.yaml again when resuming: a raised train.epochs is what the next resume reads
-        self.write_start({"splits.json": split.to_dict(),
-                          "init.json": init_report.to_dict() if init_report is not None else None})
+        self.write_start(
+            {"splits.json": split.to_dict(), "init.json": init_report.to_dict() if init_report is not None else None}
+        )
         if init_report is not None:
             self.progress("init", 1, 1, init_report.summary())
         distributed.barrier(d)
@@ -203,17 +220,32 @@ class Trainer(RunLoop):
 
         train_cases = split.train + split.replay
         schema = label_schema(spec.label_schema)
-        dataset = make_dataset(train_cases, train_transforms(schema, spec.orientation, spec.roi, recipe),
-                               recipe["data"]["cache"], self.run / "cache", int(recipe["data"]["workers"]))
+        dataset = make_dataset(
+            train_cases,
+            train_transforms(schema, spec.orientation, spec.roi, recipe),
+            recipe["data"]["cache"],
+            self.run / "cache",
+            int(recipe["data"]["workers"]),
+        )
         validator = Validator(split.val, spec, recipe, d)
         train = recipe["train"]
         epochs = int(train["epochs"])
         per_rank = math.ceil(len(train_cases) / d.world)
         steps = int(train["steps_per_epoch"] or math.ceil(per_rank / int(train["batch_size"])))
         opt = Optimisation(model, train, d.device, int(train["warmup_epochs"]) * steps, epochs * steps)
-        return FinetuneRun(spec=spec, split=split, init_report=init_report, model=model, net=net, dataset=dataset,
-                           validator=validator, opt=opt, loss_fn=make_loss(recipe), epochs=epochs,
-                           steps_per_epoch=steps)
+        return FinetuneRun(
+            spec=spec,
+            split=split,
+            init_report=init_report,
+            model=model,
+            net=net,
+            dataset=dataset,
+            validator=validator,
+            opt=opt,
+            loss_fn=make_loss(recipe),
+            epochs=epochs,
+            steps_per_epoch=steps,
+        )
 
     def _resume(self, run: FinetuneRun) -> None:
         """Weights, optimisation and counters from state.pt; metrics after it are dropped."""
@@ -224,19 +256,28 @@ class Trainer(RunLoop):
         self.progress("resume", run.epoch, run.epochs, f"resuming after epoch {run.epoch}")
         run.log = MetricsLog(self.run, self.d.main, run.epoch)
         if run.epoch >= run.epochs:
-            raise UserError(f"{self.run.path} already finished its {run.epochs} epochs; raise train.epochs to "
-                            f"train longer (e.g. train.epochs={run.epochs * 2})")
+            raise UserError(
+                f"{self.run.path} already finished its {run.epochs} epochs; raise train.epochs to "
+                f"train longer (e.g. train.epochs={run.epochs * 2})"
+            )
 
     def _score_start(self, run: FinetuneRun) -> None:
         """A full starting model is scored first: "before" for corrections, and the bar to beat."""
         base = run.spec.base
-        if base is None or base.is_encoder_only or run.init_report.reinitialised \
-                or self.recipe["init"]["encoder_only"]:
+        if base is None or base.is_encoder_only or run.init_report.reinitialised or self.recipe["init"]["encoder_only"]:
             return
         run.before = run.validator(run.model, self.progress, self.cancel)
         run.best = {"epoch": 0, "mean_dice": run.before["mean_dice"], "dice": run.before["dice"]}
-        run.log.write({"type": "epoch", "epoch": 0, "step": 0, "val_dice": run.before["dice"],
-                       "val_mean_dice": run.before["mean_dice"], "best_mean_dice": run.before["mean_dice"]})
+        run.log.write(
+            {
+                "type": "epoch",
+                "epoch": 0,
+                "step": 0,
+                "val_dice": run.before["dice"],
+                "val_mean_dice": run.before["mean_dice"],
+                "best_mean_dice": run.before["mean_dice"],
+            }
+        )
         self._save_best(run)
 
     # -- the loop -----------------------------------------------------------------------
@@ -260,8 +301,14 @@ class Trainer(RunLoop):
             if run.step % int(train["log_every"]) == 0:
                 run.log.write({"type": "step", "epoch": epoch + 1, "step": run.step, "loss": value, "lr": run.opt.lr})
             self.progress("train", run.step, run.total_steps, f"epoch {epoch + 1}/{run.epochs} loss {value:.4f}")
-        record = {"type": "epoch", "epoch": epoch + 1, "step": run.step, "loss": float(np.mean(losses)),
-                  "lr": run.opt.lr, "epoch_time_s": round(time.perf_counter() - t_epoch, 2)}
+        record = {
+            "type": "epoch",
+            "epoch": epoch + 1,
+            "step": run.step,
+            "loss": float(np.mean(losses)),
+            "lr": run.opt.lr,
+            "epoch_time_s": round(time.perf_counter() - t_epoch, 2),
+        }
         if (epoch + 1) % int(train["val_every"]) == 0 or epoch + 1 == run.epochs:
             result = run.validator(run.model, self.progress, self.cancel)
             record.update(val_dice=result["dice"], val_mean_dice=result["mean_dice"])
@@ -271,8 +318,17 @@ class Trainer(RunLoop):
         record.update(best_mean_dice=run.best["mean_dice"] if run.best else None, **peak_memory_gib(d.device))
         run.log.write(record)
         run.epoch = epoch + 1
-        self.save_state({"epoch": run.epoch, "step": run.step, "model": self.weights(run.model),
-                         **run.opt.state_dict(), "best": run.best, "before": run.before}, self._kept(epoch))
+        self.save_state(
+            {
+                "epoch": run.epoch,
+                "step": run.step,
+                "model": self.weights(run.model),
+                **run.opt.state_dict(),
+                "best": run.best,
+                "before": run.before,
+            },
+            self._kept(epoch),
+        )
 
     def _kept(self, epoch: int) -> str:
         if epoch == 0 and not self.run.has_state:
@@ -289,12 +345,15 @@ class Trainer(RunLoop):
         base = spec.base_meta
         provenance = {
             "base": (f"{base.name} {base.version}" if base else str(spec.base.path)) if spec.base else "scratch",
-            "data": str(recipe["data"]["path"]), "replay": str(recipe["data"]["replay"] or ""),
-            "run": str(self.run.path.resolve()), "epoch": best["epoch"],
+            "data": str(recipe["data"]["path"]),
+            "replay": str(recipe["data"]["replay"] or ""),
+            "run": str(self.run.path.resolve()),
+            "epoch": best["epoch"],
             "val_dice": {k: round(v, 4) for k, v in best["dice"].items()},
             "val_cases": [c.case_id for c in split.val],
             "train_cases": [{"case_id": c.case_id, **c.extra} for c in split.train],
-            "replay_cases": len(split.replay), "seed": self.seed,
+            "replay_cases": len(split.replay),
+            "seed": self.seed,
         }
         if run.before is not None:
             provenance["val_dice_before"] = {k: round(v, 4) for k, v in run.before["dice"].items()}
@@ -306,10 +365,18 @@ class Trainer(RunLoop):
 
     def _finish(self, run: FinetuneRun, t_start: float) -> dict:
         before = run.before
-        summary = {"run": str(self.run.path), "best_model": str(self.run / "best.pt"), "best": run.best,
-                   "before": {k: before[k] for k in ("dice", "mean_dice")} if before else None,
-                   "epochs": run.epochs, "steps": run.step, "train_cases": len(run.split.train),
-                   "replay_cases": len(run.split.replay), "val_cases": len(run.split.val),
-                   "processes": self.d.world, "device": str(self.d.device),
-                   "time_s": round(time.perf_counter() - t_start, 1)}
+        summary = {
+            "run": str(self.run.path),
+            "best_model": str(self.run / "best.pt"),
+            "best": run.best,
+            "before": {k: before[k] for k in ("dice", "mean_dice")} if before else None,
+            "epochs": run.epochs,
+            "steps": run.step,
+            "train_cases": len(run.split.train),
+            "replay_cases": len(run.split.replay),
+            "val_cases": len(run.split.val),
+            "processes": self.d.world,
+            "device": str(self.d.device),
+            "time_s": round(time.perf_counter() - t_start, 1),
+        }
         return self.finish(summary, learning_curves, "learning_curves.png")

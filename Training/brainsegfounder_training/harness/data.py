@@ -12,8 +12,10 @@ from brainsegfounder.preprocess import BrainBox, normalize
 from brainsegfounder.segment import load_inputs, to_network_array
 
 # BraTS file tags per naming convention: 2021 (BraTS2021_00000_flair) and 2023 (BraTS-GLI-..-t2f).
-BRATS_TAGS = {"brats2021": {"flair": "flair", "t1ce": "t1ce", "t1": "t1", "t2": "t2"},
-              "brats2023": {"flair": "t2f", "t1ce": "t1c", "t1": "t1n", "t2": "t2w"}}
+BRATS_TAGS = {
+    "brats2021": {"flair": "flair", "t1ce": "t1ce", "t1": "t1", "t2": "t2"},
+    "brats2023": {"flair": "t2f", "t1ce": "t1c", "t1": "t1n", "t2": "t2w"},
+}
 
 
 def data_path(path, missing: str) -> Path:

@@ -41,8 +41,10 @@ def setup(device_name: str = "auto") -> Dist:
     use_cuda = torch.cuda.is_available() and device_name != "cpu"
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"process {local_rank} on this node has no GPU ({torch.cuda.device_count()} visible); "
-                            "start at most one process per GPU (--nproc_per_node)")
+            raise UserError(
+                f"process {local_rank} on this node has no GPU ({torch.cuda.device_count()} visible); "
+                "start at most one process per GPU (--nproc_per_node)"
+            )
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

@@ -25,9 +25,15 @@ class InitReport:
     ignored: List[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "kind": self.kind, "loaded_count": len(self.loaded),
-                "loaded": self.loaded, "inflated": self.inflated, "reinitialised": self.reinitialised,
-                "ignored": self.ignored}
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "loaded_count": len(self.loaded),
+            "loaded": self.loaded,
+            "inflated": self.inflated,
+            "reinitialised": self.reinitialised,
+            "ignored": self.ignored,
+        }
 
     def summary(self) -> str:
         if self.kind == "scratch":
@@ -40,8 +46,13 @@ class InitReport:
         return text
 
 
-def inflate(kernel, source_modalities: Optional[Sequence[str]], target_modalities: Sequence[str], axis: int = 1,
-            scale: bool = True):
+def inflate(
+    kernel,
+    source_modalities: Optional[Sequence[str]],
+    target_modalities: Sequence[str],
+    axis: int = 1,
+    scale: bool = True,
+):
     """Channels of ``kernel`` along ``axis`` (C_src) -> one per target modality (C_new): the
     source's channel of the same modality where known, else the mean over the source channels.
     Input kernels (axis 1) are scaled by C_src / C_new so the summed response keeps its size;

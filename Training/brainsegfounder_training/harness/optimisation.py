@@ -30,8 +30,9 @@ class Optimisation:
     def __init__(self, model, train: dict, device, warmup: int, total: int):
         import torch
 
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=float(train["lr"]),
-                                           weight_decay=float(train["weight_decay"]))
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=float(train["lr"]), weight_decay=float(train["weight_decay"])
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, warmup, total))
         self.device_type = device.type
         self.precision = auto_precision(device) if bool(train["amp"]) and device.type == "cuda" else "fp32"
@@ -61,8 +62,11 @@ class Optimisation:
         return self.scheduler.get_last_lr()[0]
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

@@ -63,8 +63,9 @@ def parse_override(text: str) -> dict:
     return result
 
 
-def read_recipe(name_or_path: Optional[str], overrides: Iterable[str], defaults: dict,
-                check: Callable[[dict], None], folder: Path) -> dict:
+def read_recipe(
+    name_or_path: Optional[str], overrides: Iterable[str], defaults: dict, check: Callable[[dict], None], folder: Path
+) -> dict:
     """``defaults`` <- the recipe file (a path or a name bundled in ``folder``) <- overrides, then ``check``."""
     recipe = copy.deepcopy(defaults)
     if name_or_path:
@@ -109,8 +110,9 @@ def check_open_fraction(recipe: dict, key: str) -> None:
 
 def check_roi(roi) -> None:
     """SwinUNETR's ROI: each side a multiple of 32 (five halvings) and at least 64."""
-    if not (isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) and r >= 64 and r % 32 == 0
-                                                             for r in roi)):
+    if not (
+        isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) and r >= 64 and r % 32 == 0 for r in roi)
+    ):
         raise UserError(f"recipe model.roi {roi!r} must be three multiples of 32, each at least 64")
 
 

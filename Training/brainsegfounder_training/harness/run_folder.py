@@ -44,8 +44,15 @@ def to_plain(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def prepare_run(recipe: Optional[dict], out: Optional[str], resume: Optional[str], overrides: Iterable[str] = (),
-                load=None, resumable: Sequence[str] = (), command: str = "finetune") -> Tuple[dict, RunFolder, bool]:
+def prepare_run(
+    recipe: Optional[dict],
+    out: Optional[str],
+    resume: Optional[str],
+    overrides: Iterable[str] = (),
+    load=None,
+    resumable: Sequence[str] = (),
+    command: str = "finetune",
+) -> Tuple[dict, RunFolder, bool]:
     """(recipe, run folder, resuming?) for a new run or a resumed one.
 
     Args:
@@ -62,11 +69,15 @@ def prepare_run(recipe: Optional[dict], out: Optional[str], resume: Optional[str
         for text in overrides:
             key = text.partition("=")[0].strip()
             if key not in resumable:
-                raise UserError(f"{key} cannot change when resuming (only {', '.join(resumable)}); "
-                                "start a new run for other settings")
+                raise UserError(
+                    f"{key} cannot change when resuming (only {', '.join(resumable)}); "
+                    "start a new run for other settings"
+                )
         return load(str(run / "recipe.yaml"), overrides), run, run.has_state
     run = RunFolder(Path(out or recipe["output"]["dir"]))
     if run.path.exists() and any(run.path.iterdir()):
-        raise UserError(f"{run.path} already holds files; continue that run with --resume {run.path} or give a "
-                        "new --out folder (nothing there is overwritten)")
+        raise UserError(
+            f"{run.path} already holds files; continue that run with --resume {run.path} or give a "
+            "new --out folder (nothing there is overwritten)"
+        )
     return recipe, run, False

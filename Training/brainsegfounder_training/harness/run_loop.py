@@ -26,10 +26,17 @@ class RunLoop:
     """
 
     state_format = ""  # what a state.pt of this kind of run says it is
-    command = ""       # the brainsegfounder command that runs it, named in errors
+    command = ""  # the brainsegfounder command that runs it, named in errors
 
-    def __init__(self, recipe: dict, run: RunFolder, resuming: bool, device: str = "auto",
-                 progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):
+    def __init__(
+        self,
+        recipe: dict,
+        run: RunFolder,
+        resuming: bool,
+        device: str = "auto",
+        progress: ProgressCallback = null_progress,
+        cancel: Optional[CancelToken] = None,
+    ):
         self.recipe, self.run, self.resuming = recipe, run, resuming
         self.d = distributed.setup(device)
         self.progress = progress if self.d.main else null_progress
@@ -55,7 +62,8 @@ class RunLoop:
         if not self.d.enabled:
             return model
         return torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.d.local_rank] if self.d.device.type == "cuda" else None)
+            model, device_ids=[self.d.local_rank] if self.d.device.type == "cuda" else None
+        )
 
     # -- each step --------------------------------------------------------------------------
     def cancelled(self) -> bool:
@@ -65,8 +73,10 @@ class RunLoop:
         import torch
 
         if not torch.isfinite(loss):
-            raise UserError(f"the loss became {loss.item()} at step {step}; lower train.lr or turn off train.amp, "
-                            f"then --resume {self.run.path}")
+            raise UserError(
+                f"the loss became {loss.item()} at step {step}; lower train.lr or turn off train.amp, "
+                f"then --resume {self.run.path}"
+            )
 
     # -- what the run keeps -----------------------------------------------------------------
     def load_state(self) -> dict:

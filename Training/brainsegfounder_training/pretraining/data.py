@@ -65,8 +65,15 @@ def subject_key(item) -> bytes:
 class CropStream(torch.utils.data.Dataset):
     """``dataset[(index, seed)]`` -> ``{"image": (crops, C, *roi) float32, "id", "skipped"}``."""
 
-    def __init__(self, subjects: Sequence[Subject], orientation: str, roi: Sequence[int], crops: int,
-                 cache_dir: Optional[Path] = None, max_tries: int = 20):
+    def __init__(
+        self,
+        subjects: Sequence[Subject],
+        orientation: str,
+        roi: Sequence[int],
+        crops: int,
+        cache_dir: Optional[Path] = None,
+        max_tries: int = 20,
+    ):
         from monai.data import Dataset, PersistentDataset
         from monai.transforms import RandSpatialCropSamples, SpatialPad
 
@@ -75,8 +82,9 @@ class CropStream(torch.utils.data.Dataset):
         load = LoadSubject(orientation)
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            self.volumes = PersistentDataset(items, load, cache_dir=cache_dir, hash_func=subject_key,
-                                             hash_transform=None)
+            self.volumes = PersistentDataset(
+                items, load, cache_dir=cache_dir, hash_func=subject_key, hash_transform=None
+            )
         else:
             self.volumes = Dataset(items, load)
         self.pad = SpatialPad(tuple(roi))
@@ -100,8 +108,10 @@ class CropStream(torch.utils.data.Dataset):
             self.crop.set_random_state(seed=seed % 2**32)
             crops = torch.stack([torch.as_tensor(c) for c in self.crop(padded)])
             return {"image": crops.as_subclass(torch.Tensor), "id": subject.subject_id, "skipped": skipped}
-        raise UserError(f"{self.max_tries} subjects in a row could not be read (e.g. {skipped[0]['id']}: "
-                        f"{skipped[0]['reason']}); check that the data is reachable, then resume the run")
+        raise UserError(
+            f"{self.max_tries} subjects in a row could not be read (e.g. {skipped[0]['id']}: "
+            f"{skipped[0]['reason']}); check that the data is reachable, then resume the run"
+        )
 
 
 class StreamSampler(torch.utils.data.Sampler):
@@ -135,8 +145,11 @@ class StreamSampler(torch.utils.data.Sampler):
 
 def collate(items):
     """Crops of all volumes as one batch (B * crops, C, *roi); ids and skips as lists."""
-    return {"image": torch.cat([it["image"] for it in items]), "ids": [it["id"] for it in items],
-            "skipped": [s for it in items for s in it["skipped"]]}
+    return {
+        "image": torch.cat([it["image"] for it in items]),
+        "ids": [it["id"] for it in items],
+        "skipped": [s for it in items for s in it["skipped"]],
+    }
 
 
 def batches(loader):
@@ -154,9 +167,25 @@ def batches(loader):
         yield batch
 
 
-def stream_loader(dataset: CropStream, batch: int, seed: int, start: int, end: int, rank: int, world: int,
-                  workers: int, pin_memory: bool = False):
+def stream_loader(
+    dataset: CropStream,
+    batch: int,
+    seed: int,
+    start: int,
+    end: int,
+    rank: int,
+    world: int,
+    workers: int,
+    pin_memory: bool = False,
+):
     sampler = StreamSampler(len(dataset), batch, seed, start, end, rank, world)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                                       collate_fn=collate, pin_memory=pin_memory,
-                                       persistent_workers=False, prefetch_factor=2 if workers else None)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=2 if workers else None,
+    )

@@ -38,8 +38,12 @@ def reconstruction_decoder(dim: int, out_channels: int) -> nn.Sequential:
     channels = [dim, dim // 2, dim // 4, dim // 8, dim // 16, dim // 16]
     layers: List[nn.Module] = []
     for c_in, c_out in itertools.pairwise(channels):
-        layers += [nn.Conv3d(c_in, c_out, kernel_size=3, padding=1), nn.InstanceNorm3d(c_out), nn.LeakyReLU(),
-                   nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False)]
+        layers += [
+            nn.Conv3d(c_in, c_out, kernel_size=3, padding=1),
+            nn.InstanceNorm3d(c_out),
+            nn.LeakyReLU(),
+            nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False),
+        ]
     layers.append(nn.Conv3d(channels[-1], out_channels, kernel_size=1))
     return nn.Sequential(*layers)
 
@@ -57,9 +61,11 @@ class SSLHead(nn.Module):
         # The encoder is taken from a SwinUNETR built from the same config, so its keys and
         # shapes are by construction those a fine-tuning run loads (one definition, not two);
         # SwinUNETR needs an output channel to build, and the decoder it builds is dropped.
-        self.swinViT = build_network(replace(config, out_channels=max(1, config.out_channels)),
-                                     use_checkpoint=use_checkpoint,
-                                     use_flash_attention=use_flash_attention).swinViT
+        self.swinViT = build_network(
+            replace(config, out_channels=max(1, config.out_channels)),
+            use_checkpoint=use_checkpoint,
+            use_flash_attention=use_flash_attention,
+        ).swinViT
         dim = 16 * config.feature_size
         self.config = config
         self.rotation_head = nn.Linear(dim, ROTATIONS)
@@ -67,16 +73,20 @@ class SSLHead(nn.Module):
         self.conv = reconstruction_decoder(dim, config.in_channels)
 
     def forward(self, x: torch.Tensor):
-        bottleneck = self.swinViT(x.contiguous())[4]            # (B, 16f, h, w, d)
-        tokens = bottleneck.flatten(2).transpose(1, 2)           # (B, h*w*d, 16f)
+        bottleneck = self.swinViT(x.contiguous())[4]  # (B, 16f, h, w, d)
+        tokens = bottleneck.flatten(2).transpose(1, 2)  # (B, h*w*d, 16f)
         return self.rotation_head(tokens[:, 0]), self.contrastive_head(tokens[:, 1]), self.conv(bottleneck)
 
 
 def ssl_network_config(in_channels: int, depths, num_heads, feature_size: int) -> NetworkConfig:
     """The encoder's config; ``out_channels=0`` marks a checkpoint without a segmentation decoder."""
-    return NetworkConfig(in_channels=in_channels, out_channels=0, depths=tuple(depths), num_heads=tuple(num_heads),
-                         feature_size=int(feature_size))
-
+    return NetworkConfig(
+        in_channels=in_channels,
+        out_channels=0,
+        depths=tuple(depths),
+        num_heads=tuple(num_heads),
+        feature_size=int(feature_size),
+    )
 
 
 def ssl_config_of_recipe(recipe: dict, init_ckpt) -> NetworkConfig:
@@ -93,8 +103,10 @@ def ssl_config_of_recipe(recipe: dict, init_ckpt) -> NetworkConfig:
     if init_ckpt is not None:
         theirs = (init_ckpt.network.depths, init_ckpt.network.num_heads, init_ckpt.network.feature_size)
         if theirs != (config.depths, config.num_heads, config.feature_size):
-            raise UserError(f"the init checkpoint is depths {list(theirs[0])}, heads {list(theirs[1])}, feature size "
-                            f"{theirs[2]}, but model.size {size} differs; set model.size=auto or the matching size")
+            raise UserError(
+                f"the init checkpoint is depths {list(theirs[0])}, heads {list(theirs[1])}, feature size "
+                f"{theirs[2]}, but model.size {size} differs; set model.size=auto or the matching size"
+            )
     return config
 
 
@@ -116,24 +128,31 @@ def load_into_head(head: SSLHead, ckpt, target_modalities, source_modalities=Non
             report.ignored.append(key)  # a fine-tuned model's decoder
             continue
         if key not in target:
-            raise UserError(f"{ckpt.path.name} has {key}, which this network lacks; it is a different architecture "
-                            "(check model.size)")
+            raise UserError(
+                f"{ckpt.path.name} has {key}, which this network lacks; it is a different architecture "
+                "(check model.size)"
+            )
         wanted = target[key].shape
         if key == PATCH_EMBED and value.shape[1] != wanted[1] and value.shape[2:] == wanted[2:]:
             state[key], report.inflated[key] = inflate(value.float(), source_modalities, target_modalities)
         elif key.startswith(RECONSTRUCTION_OUT) and value.shape[0] != wanted[0] and value.shape[1:] == wanted[1:]:
-            state[key], report.inflated[key] = inflate(value.float(), source_modalities, target_modalities,
-                                                       axis=0, scale=False)
+            state[key], report.inflated[key] = inflate(
+                value.float(), source_modalities, target_modalities, axis=0, scale=False
+            )
         elif value.shape == wanted:
             state[key] = value
         else:
-            raise UserError(f"{ckpt.path.name}: {key} has shape {tuple(value.shape)}, this network "
-                            f"{tuple(wanted)}; it is a different architecture (check model.size)")
+            raise UserError(
+                f"{ckpt.path.name}: {key} has shape {tuple(value.shape)}, this network "
+                f"{tuple(wanted)}; it is a different architecture (check model.size)"
+            )
         report.loaded.append(key)
     missing = sorted(k for k in target if k.startswith(ENCODER_PREFIX) and k not in ckpt.state_dict)
     if missing:
-        raise UserError(f"{ckpt.path.name} lacks {len(missing)} encoder tensors ({', '.join(missing[:3])}); "
-                        "it is a different architecture")
+        raise UserError(
+            f"{ckpt.path.name} lacks {len(missing)} encoder tensors ({', '.join(missing[:3])}); "
+            "it is a different architecture"
+        )
     report.reinitialised = sorted(k for k in target if k.startswith(SSL_HEAD_PREFIXES) and k not in ckpt.state_dict)
     load_strict(head, state, f"initialisation from {ckpt.path.name}")
     report.loaded.sort()

@@ -54,28 +54,35 @@ class PretrainRun:
     """A started pretraining run: its model, data streams and how far it got."""
 
     cohort: Cohort
-    model: SSLHead                  # the network (its state is what is saved)
-    net: Any                        # what steps: the network, or its DDP wrapper
-    config: Any                     # the encoder's NetworkConfig
-    init_ckpt: Any                  # the checkpoint it started from, if any
+    model: SSLHead  # the network (its state is what is saved)
+    net: Any  # what steps: the network, or its DDP wrapper
+    config: Any  # the encoder's NetworkConfig
+    init_ckpt: Any  # the checkpoint it started from, if any
     init_report: Optional[InitReport]
     opt: Optimisation
-    total: int                      # steps of the whole run
+    total: int  # steps of the whole run
     log: Optional[MetricsLog] = None
-    step: int = 0                   # finished steps
-    best: Optional[dict] = None     # {"step", "val_*"} of best.pt
+    step: int = 0  # finished steps
+    best: Optional[dict] = None  # {"step", "val_*"} of best.pt
     val_stream: Optional[CropStream] = None
     loader: Any = None
-    t_log: float = 0.0              # when the last step record was written (for crops per second)
-    crops_since: int = 0            # crops trained on since then, all processes together
+    t_log: float = 0.0  # when the last step record was written (for crops per second)
+    crops_since: int = 0  # crops trained on since then, all processes together
 
 
 class Pretrainer(RunLoop):
     state_format = STATE_FORMAT
     command = "pretrain"
 
-    def __init__(self, recipe: dict, run: RunFolder, resuming: bool, device: str = "auto",
-                 progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None):
+    def __init__(
+        self,
+        recipe: dict,
+        run: RunFolder,
+        resuming: bool,
+        device: str = "auto",
+        progress: ProgressCallback = null_progress,
+        cancel: Optional[CancelToken] = None,
+    ):
         super().__init__(recipe, run, resuming, device, progress, cancel)
         self.modalities = [canonical(m) or m.lower() for m in recipe["modalities"]]
         self.settings = PretextSettings.from_recipe(recipe["ssl"])
@@ -107,12 +114,18 @@ class Pretrainer(RunLoop):
             config = NetworkConfig.from_dict(state["network"])
             init_ckpt = None
         else:
-            init_ckpt = load_checkpoint(resolve_model(str(self.recipe["init"]["checkpoint"]))) \
-                if self.recipe["init"]["checkpoint"] else None
+            init_ckpt = (
+                load_checkpoint(resolve_model(str(self.recipe["init"]["checkpoint"])))
+                if self.recipe["init"]["checkpoint"]
+                else None
+            )
             config = ssl_config_of_recipe(self.recipe, init_ckpt)
         seed_everything(self.seed)
-        model = SSLHead(config, use_checkpoint=bool(model_cfg["gradient_checkpointing"]),
-                        use_flash_attention=bool(model_cfg["flash_attention"]))
+        model = SSLHead(
+            config,
+            use_checkpoint=bool(model_cfg["gradient_checkpointing"]),
+            use_flash_attention=bool(model_cfg["flash_attention"]),
+        )
         report = None
         if init_ckpt is not None:
             report = load_into_head(model, init_ckpt, self.modalities, self.recipe["init"]["modalities"])
@@ -126,15 +139,24 @@ class Pretrainer(RunLoop):
         cohort = self._cohort()
         state = self.load_state() if self.resuming else None
         model, config, report, init_ckpt = self._model(state)
-        self.write_start({"subjects.json": cohort.to_dict(),
-                          "init.json": report.to_dict() if report is not None else None})
+        self.write_start(
+            {"subjects.json": cohort.to_dict(), "init.json": report.to_dict() if report is not None else None}
+        )
         if report is not None:
             self.progress("init", 1, 1, report.summary())
         model.to(d.device)
         total = int(train["steps"])
         opt = Optimisation(model, train, d.device, int(train["warmup_steps"]), total)
-        run = PretrainRun(cohort=cohort, model=model, net=self.wrap(model), config=config, init_ckpt=init_ckpt,
-                          init_report=report, opt=opt, total=total)
+        run = PretrainRun(
+            cohort=cohort,
+            model=model,
+            net=self.wrap(model),
+            config=config,
+            init_ckpt=init_ckpt,
+            init_report=report,
+            opt=opt,
+            total=total,
+        )
         torch.autograd.set_detect_anomaly(bool(train["anomaly_detection"]))
         if state is not None:
             model.load_state_dict(state["model"])
@@ -142,8 +164,10 @@ class Pretrainer(RunLoop):
             run.step, run.best = int(state["step"]), state["best"]
             self.progress("resume", run.step, total, f"resuming after step {run.step}")
             if run.step >= total:
-                raise UserError(f"{self.run.path} already finished its {total} steps; raise train.steps to train "
-                                f"longer (e.g. train.steps={total * 2})")
+                raise UserError(
+                    f"{self.run.path} already finished its {total} steps; raise train.steps to train "
+                    f"longer (e.g. train.steps={total * 2})"
+                )
         run.log = MetricsLog(self.run, d.main, run.step if state is not None else None, key="step")
         return run
 
@@ -157,13 +181,26 @@ class Pretrainer(RunLoop):
         roi, crops = tuple(recipe["model"]["roi"]), int(train["crops_per_volume"])
         orientation, tries = recipe["orientation"], int(data["max_tries"])
         stream = CropStream(run.cohort.train, orientation, roi, crops, cache_dir, tries)
-        run.val_stream = CropStream(run.cohort.validation[d.rank::d.world], orientation, roi, crops, cache_dir, tries)
+        run.val_stream = CropStream(run.cohort.validation[d.rank :: d.world], orientation, roi, crops, cache_dir, tries)
         batch = int(train["batch_size"])
-        run.loader = stream_loader(stream, batch, self.seed, run.step, run.total, d.rank, d.world,
-                                   int(data["workers"]), pin_memory=d.device.type == "cuda")
-        self.progress("pretrain", run.step, run.total,
-                      f"{len(run.cohort.train)} subjects, {crops} crops of {'x'.join(map(str, roi))} per volume, "
-                      f"{batch} volumes per process")
+        run.loader = stream_loader(
+            stream,
+            batch,
+            self.seed,
+            run.step,
+            run.total,
+            d.rank,
+            d.world,
+            int(data["workers"]),
+            pin_memory=d.device.type == "cuda",
+        )
+        self.progress(
+            "pretrain",
+            run.step,
+            run.total,
+            f"{len(run.cohort.train)} subjects, {crops} crops of {'x'.join(map(str, roi))} per volume, "
+            f"{batch} volumes per process",
+        )
 
     # -- the loop -----------------------------------------------------------------------
     def _train_step(self, run: PretrainRun, batch: dict) -> None:
@@ -191,8 +228,15 @@ class Pretrainer(RunLoop):
             parts = distributed.gather(losses.values(), d)
             values = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
             elapsed = time.perf_counter() - run.t_log
-            run.log.write({"type": "step", "step": run.step, **values, "lr": run.opt.lr,
-                           "crops_per_s": round(run.crops_since / max(elapsed, 1e-9), 3)})
+            run.log.write(
+                {
+                    "type": "step",
+                    "step": run.step,
+                    **values,
+                    "lr": run.opt.lr,
+                    "crops_per_s": round(run.crops_since / max(elapsed, 1e-9), 3),
+                }
+            )
             run.t_log, run.crops_since = time.perf_counter(), 0
             self.progress("pretrain", run.step, run.total, f"step {run.step}/{run.total} loss {values['loss']:.4f}")
         if run.step % int(train["val_every"]) == 0 or last:
@@ -200,8 +244,15 @@ class Pretrainer(RunLoop):
             if run.best is None or result["val_reconstruction"] < run.best["val_reconstruction"]:
                 run.best = {"step": run.step, **result}
                 self._save_best(run)
-            run.log.write({"type": "validation", "step": run.step, **result,
-                           "best_val_reconstruction": run.best["val_reconstruction"], **peak_memory_gib(d.device)})
+            run.log.write(
+                {
+                    "type": "validation",
+                    "step": run.step,
+                    **result,
+                    "best_val_reconstruction": run.best["val_reconstruction"],
+                    **peak_memory_gib(d.device),
+                }
+            )
         if run.step % int(train["save_every"]) == 0 or last:
             self._save_state(run)
 
@@ -219,8 +270,10 @@ class Pretrainer(RunLoop):
         count = 0
         with torch.no_grad():
             for first in range(0, len(val_stream), batch):
-                items = [val_stream[(i, item_seed(self.seed + VALIDATION_STREAM, i))]
-                         for i in range(first, min(first + batch, len(val_stream)))]
+                items = [
+                    val_stream[(i, item_seed(self.seed + VALIDATION_STREAM, i))]
+                    for i in range(first, min(first + batch, len(val_stream)))
+                ]
                 self.pending_skips += [s for it in items for s in it["skipped"]]
                 x = torch.cat([it["image"] for it in items]).to(self.d.device)
                 rng = np.random.default_rng([self.seed, VALIDATION_STREAM, first])
@@ -237,8 +290,9 @@ class Pretrainer(RunLoop):
         parts = distributed.gather((sums, count), self.d)
         total = sum(c for _, c in parts)
         if not total:
-            raise UserError("no validation subject could be read (see skipped.jsonl); fix them or give "
-                            "data.validation, then resume")
+            raise UserError(
+                "no validation subject could be read (see skipped.jsonl); fix them or give data.validation, then resume"
+            )
         keys = sorted({k for s, _ in parts for k in s})
         return {f"val_{k}": sum(s.get(k, 0.0) for s, _ in parts) / total for k in keys}
 
@@ -258,14 +312,26 @@ class Pretrainer(RunLoop):
         if new:
             with (self.run / "skipped.jsonl").open("a") as f:
                 f.writelines(json.dumps(s) + "\n" for s in new.values())
-            self.progress("skipped", len(known) + len(new), len(known) + len(new),
-                          f"skipped {', '.join(new)} (unreadable; listed in skipped.jsonl)")
+            self.progress(
+                "skipped",
+                len(known) + len(new),
+                len(known) + len(new),
+                f"skipped {', '.join(new)} (unreadable; listed in skipped.jsonl)",
+            )
 
     def _save_state(self, run: PretrainRun) -> None:
         self._write_skips()
         kept = "the last saved step is kept in state.pt." if self.run.has_state else "no step was saved yet."
-        self.save_state({"step": run.step, "network": run.config.to_dict(), "model": self.weights(run.model),
-                         **run.opt.state_dict(), "best": run.best}, kept)
+        self.save_state(
+            {
+                "step": run.step,
+                "network": run.config.to_dict(),
+                "model": self.weights(run.model),
+                **run.opt.state_dict(),
+                "best": run.best,
+            },
+            kept,
+        )
 
     def _save_best(self, run: PretrainRun) -> None:
         if not self.d.main:
@@ -277,27 +343,50 @@ class Pretrainer(RunLoop):
             base = f"{meta.name} {meta.version}" if meta is not None else str(run.init_ckpt.path)
         elif self.resuming and (self.run / "init.json").is_file():
             base = json.loads((self.run / "init.json").read_text())["source"]
-        provenance = {"stage": recipe["stage"], "base": base, "data": str(recipe["data"]["path"]),
-                      "run": str(self.run.path.resolve()), "step": best["step"],
-                      "val_reconstruction_l1": round(best["val_reconstruction"], 5),
-                      "train_subjects": len(run.cohort.train), "validation_subjects": len(run.cohort.validation),
-                      "seed": self.seed, "pretext": "rotation + contrastive (NT-Xent) + inpainting (L1), "
-                      f"weights {self.settings.rotation_weight:g}:{self.settings.contrastive_weight:g}:"
-                      f"{self.settings.reconstruction_weight:g}"}
+        provenance = {
+            "stage": recipe["stage"],
+            "base": base,
+            "data": str(recipe["data"]["path"]),
+            "run": str(self.run.path.resolve()),
+            "step": best["step"],
+            "val_reconstruction_l1": round(best["val_reconstruction"], 5),
+            "train_subjects": len(run.cohort.train),
+            "validation_subjects": len(run.cohort.validation),
+            "seed": self.seed,
+            "pretext": "rotation + contrastive (NT-Xent) + inpainting (L1), "
+            f"weights {self.settings.rotation_weight:g}:{self.settings.contrastive_weight:g}:"
+            f"{self.settings.reconstruction_weight:g}",
+        }
         name = recipe["model"]["name"] or self.run.path.name
-        meta = ModelMeta(network=run.config, modalities=tuple(self.modalities), label_schema="", name=name,
-                         version=f"{time.strftime('%Y%m%d')}-s{best['step']}", task="ssl",
-                         roi_size=tuple(recipe["model"]["roi"]), orientation=recipe["orientation"],
-                         provenance=provenance,
-                         description=f"self-supervised stage {recipe['stage']} encoder and heads (brainsegfounder "
-                                     "pretrain); fine-tune it with brainsegfounder finetune --base")
+        meta = ModelMeta(
+            network=run.config,
+            modalities=tuple(self.modalities),
+            label_schema="",
+            name=name,
+            version=f"{time.strftime('%Y%m%d')}-s{best['step']}",
+            task="ssl",
+            roi_size=tuple(recipe["model"]["roi"]),
+            orientation=recipe["orientation"],
+            provenance=provenance,
+            description=f"self-supervised stage {recipe['stage']} encoder and heads (brainsegfounder "
+            "pretrain); fine-tune it with brainsegfounder finetune --base",
+        )
         self.save_best(run.model, meta)
 
     def _finish(self, run: PretrainRun, t_start: float) -> dict:
         cohort = run.cohort
-        summary = {"run": str(self.run.path), "best_model": str(self.run / "best.pt"), "best": run.best,
-                   "steps": run.step, "stage": self.recipe["stage"], "train_subjects": len(cohort.train),
-                   "validation_subjects": len(cohort.validation), "left_out": len(cohort.left_out),
-                   "skipped": len(self._skipped_ids()), "processes": self.d.world, "device": str(self.d.device),
-                   "time_s": round(time.perf_counter() - t_start, 1)}
+        summary = {
+            "run": str(self.run.path),
+            "best_model": str(self.run / "best.pt"),
+            "best": run.best,
+            "steps": run.step,
+            "stage": self.recipe["stage"],
+            "train_subjects": len(cohort.train),
+            "validation_subjects": len(cohort.validation),
+            "left_out": len(cohort.left_out),
+            "skipped": len(self._skipped_ids()),
+            "processes": self.d.world,
+            "device": str(self.d.device),
+            "time_s": round(time.perf_counter() - t_start, 1),
+        }
         return self.finish(summary, pretraining_curves, "pretraining_curves.png")

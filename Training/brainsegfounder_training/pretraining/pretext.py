@@ -42,8 +42,14 @@ def _cuboids(rng: np.random.Generator, shape, budget: float, max_block: float):
         yield tuple(slice(a, a + s) for a, s in zip(starts, sides, strict=True))
 
 
-def corrupt(views: torch.Tensor, rng: np.random.Generator, generator: torch.Generator, max_drop: float = 0.3,
-            max_block: float = 0.25, cross_sample: bool = True) -> torch.Tensor:
+def corrupt(
+    views: torch.Tensor,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    max_drop: float = 0.3,
+    max_block: float = 0.25,
+    cross_sample: bool = True,
+) -> torch.Tensor:
     """Inpainting input: noise cuboids, then cuboids from another crop of the batch."""
     out = views.clone()
     spatial = views.shape[2:]
@@ -87,17 +93,21 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather
     z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
     n = z1.shape[0]
     offset, all1, all2 = 0, z1, z2
-    if gather and torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
+    if (
+        gather
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
         all1, all2 = _GatherRows.apply(z1), _GatherRows.apply(z2)
         offset = torch.distributed.get_rank() * n  # equal batch sizes on every rank
     total = all1.shape[0]
-    queries = torch.cat([z1, z2])                                  # (2n, d): this process's embeddings
-    keys = torch.cat([all1, all2])                                 # (2N, d): everyone's
+    queries = torch.cat([z1, z2])  # (2n, d): this process's embeddings
+    keys = torch.cat([all1, all2])  # (2N, d): everyone's
     logits = queries @ keys.T / temperature
     mine = torch.arange(n, device=z1.device) + offset
-    own = torch.cat([mine, mine + total])                          # each query's own column
-    positive = torch.cat([mine + total, mine])                     # the other view of the same crop
+    own = torch.cat([mine, mine + total])  # each query's own column
+    positive = torch.cat([mine + total, mine])  # the other view of the same crop
     logits[torch.arange(2 * n, device=z1.device), own] = float("-inf")
     return F.cross_entropy(logits, positive)
 
@@ -111,9 +121,13 @@ class PretextLosses:
     rotation_accuracy: float
 
     def values(self) -> dict:
-        return {"loss": float(self.total.detach()), "rotation": float(self.rotation.detach()),
-                "contrastive": float(self.contrastive.detach()), "reconstruction": float(self.reconstruction.detach()),
-                "rotation_acc": self.rotation_accuracy}
+        return {
+            "loss": float(self.total.detach()),
+            "rotation": float(self.rotation.detach()),
+            "contrastive": float(self.contrastive.detach()),
+            "reconstruction": float(self.reconstruction.detach()),
+            "rotation_acc": self.rotation_accuracy,
+        }
 
 
 @dataclass
@@ -132,27 +146,35 @@ class PretextSettings:
         return cls(**{k: type(getattr(cls, k))(v) for k, v in ssl.items()})
 
 
-def make_views(crops: torch.Tensor, rng: np.random.Generator, generator: torch.Generator,
-               settings: PretextSettings):
+def make_views(crops: torch.Tensor, rng: np.random.Generator, generator: torch.Generator, settings: PretextSettings):
     """Two rotated, corrupted views of each crop: (inputs (2B, ...), targets (2B, ...), k (2B,))."""
     first, k1 = rotate(crops, rng)
     second, k2 = rotate(crops, rng)
     targets = torch.cat([first, second])
-    inputs = torch.cat([corrupt(v, rng, generator, settings.max_drop, settings.max_block, settings.cross_sample)
-                        for v in (first, second)])
+    inputs = torch.cat(
+        [
+            corrupt(v, rng, generator, settings.max_drop, settings.max_block, settings.cross_sample)
+            for v in (first, second)
+        ]
+    )
     return inputs, targets, torch.cat([k1, k2])
 
 
-def pretext_losses(outputs, targets: torch.Tensor, rotations: torch.Tensor, settings: PretextSettings,
-                   gather: Optional[bool] = None) -> PretextLosses:
+def pretext_losses(
+    outputs, targets: torch.Tensor, rotations: torch.Tensor, settings: PretextSettings, gather: Optional[bool] = None
+) -> PretextLosses:
     """The weighted sum of the three losses for the two views stacked as (view 1; view 2)."""
     rot_logits, embeddings, reconstruction = (o.float() for o in outputs)
     n = embeddings.shape[0] // 2
     rotation = F.cross_entropy(rot_logits, rotations)
-    contrastive = nt_xent(embeddings[:n], embeddings[n:], settings.temperature,
-                          settings.gather_negatives if gather is None else gather)
+    contrastive = nt_xent(
+        embeddings[:n], embeddings[n:], settings.temperature, settings.gather_negatives if gather is None else gather
+    )
     recon = F.l1_loss(reconstruction, targets.float())
-    total = (settings.rotation_weight * rotation + settings.contrastive_weight * contrastive
-             + settings.reconstruction_weight * recon)
+    total = (
+        settings.rotation_weight * rotation
+        + settings.contrastive_weight * contrastive
+        + settings.reconstruction_weight * recon
+    )
     accuracy = float((rot_logits.argmax(1) == rotations).float().mean())
     return PretextLosses(rotation, contrastive, recon, total, accuracy)

@@ -17,29 +17,29 @@ from ..harness.recipe import CONFIG_DIR, check_choices, check_open_fraction, che
 PRETRAIN_CONFIG_DIR = CONFIG_DIR / "pretrain"
 
 PRETRAIN_DEFAULTS = {
-    "stage": 1,                  # 1: healthy cohort from scratch; 2: target cohort from a stage-1 checkpoint
+    "stage": 1,  # 1: healthy cohort from scratch; 2: target cohort from a stage-1 checkpoint
     "modalities": ["t1", "flair"],  # input names in channel order
-    "orientation": "RAS",        # index-axis orientation the network sees (the fine-tuning task's, for stage 2)
+    "orientation": "RAS",  # index-axis orientation the network sees (the fine-tuning task's, for stage 2)
     "model": {
-        "size": "62M",           # 62M, 64M, 70M, 277M, small, tiny, or auto (the init checkpoint's)
+        "size": "62M",  # 62M, 64M, 70M, 277M, small, tiny, or auto (the init checkpoint's)
         "roi": [96, 96, 96],
         "gradient_checkpointing": True,
         "flash_attention": True,  # PyTorch scaled-dot-product attention inside the Swin windows
-        "name": None,            # model name written into the checkpoint (default: the run folder)
+        "name": None,  # model name written into the checkpoint (default: the run folder)
     },
     "init": {
-        "checkpoint": None,      # stage 2: the stage-1 model (ours, or BrainSegFounder's SSL release)
-        "modalities": None,      # input names of a checkpoint without metadata, to inflate by name
+        "checkpoint": None,  # stage 2: the stage-1 model (ours, or BrainSegFounder's SSL release)
+        "modalities": None,  # input names of a checkpoint without metadata, to inflate by name
     },
     "data": {
-        "path": None,            # datalist.json, BIDS, UK Biobank-style, BraTS or plain folders
-        "validation": None,      # optional separate validation cohort (else held out from data.path)
-        "val_fraction": 0.05,    # BrainSegFounder held out 1,917 of 41,400 (4.6%)
+        "path": None,  # datalist.json, BIDS, UK Biobank-style, BraTS or plain folders
+        "validation": None,  # optional separate validation cohort (else held out from data.path)
+        "val_fraction": 0.05,  # BrainSegFounder held out 1,917 of 41,400 (4.6%)
         "max_val_subjects": 200,
-        "cache": "none",         # none, or disk: preprocessed volumes kept in cache_dir (float16)
-        "cache_dir": None,       # default: the run folder's cache/
+        "cache": "none",  # none, or disk: preprocessed volumes kept in cache_dir (float16)
+        "cache_dir": None,  # default: the run folder's cache/
         "workers": 4,
-        "max_tries": 20,         # unreadable subjects in a row before the run stops (a lost disk, not a bad file)
+        "max_tries": 20,  # unreadable subjects in a row before the run stops (a lost disk, not a bad file)
     },
     "ssl": {
         "rotation_weight": 1.0,
@@ -47,21 +47,21 @@ PRETRAIN_DEFAULTS = {
         "reconstruction_weight": 1.0,
         "temperature": 0.5,
         "gather_negatives": True,  # NT-Xent negatives from every GPU (BrainSegFounder used its own GPU's only)
-        "max_drop": 0.3,         # up to this share of voxels replaced by noise cuboids
-        "max_block": 0.25,       # largest cuboid side, as a share of the crop side
-        "cross_sample": True,    # also paste cuboids from another sample of the batch
+        "max_drop": 0.3,  # up to this share of voxels replaced by noise cuboids
+        "max_block": 0.25,  # largest cuboid side, as a share of the crop side
+        "cross_sample": True,  # also paste cuboids from another sample of the batch
     },
     "train": {
         "steps": 100000,
         "warmup_steps": 500,
-        "batch_size": 2,         # volumes per GPU
-        "crops_per_volume": 2,   # 96^3 crops per volume (2 x 2 per GPU, as BrainSegFounder)
+        "batch_size": 2,  # volumes per GPU
+        "crops_per_volume": 2,  # 96^3 crops per volume (2 x 2 per GPU, as BrainSegFounder)
         "lr": 4.0e-4,
         "weight_decay": 0.1,
-        "amp": True,             # CUDA only: bf16 where supported, else fp16 with loss scaling
+        "amp": True,  # CUDA only: bf16 where supported, else fp16 with loss scaling
         "seed": 0,
         "val_every": 500,
-        "save_every": 100,       # steps between resumable checkpoints (also saved on stop / preemption)
+        "save_every": 100,  # steps between resumable checkpoints (also saved on stop / preemption)
         "log_every": 10,
         "grad_clip": None,
         "anomaly_detection": False,  # torch.autograd anomaly mode: for debugging only, it is slow
@@ -75,12 +75,24 @@ PRETRAIN_RESUMABLE = ("train.steps", "train.val_every", "train.save_every", "tra
 
 def check_pretrain(recipe: dict) -> None:
     check_choices(recipe, PRETRAIN_CHOICES)
-    check_whole_numbers(recipe, ("train.steps", "train.batch_size", "train.crops_per_volume", "train.val_every",
-                                 "train.save_every", "train.log_every", "data.max_val_subjects", "data.max_tries"))
+    check_whole_numbers(
+        recipe,
+        (
+            "train.steps",
+            "train.batch_size",
+            "train.crops_per_volume",
+            "train.val_every",
+            "train.save_every",
+            "train.log_every",
+            "data.max_val_subjects",
+            "data.max_tries",
+        ),
+    )
     check_whole_numbers(recipe, ("train.warmup_steps",), minimum=0)
     if recipe["train"]["batch_size"] * recipe["train"]["crops_per_volume"] < 2:
-        raise UserError("contrastive coding needs at least 2 crops per step: raise train.batch_size or "
-                        "train.crops_per_volume")
+        raise UserError(
+            "contrastive coding needs at least 2 crops per step: raise train.batch_size or train.crops_per_volume"
+        )
     check_open_fraction(recipe, "data.val_fraction")
     if not float(recipe["ssl"]["temperature"]) > 0:
         raise UserError("recipe ssl.temperature must be positive")
@@ -98,8 +110,9 @@ def check_pretrain(recipe: dict) -> None:
     roi = recipe["model"]["roi"]
     check_roi(roi)
     if roi[0] != roi[1]:
-        raise UserError(f"recipe model.roi {roi!r}: the first two sides must be equal (crops are rotated in that "
-                        "plane)")
+        raise UserError(
+            f"recipe model.roi {roi!r}: the first two sides must be equal (crops are rotated in that plane)"
+        )
     if recipe["stage"] not in (1, 2):
         raise UserError("recipe stage must be 1 or 2")
     if recipe["stage"] == 2 and not recipe["init"]["checkpoint"]:

@@ -36,8 +36,11 @@ from brainsegfounder.modalities import canonical, guess_from_text
 from ..harness.data import BRATS_TAGS, data_path, inside
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-UKB_FILES = {"t1": ("T1", "T1_brain_to_MNI.nii.gz"), "flair": ("T2_FLAIR", "T2_FLAIR_brain_to_MNI.nii.gz"),
-             "t2": ("T2", "T2_brain_to_MNI.nii.gz")}
+UKB_FILES = {
+    "t1": ("T1", "T1_brain_to_MNI.nii.gz"),
+    "flair": ("T2_FLAIR", "T2_FLAIR_brain_to_MNI.nii.gz"),
+    "t2": ("T2", "T2_brain_to_MNI.nii.gz"),
+}
 BIDS_SUFFIXES = {"T1w": "t1", "T2w": "t2", "FLAIR": "flair"}
 
 
@@ -90,8 +93,10 @@ def from_datalist(path: Path, modalities: Sequence[str], section: str = "trainin
         elif isinstance(images, list) and len(images) == len(modalities):
             named = dict(zip(modalities, images, strict=True))  # no names given: the recipe's order is assumed
         else:
-            raise UserError(f"datalist {path} {section} entry {i} needs 'image' as a list in the order of "
-                            f"description.modalities, or a mapping of modality to path")
+            raise UserError(
+                f"datalist {path} {section} entry {i} needs 'image' as a list in the order of "
+                f"description.modalities, or a mapping of modality to path"
+            )
         first = next(iter(named.values()))
         subject_id = str(entry.get("id") or entry.get("case_id") or Path(first).parts[0].split(".")[0])
         if subject_id in found:
@@ -170,8 +175,11 @@ def from_plain_folders(root: Path, modalities: Sequence[str]) -> Found:
 
 def discover_subjects(path, modalities: Sequence[str], section: str = "training") -> Found:
     """Subjects of a cohort (stable order) and those left out with their reasons."""
-    path = data_path(path, "no pretraining data given; set --data (data.path) to a datalist.json or a folder of "
-                           "subjects (BIDS, UK Biobank-style, BraTS or one folder per subject)")
+    path = data_path(
+        path,
+        "no pretraining data given; set --data (data.path) to a datalist.json or a folder of "
+        "subjects (BIDS, UK Biobank-style, BraTS or one folder per subject)",
+    )
     modalities = [canonical(m) or m.lower() for m in modalities]
     if path.is_file():
         found = from_datalist(path, modalities, section)
@@ -185,10 +193,15 @@ def discover_subjects(path, modalities: Sequence[str], section: str = "training"
                 break
     subjects, left_out = found
     if not subjects and section == "training":
-        reason = f" ({len(left_out)} subjects lack inputs, e.g. {left_out[0]['id']}: {left_out[0]['reason']})" \
-            if left_out else ""
-        raise UserError(f"no subjects with {', '.join(modalities)} found in {path}{reason}; give a datalist.json, "
-                        "BIDS, UK Biobank-style, BraTS or one-folder-per-subject data")
+        reason = (
+            f" ({len(left_out)} subjects lack inputs, e.g. {left_out[0]['id']}: {left_out[0]['reason']})"
+            if left_out
+            else ""
+        )
+        raise UserError(
+            f"no subjects with {', '.join(modalities)} found in {path}{reason}; give a datalist.json, "
+            "BIDS, UK Biobank-style, BraTS or one-folder-per-subject data"
+        )
     return subjects, left_out
 
 
@@ -201,13 +214,19 @@ class Cohort:
     left_out: List[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"train": [s.to_dict() for s in self.train], "validation": [s.to_dict() for s in self.validation],
-                "left_out": self.left_out}
+        return {
+            "train": [s.to_dict() for s in self.train],
+            "validation": [s.to_dict() for s in self.validation],
+            "left_out": self.left_out,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "Cohort":
-        return cls([Subject.from_dict(s) for s in data["train"]], [Subject.from_dict(s) for s in data["validation"]],
-                   data["left_out"])
+        return cls(
+            [Subject.from_dict(s) for s in data["train"]],
+            [Subject.from_dict(s) for s in data["validation"]],
+            data["left_out"],
+        )
 
 
 def split_subjects(subjects: List[Subject], data: dict, seed: int):
@@ -215,8 +234,9 @@ def split_subjects(subjects: List[Subject], data: dict, seed: int):
     is the recipe's data block (``val_fraction``, ``max_val_subjects``)."""
     if len(subjects) < 2:
         raise UserError(f"pretraining needs at least 2 subjects (1 to train, 1 to validate); found {len(subjects)}")
-    n_val = min(int(data["max_val_subjects"]), max(1, round(float(data["val_fraction"]) * len(subjects))),
-                len(subjects) - 1)
+    n_val = min(
+        int(data["max_val_subjects"]), max(1, round(float(data["val_fraction"]) * len(subjects))), len(subjects) - 1
+    )
     order = np.random.default_rng(seed).permutation(len(subjects))
     held = set(order[:n_val].tolist())
     return [s for i, s in enumerate(subjects) if i not in held], [s for i, s in enumerate(subjects) if i in held]
