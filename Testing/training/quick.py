@@ -30,6 +30,10 @@ QUICK = [
 ]
 
 
+# What every command a test runs adds: no progress output, the CPU.
+CPU = ["--progress", "none", "--device", "cpu"]
+
+
 def quick_recipe(data, *overrides, config="brats"):
     from brainsegfounder_training.finetuning.recipe import load_recipe
 
@@ -52,6 +56,18 @@ def cli(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs):
         stderr=stderr,
         text=True,
         **kwargs,
+    )
+
+
+def torchrun_cpu(args, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m brainsegfounder ARGS`` on the CPU (gloo), one thread each."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.run(
+        [*command, "-m", "brainsegfounder", *map(str, args), *CPU],
+        env={**ENV, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from helpers import run_cli
-from quick import QUICK
+from quick import CPU, QUICK
 
 
 def _finetune(capsys, data, out, *extra):
@@ -24,10 +24,7 @@ def _finetune(capsys, data, out, *extra):
             data,
             "--out",
             out,
-            "--progress",
-            "none",
-            "--device",
-            "cpu",
+            *CPU,
             *QUICK,
             *extra,
         ],

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from helpers import run_cli, save_cases
-from quick import QUICK
+from quick import CPU, QUICK
 
 
 @pytest.mark.slow
@@ -26,10 +26,7 @@ def test_corrections_make_a_registered_model(tmp_path, home, train_root, brats_r
             "tiny-brats-ft",
             "--out",
             tmp_path / "run",
-            "--progress",
-            "none",
-            "--device",
-            "cpu",
+            *CPU,
             *[q for q in QUICK if not q.startswith(("model.size", "model.roi", "data.folds"))],
             "data.cache=memory",
         ],

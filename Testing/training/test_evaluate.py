@@ -14,6 +14,7 @@ import torch
 from brainsegfounder.errors import UserError
 
 from helpers import run_cli
+from quick import CPU
 
 SPACING = (1.0, 1.0, 2.0)  # x, y, z in mm: HD95 must use it
 
@@ -107,10 +108,7 @@ def test_evaluate_a_model_from_the_cli(tmp_path, brats_root, brats_model, capsys
             brats_model,
             "--out",
             tmp_path / "eval",
-            "--progress",
-            "none",
-            "--device",
-            "cpu",
+            *CPU,
         ],
         capsys,
     )

@@ -8,7 +8,7 @@ import torch
 from brainsegfounder.errors import UserError
 
 from helpers import run_cli, ssl_checkpoint
-from quick import QUICK, quick_recipe
+from quick import CPU, QUICK, quick_recipe
 
 
 def test_ssl_one_channel_inflated_into_four(tmp_path, brats_root):
@@ -128,10 +128,7 @@ def test_finetune_from_an_inflated_one_channel_checkpoint_end_to_end(tmp_path, t
             train_root,
             "--out",
             tmp_path / "run",
-            "--progress",
-            "none",
-            "--device",
-            "cpu",
+            *CPU,
             *QUICK,
             f"init.checkpoint={path}",
             "data.cache=disk",

@@ -6,8 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import torch
 
 from helpers import run_cli
-from quick import ENV, QUICK, cli, kill_after_first_state
+from quick import CPU, QUICK, cli, kill_after_first_state, torchrun_cpu
 
 pytestmark = pytest.mark.slow  # every test here is a pretraining run
 
@@ -165,10 +163,7 @@ def test_stage1_to_stage2_to_finetune_from_the_cli(stage1_run, train_root, tmp_p
             *PT_QUICK,
             "train.steps=2",
             "train.val_every=2",
-            "--device",
-            "cpu",
-            "--progress",
-            "none",
+            *CPU,
         ],
         capsys,
     )
@@ -196,10 +191,7 @@ def test_stage1_to_stage2_to_finetune_from_the_cli(stage1_run, train_root, tmp_p
             tmp_path / "ft",
             *QUICK,
             "model.size=auto",
-            "--device",
-            "cpu",
-            "--progress",
-            "none",
+            *CPU,
         ],
         capsys,
     )
@@ -227,15 +219,12 @@ def test_killed_pretraining_resumes_where_it_stopped(tmp_path, healthy_root):
         "train.steps=3",
         "train.save_every=1",
         "train.val_every=3",
-        "--progress",
-        "none",
-        "--device",
-        "cpu",
+        *CPU,
     ]
     whole = cli([*args, "--out", tmp_path / "whole"])
     state = kill_after_first_state(args, tmp_path / "killed")
     assert torch.load(state, weights_only=True)["step"] < 3
-    resumed = cli(["pretrain", "--resume", tmp_path / "killed", "--progress", "none", "--device", "cpu"])
+    resumed = cli(["pretrain", "--resume", tmp_path / "killed", *CPU])
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     _, err = whole.communicate(timeout=600)
@@ -277,15 +266,8 @@ def test_two_process_torchrun_skips_unreadable_subjects(tmp_path, healthy_root):
         t1 = subject.images["t1"]
         data = gzip.decompress(Path(t1).read_bytes())
         Path(t1).write_bytes(gzip.compress(data[: len(data) // 3]))
-    result = subprocess.run(
+    result = torchrun_cpu(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "brainsegfounder",
             "pretrain",
             "--config",
             "stage1-ukb",
@@ -293,15 +275,7 @@ def test_two_process_torchrun_skips_unreadable_subjects(tmp_path, healthy_root):
             f"--data={root}",
             "--out",
             str(tmp_path / "ddp"),
-            "--progress",
-            "none",
-            "--device",
-            "cpu",
-        ],
-        env={**ENV, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import torch
 
 from brainsegfounder.errors import UserError
 
-from quick import ENV, QUICK, cli, kill_after_first_state, quick_recipe, run_trainer
+from quick import CPU, QUICK, cli, kill_after_first_state, quick_recipe, run_trainer, torchrun_cpu
 
 pytestmark = pytest.mark.slow  # every test here is a training run
 
@@ -69,16 +67,13 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, train_root):
         *QUICK,
         "train.epochs=3",
         "train.val_every=10",
-        "--progress",
-        "none",
-        "--device",
-        "cpu",
+        *CPU,
     ]
     whole = cli([*args, "--out", tmp_path / "whole"])
     state = kill_after_first_state(args, tmp_path / "killed")
     saved = torch.load(state, weights_only=True)
     assert saved["epoch"] < 3
-    resumed = cli(["finetune", "--resume", tmp_path / "killed", "--progress", "none", "--device", "cpu"])
+    resumed = cli(["finetune", "--resume", tmp_path / "killed", *CPU])
     _out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     whole.communicate(timeout=600)
@@ -99,15 +94,8 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, train_root):
 
 def test_two_process_torchrun_on_cpu(tmp_path, train_root):
     out = tmp_path / "ddp"
-    result = subprocess.run(
+    result = torchrun_cpu(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "brainsegfounder",
             "finetune",
             "--config",
             "brats",
@@ -116,15 +104,7 @@ def test_two_process_torchrun_on_cpu(tmp_path, train_root):
             *QUICK,
             "--out",
             str(out),
-            "--progress",
-            "none",
-            "--device",
-            "cpu",
-        ],
-        env={**ENV, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

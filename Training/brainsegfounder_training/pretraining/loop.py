@@ -29,7 +29,7 @@ from brainsegfounder.checkpoints import ModelMeta, load_checkpoint
 from brainsegfounder.errors import Cancelled, UserError
 from brainsegfounder.modalities import canonical
 from brainsegfounder.networks import NetworkConfig
-from brainsegfounder.progress import CancelToken, ProgressCallback, null_progress, read_jsonl
+from brainsegfounder.progress import read_jsonl
 from brainsegfounder.registry import resolve_model
 
 from ..harness import distributed
@@ -38,7 +38,6 @@ from ..harness.initial_weights import InitReport
 from ..harness.metrics_log import MetricsLog
 from ..harness.optimisation import Optimisation
 from ..harness.plots import pretraining_curves
-from ..harness.run_folder import RunFolder
 from ..harness.run_loop import RunLoop
 from .data import CropStream, batches, item_seed, stream_loader
 from .head import SSLHead, load_into_head, ssl_config_of_recipe
@@ -74,19 +73,12 @@ class Pretrainer(RunLoop):
     state_format = STATE_FORMAT
     command = "pretrain"
 
-    def __init__(
-        self,
-        recipe: dict,
-        run: RunFolder,
-        resuming: bool,
-        device: str = "auto",
-        progress: ProgressCallback = null_progress,
-        cancel: Optional[CancelToken] = None,
-    ):
-        super().__init__(recipe, run, resuming, device, progress, cancel)
-        self.modalities = [canonical(m) or m.lower() for m in recipe["modalities"]]
-        self.settings = PretextSettings.from_recipe(recipe["ssl"])
-        self.pending_skips: List[dict] = []
+    def __init__(self, *args, **kwargs):
+        """Args: those of :class:`RunLoop`."""
+        super().__init__(*args, **kwargs)
+        self.modalities = [canonical(m) or m.lower() for m in self.recipe["modalities"]]
+        self.settings = PretextSettings.from_recipe(self.recipe["ssl"])
+        self.pending_skips: List[dict] = []  # unreadable subjects met since the last save
 
     def fit(self) -> dict:
         t_start = time.perf_counter()
