@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "BrainSegFounderSlicer"), str(ROOT / "Training")]
+
+from brainsegfounder_training.harness.host import peak_host_memory_gib  # noqa: E402 (after the path)
 
 VARIANTS = {
     "reference": dict(amp=False, checkpoint=False, anomaly=True, joint_views=False, flash=False),
@@ -117,7 +118,7 @@ def run_variant(name: str, size: str, roi, n_crops: int, batch: int, steps: int,
     sync()
     elapsed = time.perf_counter() - t0
     gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    host = peak_host_memory_gib()  # the harness's portable measure (getrusage in its platform's unit)
     return {
         "crops_per_s": crops.shape[0] * steps / elapsed,
         "step_s": elapsed / steps,
