@@ -113,3 +113,22 @@ def test_mixed_precision_is_decided_in_one_place():
     assert offenders == ["optimisation.py"]
     loops = [package / "finetuning" / "trainer.py", package / "pretraining" / "loop.py"]
     assert all(p.read_text().count("opt.autocast()") >= (2 if p.name == "loop.py" else 1) for p in loops)
+
+
+def test_the_engine_builds_its_commands_without_the_training_extras():
+    """The engine imports the training commands to build its parser for every command (Slicer sets
+    BRAINSEGFOUNDER_COMMANDS always); inference must work where PyYAML, the training extra, is absent."""
+    code = (
+        "import sys; sys.modules['yaml'] = None\n"
+        "from brainsegfounder.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "print(parser.parse_args(['finetune', '--data', 'd', '--out', 'o']).command)\n"
+    )
+    env = {
+        "PYTHONPATH": f"{ROOT / 'BrainSegFounderSlicer'}:{ROOT / 'Training'}",
+        "PATH": "/usr/bin:/bin",
+        "BRAINSEGFOUNDER_COMMANDS": "brainsegfounder_training.commands:register",
+    }
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "finetune"

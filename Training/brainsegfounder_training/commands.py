@@ -11,9 +11,10 @@ from pathlib import Path
 
 from brainsegfounder.errors import UserError
 
-from .finetuning.recipe import RESUMABLE, load_recipe
-from .harness.run_folder import prepare_run
-from .pretraining.recipe import PRETRAIN_RESUMABLE, load_pretrain_recipe
+from .harness.run_folder import new_run, resume_run
+
+# Recipes (PyYAML), loops (torch, MONAI) are imported by the commands that use them: the engine
+# builds its parser with this module for every command, and inference needs neither.
 
 
 def add_run_arguments(parser, recipes: str, example: str, resumes: str) -> None:
@@ -103,19 +104,22 @@ def finetune_recipe(args) -> dict:
             "give a recipe with --config (brats, atlas, generic, corrections, demo or a YAML file), "
             "or --base MODEL to learn from saved corrections"
         )
+    from .finetuning.recipe import load_recipe
+
     return load_recipe(config, overrides)
 
 
 def cmd_finetune(args, report, cancel) -> dict:
     from brainsegfounder.registry import free_name, register_model
 
+    from .finetuning.recipe import RESUMABLE, load_recipe
     from .finetuning.trainer import Trainer
 
     loaded = finetune_recipe(args)
     if args.resume:
-        recipe, run, resuming = prepare_run(None, None, args.resume, loaded, load=load_recipe, resumable=RESUMABLE)
+        recipe, run, resuming = resume_run(args.resume, loaded, load_recipe, RESUMABLE, "finetune")
     else:
-        recipe, run, resuming = prepare_run(loaded, args.out, None)
+        recipe, run, resuming = loaded, new_run(loaded, args.out), False
     if recipe["register"] and not resuming:
         recipe["model"]["name"] = free_name(str(recipe["register"]))
     summary = Trainer(recipe, run, resuming, args.device, report, cancel).fit()
@@ -136,22 +140,16 @@ def cmd_finetune(args, report, cancel) -> dict:
 
 def cmd_pretrain(args, report, cancel) -> dict:
     from .pretraining.loop import Pretrainer
+    from .pretraining.recipe import PRETRAIN_RESUMABLE, load_pretrain_recipe
 
     overrides = _overrides(args, (("data", "data.path"), ("init", "init.checkpoint"), ("steps", "train.steps")))
     if args.resume:
-        recipe, run, resuming = prepare_run(
-            None,
-            None,
-            args.resume,
-            overrides,
-            load=load_pretrain_recipe,
-            resumable=PRETRAIN_RESUMABLE,
-            command="pretrain",
-        )
+        recipe, run, resuming = resume_run(args.resume, overrides, load_pretrain_recipe, PRETRAIN_RESUMABLE, "pretrain")
     else:
         if not args.config:
             raise UserError("give a recipe with --config (stage1-ukb, stage2-brats, stage2-atlas or a YAML file)")
-        recipe, run, resuming = prepare_run(load_pretrain_recipe(args.config, overrides), args.out, None)
+        recipe = load_pretrain_recipe(args.config, overrides)
+        run, resuming = new_run(recipe, args.out), False
     summary = Pretrainer(recipe, run, resuming, args.device, report, cancel).fit()
     if int(os.environ.get("RANK", "0")) != 0:
         return {"message": ""}

@@ -319,15 +319,7 @@ class Trainer(RunLoop):
         run.log.write(record)
         run.epoch = epoch + 1
         self.save_state(
-            {
-                "epoch": run.epoch,
-                "step": run.step,
-                "model": self.weights(run.model),
-                **run.opt.state_dict(),
-                "best": run.best,
-                "before": run.before,
-            },
-            self._kept(epoch),
+            run.model, run.opt, self._kept(epoch), epoch=run.epoch, step=run.step, best=run.best, before=run.before
         )
 
     def _kept(self, epoch: int) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -44,40 +44,34 @@ def to_plain(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def prepare_run(
-    recipe: Optional[dict],
-    out: Optional[str],
-    resume: Optional[str],
-    overrides: Iterable[str] = (),
-    load=None,
-    resumable: Sequence[str] = (),
-    command: str = "finetune",
-) -> Tuple[dict, RunFolder, bool]:
-    """(recipe, run folder, resuming?) for a new run or a resumed one.
-
-    Args:
-        recipe: the loaded recipe of a new run (unused when resuming).
-        out: the new run's folder (default the recipe's ``output.dir``); it must be empty.
-        resume: the folder of a run to continue; its recipe.yaml is read again with ``load``.
-        overrides: ``key=value`` overrides given when resuming; only ``resumable`` keys may change.
-        command: the command that writes such folders, named in errors.
-    """
-    if resume:
-        run = RunFolder(Path(resume))
-        if not (run / "recipe.yaml").is_file():
-            raise UserError(f"{run.path} is not a run folder (no recipe.yaml); give the folder a {command} run wrote")
-        for text in overrides:
-            key = text.partition("=")[0].strip()
-            if key not in resumable:
-                raise UserError(
-                    f"{key} cannot change when resuming (only {', '.join(resumable)}); "
-                    "start a new run for other settings"
-                )
-        return load(str(run / "recipe.yaml"), overrides), run, run.has_state
+def new_run(recipe: dict, out: Optional[str]) -> RunFolder:
+    """The folder of a new run: ``out`` or the recipe's ``output.dir``, which must be empty or absent."""
     run = RunFolder(Path(out or recipe["output"]["dir"]))
     if run.path.exists() and any(run.path.iterdir()):
         raise UserError(
             f"{run.path} already holds files; continue that run with --resume {run.path} or give a "
             "new --out folder (nothing there is overwritten)"
         )
-    return recipe, run, False
+    return run
+
+
+def resume_run(
+    folder: str, overrides: Iterable[str], load: Callable, resumable: Sequence[str], command: str
+) -> Tuple[dict, RunFolder, bool]:
+    """(recipe, run folder, has a state to resume from?) for a run to continue.
+
+    Args:
+        folder: the run folder; its recipe.yaml is read again with ``load(path, overrides)``.
+        overrides: ``key=value`` overrides given when resuming; only ``resumable`` keys may change.
+        command: the command that writes such folders, named in errors.
+    """
+    run = RunFolder(Path(folder))
+    if not (run / "recipe.yaml").is_file():
+        raise UserError(f"{run.path} is not a run folder (no recipe.yaml); give the folder a {command} run wrote")
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key not in resumable:
+            raise UserError(
+                f"{key} cannot change when resuming (only {', '.join(resumable)}); start a new run for other settings"
+            )
+    return load(str(run / "recipe.yaml"), overrides), run, run.has_state

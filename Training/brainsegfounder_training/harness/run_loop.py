@@ -82,10 +82,12 @@ class RunLoop:
     def load_state(self) -> dict:
         return load_state(self.run / "state.pt", self.state_format, self.command)
 
-    def save_state(self, payload: dict, kept: str) -> None:
-        """state.pt = {"format", **payload} (rank 0), then every process waits for it."""
+    def save_state(self, model, opt, kept: str, **fields) -> None:
+        """state.pt = format, ``fields``, the model's weights and the optimisation's state, written by
+        rank 0 (the only process that copies the weights to the CPU); every process waits for it."""
         if self.d.main:
-            save_state({"format": self.state_format, **payload}, self.run / "state.pt", kept)
+            payload = {"format": self.state_format, **fields, "model": self.weights(model), **opt.state_dict()}
+            save_state(payload, self.run / "state.pt", kept)
         distributed.barrier(self.d)
 
     def save_best(self, model, meta, dtype=None) -> None:

@@ -314,16 +314,7 @@ class Pretrainer(RunLoop):
     def _save_state(self, run: PretrainRun) -> None:
         self._write_skips()
         kept = "the last saved step is kept in state.pt." if self.run.has_state else "no step was saved yet."
-        self.save_state(
-            {
-                "step": run.step,
-                "network": run.config.to_dict(),
-                "model": self.weights(run.model),
-                **run.opt.state_dict(),
-                "best": run.best,
-            },
-            kept,
-        )
+        self.save_state(run.model, run.opt, kept, step=run.step, network=run.config.to_dict(), best=run.best)
 
     def _save_best(self, run: PretrainRun) -> None:
         if not self.d.main:
