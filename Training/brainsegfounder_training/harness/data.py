@@ -9,7 +9,6 @@ from typing import Dict, Iterable
 
 from brainsegfounder.errors import UserError
 from brainsegfounder.preprocess import BrainBox, normalize
-from brainsegfounder.segment import load_inputs, to_network_array
 
 # BraTS file tags per naming convention: 2021 (BraTS2021_00000_flair) and 2023 (BraTS-GLI-..-t2f).
 BRATS_TAGS = {
@@ -46,6 +45,9 @@ def read_network_volume(images: Dict[str, str], orientation: str, crop_to_brain:
     """Inputs as ``segment`` sees them: resampled onto the first input's grid, in the network's
     orientation, cropped to the brain and z-scored over it. Returns (volume (C,i,j,k) float32,
     the brain box, the first input image)."""
+    # the engine's segment module brings torch: only reading needs it, not finding data sets
+    from brainsegfounder.segment import load_inputs, to_network_array
+
     loaded, _ = load_inputs(dict(images))
     volume = to_network_array(loaded, orientation)
     box = BrainBox.of(volume) if crop_to_brain else BrainBox((0, 0, 0), volume.shape[1:], volume.shape[1:])
