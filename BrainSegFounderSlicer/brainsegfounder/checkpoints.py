@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from . import __version__
-from .atomic import atomic_path, ensure_writable_dir
+from .atomic import atomic_path
 from .errors import UserError
 from .labels import schema
 from .networks import PRESETS, NetworkConfig, build_network, network_config
+from .output_files import OutputFiles
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, keeping this module cheap to import
     import torch
@@ -43,6 +44,15 @@ SSL_HEAD_PREFIXES = ("rotation_head.", "contrastive_head.", "conv.")
 # Buffers the network rebuilds identically from its config (Swin's relative position indices:
 # 8 x 0.9 MB of int64 even in the tiny model); compact files leave them out.
 DERIVED_BUFFER_SUFFIX = "relative_position_index"
+
+
+# What a model was trained on, and the note a run must show when that is not real scans.
+TRAINED_ON = {
+    "real": None,
+    "synthetic": "model {name} was trained on synthetic data only (a demo): its result on a real scan is not "
+    "a clinical segmentation",
+    "untrained": "model {name} is untrained (random weights): its result is meaningless",
+}
 
 
 @dataclass
@@ -60,6 +70,12 @@ class ModelMeta:
     orientation: str = "LPS"
     provenance: Dict[str, str] = field(default_factory=dict)
     description: str = ""
+    trained_on: str = ""  # see TRAINED_ON; "" in files written before it was recorded
+
+    def caution(self) -> Optional[str]:
+        """A note every run of a model not made for real scans must show, or None."""
+        note = TRAINED_ON.get(self.trained_on)
+        return note.format(name=self.name) if note else None
 
     def to_dict(self) -> dict:
         return {
@@ -74,6 +90,7 @@ class ModelMeta:
             "orientation": self.orientation,
             "provenance": dict(self.provenance),
             "description": self.description,
+            "trained_on": self.trained_on,
         }
 
     @classmethod
@@ -91,6 +108,7 @@ class ModelMeta:
                 orientation=data.get("orientation", "LPS"),
                 provenance=dict(data.get("provenance", {})),
                 description=data.get("description", ""),
+                trained_on=data.get("trained_on", ""),
             )
         except (KeyError, TypeError) as error:
             raise UserError(
@@ -320,16 +338,14 @@ def resolve_meta(ckpt: LoadedCheckpoint, task: Optional[str] = None) -> ModelMet
         name=ckpt.path.stem,
         version=ckpt.kind,
         provenance={"source": f"{ckpt.kind} checkpoint {ckpt.path.name}"},
+        trained_on="real",  # BrainSegFounder's and MONAI's released weights come from real scans
     )
 
 
-def save_checkpoint(path: os.PathLike, model, meta: ModelMeta, dtype: Optional["torch.dtype"] = None) -> Path:
-    """Write our self-describing checkpoint atomically. ``dtype`` (e.g. float16) makes a compact
-    file: floating-point weights in that type (loading copies them back into the float32
-    network) and no derived buffers (the loader rebuilds them from the config)."""
-    import torch
-
-    path = Path(path)
+def checkpoint_payload(model, meta: ModelMeta, dtype: Optional["torch.dtype"] = None) -> dict:
+    """Our self-describing checkpoint as saved. ``dtype`` (e.g. float16) makes a compact file:
+    floating-point weights in that type (loading copies them back into the float32 network) and
+    no derived buffers (the loader rebuilds them from the config)."""
     provenance = dict(meta.provenance)
     provenance.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     provenance.setdefault("brainsegfounder", __version__)
@@ -343,28 +359,42 @@ def save_checkpoint(path: os.PathLike, model, meta: ModelMeta, dtype: Optional["
             if not k.endswith(DERIVED_BUFFER_SUFFIX)
         }
         payload["derived_buffers_omitted"] = True
+    return payload
+
+
+def save_checkpoint(path: os.PathLike, model, meta: ModelMeta, dtype: Optional["torch.dtype"] = None) -> Path:
+    """Write :func:`checkpoint_payload` atomically (training runs: they own their folders)."""
+    import torch
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=".tmp") as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint_payload(model, meta, dtype), tmp)
     return path
 
 
-def init_model(output, size: str, task: str, seed: int = 0, name: Optional[str] = None, roi=None) -> Path:
+def init_model(
+    output, size: str, task: str, seed: int = 0, name: Optional[str] = None, roi=None, overwrite: bool = False
+) -> Path:
     """A randomly initialised, self-describing checkpoint (deterministic by seed)."""
     import torch
 
     config = network_config(size, task)
-    ensure_writable_dir(Path(output).parent)
+    name = name or Path(output).name.split(".")[0]
+    files = OutputFiles({"--output": output}, overwrite=overwrite).check()
     torch.manual_seed(seed)
     model = build_network(config)
     meta = ModelMeta.for_preset(
         task,
         config,
-        name=name or Path(output).name.split(".")[0],
+        name=name,
         version="0-untrained",
         provenance={"base": "random initialisation", "seed": str(seed), "size": size},
         description="untrained: its output is not meaningful",
+        trained_on="untrained",
     )
     if roi:
         meta.roi_size = tuple(roi)
-    return save_checkpoint(output, model, meta)
+    with files.write() as tmp:
+        torch.save(checkpoint_payload(model, meta), tmp["--output"])
+    return Path(output)

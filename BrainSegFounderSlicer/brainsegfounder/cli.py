@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 from . import __version__
-from .atomic import ensure_writable_dir
 from .checkpoints import init_model, load_checkpoint, resolve_meta
+from .console import volume_table
 from .demo import run_demo
 from .errors import Cancelled, UserError
 from .inference import InferenceSettings, fast_settings
@@ -71,10 +71,6 @@ def cmd_segment(args, report, cancel) -> dict:
 
     if not args.inputs:
         raise UserError("no inputs given; add one --input MODALITY=PATH per modality the model needs")
-    if args.preview:  # fail before the work, not after it
-        if not args.preview.lower().endswith(".png"):
-            raise UserError(f"--preview {args.preview} must end in .png")
-        ensure_writable_dir(Path(args.preview).parent)
     chosen = dict(
         blend=args.blend, sw_batch_size=args.sw_batch_size, tta=args.tta, memory=args.memory, threads=args.threads
     )
@@ -95,6 +91,8 @@ def cmd_segment(args, report, cancel) -> dict:
         args.output,
         seg_nrrd=args.seg_nrrd,
         summary_path=args.summary,
+        preview_path=args.preview,
+        overwrite=args.overwrite,
         labels=args.labels,
         device=args.device,
         task=args.task,
@@ -102,12 +100,9 @@ def cmd_segment(args, report, cancel) -> dict:
         progress=report,
         cancel=cancel,
     )
-    if args.preview:
-        from .preview import save_preview_from_files
-
-        save_preview_from_files(args.inputs, args.preview, args.output)
-    volumes = ", ".join(f"{k} {v['volume_ml']:.1f} mL" for k, v in summary["regions"].items())
-    return {"output": str(args.output), "message": f"wrote {args.output} ({volumes})"}
+    written = ", ".join(str(p) for p in (args.output, args.seg_nrrd, args.summary, args.preview) if p)
+    notes = "".join(f"\nnote: {note}" for note in summary["notes"])
+    return {"output": str(args.output), "message": f"wrote {written}\n{volume_table(summary['regions'])}{notes}"}
 
 
 def cmd_synth(args, report, cancel) -> dict:
@@ -170,14 +165,20 @@ def cmd_models(args, report, cancel) -> dict:
             "message": f"registered {args.checkpoint} as {path.stem} ({path}); segment with --model {path.stem}",
         }
     return {
-        "output": str(init_model(args.output, args.size, args.task, args.seed, args.name, args.roi)),
+        "output": str(init_model(args.output, args.size, args.task, args.seed, args.name, args.roi, args.overwrite)),
         "message": f"wrote {args.output}",
     }
 
 
 def cmd_demo(args, report, cancel) -> dict:
     return run_demo(
-        Path(args.out), spacing=args.spacing, seed=args.seed, device=args.device, progress=report, cancel=cancel
+        Path(args.out),
+        spacing=args.spacing,
+        seed=args.seed,
+        device=args.device,
+        progress=report,
+        cancel=cancel,
+        overwrite=args.overwrite,
     )
 
 
@@ -233,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--seg-nrrd", help="also write a Slicer segmentation (.seg.nrrd)")
     seg.add_argument("--summary", help="also write a JSON summary (volumes, model, timings)")
     seg.add_argument("--preview", help="also write a PNG of a few slices with the labels overlaid")
+    seg.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files (without it, only files an earlier run wrote and nobody "
+        "changed since are replaced)",
+    )
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     seg.add_argument(
         "--labels",
@@ -300,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     ini.add_argument("--seed", type=int, default=0)
     ini.add_argument("--name", help="model name (default: the file name)")
     ini.add_argument("--roi", type=_roi, help="ROI stored with the model (default the task's)")
+    ini.add_argument("--overwrite", action="store_true", help="replace an existing file of that name")
     _add_common(ini)
 
     dev = sub.add_parser("devices", help="the CPU and GPUs inference can use (JSON with --progress json)")
@@ -310,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--spacing", type=float, default=2.0, help="voxel size of the synthetic case (mm)")
     demo.add_argument("--seed", type=int, default=2026)
     demo.add_argument("--device", default="auto")
+    demo.add_argument("--overwrite", action="store_true", help="replace output files an earlier run did not write")
     _add_common(demo)
     handlers = dict(COMMANDS)  # a copy: building a parser leaves the module as it was
     for register in _plugin_registrars():

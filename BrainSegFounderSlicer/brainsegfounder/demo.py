@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .atomic import ensure_writable_dir
+from .console import dice_table, volume_table
 from .errors import UserError
 from .labels import schema
 from .metrics import region_dice
+from .outputs import output_files
 from .progress import CancelToken, ProgressCallback, null_progress
 
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "brats-synthetic-demo.pt"
@@ -36,18 +37,20 @@ def run_demo(
     device: str = "auto",
     progress: ProgressCallback = null_progress,
     cancel: Optional[CancelToken] = None,
+    overwrite: bool = False,
 ) -> dict:
-    from .preview import save_preview_from_files
     from .segment import segment_files
     from .synth.cohort import case_files, write_cohort
 
-    out = ensure_writable_dir(out)
+    out = Path(out)
     model = DEMO_MODEL
     if not model.is_file():
         raise UserError(
             f"the demo model {model} is missing; use a full clone of the repository (the model "
             "ships in Resources/Models) or rebuild it as Training/README.md says"
         )
+    files = {name: out / name for name in ("labels.nii.gz", "labels.seg.nrrd", "summary.json", "preview.png")}
+    output_files(*files.values(), overwrite=overwrite)  # before the synthetic case is made
     data = out / f"synthetic_brats_seed{seed}"
     folder, images, label = case_files("brats2021", 0)
     if not (data / folder).exists():
@@ -56,25 +59,28 @@ def run_demo(
     summary = segment_files(
         str(model),
         inputs,
-        out / "labels.nii.gz",
-        seg_nrrd=out / "labels.seg.nrrd",
-        summary_path=out / "summary.json",
+        files["labels.nii.gz"],
+        seg_nrrd=files["labels.seg.nrrd"],
+        summary_path=files["summary.json"],
+        preview_path=files["preview.png"],
+        overwrite=overwrite,
         device=device,
         progress=progress,
         cancel=cancel,
     )
     import SimpleITK as sitk
 
-    prediction = sitk.ReadImage(str(out / "labels.nii.gz"))  # may be empty: no input checks here
+    prediction = sitk.ReadImage(str(files["labels.nii.gz"]))  # may be empty: no input checks here
     truth = sitk.ReadImage(str(data / label))
     dice = dice_per_region(prediction, truth, schema("brats_regions"))
-    save_preview_from_files(inputs, out / "preview.png", out / "labels.nii.gz")
-    regions = ", ".join(f"{k} {v['volume_ml']:.1f} mL" for k, v in summary["regions"].items())
+    notes = "".join(f"note: {note}\n" for note in summary["notes"])
     message = (
-        f"wrote {out}/labels.nii.gz, labels.seg.nrrd, summary.json and preview.png ({regions}).\n"
-        f"Dice against the synthetic ground truth: {dice}.\n"
-        "NOTE: this is a DEMO model trained on synthetic data only; it is not for real scans. For "
-        "patients' MRI use BrainSegFounder's released BraTS weights: brainsegfounder segment --model "
+        f"synthetic input case (four contrasts and its ground truth): {data / folder}\n"
+        f"wrote {out}/labels.nii.gz, labels.seg.nrrd (open it in 3D Slicer), summary.json and preview.png\n"
+        f"{volume_table(summary['regions'])}\n"
+        f"Dice against the synthetic ground truth:\n{dice_table(dice)}\n"
+        f"{notes}"
+        "For patients' MRI use BrainSegFounder's released BraTS weights: brainsegfounder segment --model "
         "PATH_TO_WEIGHTS.pth --task brats --input flair=... --input t1ce=... --input t1=... --input t2=..."
     )
     return {"output": str(out), "dice": dice, "message": message}

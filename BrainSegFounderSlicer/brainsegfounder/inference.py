@@ -60,6 +60,8 @@ class InferenceSettings:
             raise UserError("the window batch size must be at least 1")
         if self.roi_size is not None and any(int(r) % 32 or int(r) < 64 for r in self.roi_size):
             raise UserError(f"ROI {self.roi_size} is not usable: each side must be a multiple of 32, at least 64")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
         if not 0 < self.threshold < 1:
             raise UserError(f"threshold must be between 0 and 1, got {self.threshold}")
 

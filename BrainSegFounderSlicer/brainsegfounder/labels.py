@@ -60,6 +60,8 @@ _PALETTE = (
     (0.85, 0.45, 0.65),
 )
 MULTILABEL_PREFIX = "multilabel:"
+# The BraTS regions the network predicts, as the written labels combine them.
+REGION_NAMES = {"TC": "Tumor core", "WT": "Whole tumor", "ET": "Enhancing tumor"}
 LESION = Segment("lesion", "Stroke lesion", (0.90, 0.45, 0.10), ("SCT", "55641003", "Infarct"))
 
 
@@ -162,5 +164,8 @@ def region_volumes(labels, label_schema: LabelSchema, convention: str = "brats20
     regions = label_schema.labels_to_regions(np.asarray(array), convention)
     for name, mask in zip(label_schema.channels, regions, strict=True):
         if name not in result:
-            result[name] = {"name": name, "volume_ml": round(float(np.count_nonzero(mask)) * ml, 3)}
+            result[name] = {
+                "name": REGION_NAMES.get(name, name),
+                "volume_ml": round(float(np.count_nonzero(mask)) * ml, 3),
+            }
     return result

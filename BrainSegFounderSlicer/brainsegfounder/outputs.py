@@ -1,54 +1,48 @@
 """Writing results: label map, Slicer segmentation (.seg.nrrd) and a JSON summary.
 
-All files of one run are written to temporary names first and renamed together at the end,
-so a failure leaves no partial output and never touches files that existed before.
+All files of one run are checked before the work and written together after it
+(:mod:`.output_files`): a failure leaves no partial output and never touches files that
+existed before.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 import slicerio
 
-from .atomic import atomic_path, ensure_writable_dir
 from .errors import UserError
 from .labels import Segment
+from .output_files import OutputFiles
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in (".seg.nrrd", *LABEL_SUFFIXES, ".json"):
-        if name.endswith(suffix):
-            return suffix
-    return path.suffix
-
-
-def check_output_paths(
-    output: os.PathLike, seg_nrrd: Optional[os.PathLike] = None, summary: Optional[os.PathLike] = None
-) -> None:
-    """Fail before any work if an output cannot be written or has a format we do not write."""
-    output = Path(output)
-    if not output.name.lower().endswith(LABEL_SUFFIXES):
+def output_files(
+    output: os.PathLike,
+    seg_nrrd: Optional[os.PathLike] = None,
+    summary: Optional[os.PathLike] = None,
+    preview: Optional[os.PathLike] = None,
+    overwrite: bool = False,
+    inputs: Sequence[Tuple[str, os.PathLike]] = (),
+) -> OutputFiles:
+    """The outputs of one segmentation, checked before any work (formats, inputs, existing files)."""
+    if not Path(output).name.lower().endswith(LABEL_SUFFIXES):
         raise UserError(f"output {output} must end in one of {', '.join(LABEL_SUFFIXES)}")
-    if seg_nrrd is not None and not str(seg_nrrd).lower().endswith(".nrrd"):
-        raise UserError(f"--seg-nrrd {seg_nrrd} must end in .seg.nrrd")
-    if summary is not None and not str(summary).lower().endswith(".json"):
-        raise UserError(f"--summary {summary} must end in .json")
-    paths = [Path(p) for p in (output, seg_nrrd, summary) if p is not None]
-    if len({p.resolve() for p in paths}) != len(paths):
-        raise UserError("the output, --seg-nrrd and --summary paths must differ")
-    for path in paths:
-        if path.is_dir():
-            raise UserError(f"output {path} is a folder; give a file name")
-        ensure_writable_dir(path.parent)
+    for what, path, suffix in (
+        ("--seg-nrrd", seg_nrrd, ".seg.nrrd"),
+        ("--summary", summary, ".json"),
+        ("--preview", preview, ".png"),
+    ):
+        if path is not None and not str(path).lower().endswith(suffix):
+            raise UserError(f"{what} {path} must end in {suffix}")
+    targets = {"output": output, "--seg-nrrd": seg_nrrd, "--summary": summary, "--preview": preview}
+    return OutputFiles(targets, overwrite=overwrite, inputs=inputs).check()
 
 
 def ijk_to_lps(image: sitk.Image) -> np.ndarray:
@@ -84,20 +78,21 @@ def segmentation_dict(labels: sitk.Image, segments: Dict[int, Segment]) -> dict:
 
 
 def write_outputs(
+    files: OutputFiles,
     labels: sitk.Image,
-    output: os.PathLike,
     segments: Dict[int, Segment],
-    seg_nrrd: Optional[os.PathLike] = None,
     summary: Optional[dict] = None,
-    summary_path: Optional[os.PathLike] = None,
+    images: Optional[Dict[str, sitk.Image]] = None,
 ) -> None:
-    """Write every requested output, all or nothing."""
-    with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(atomic_path(output, suffix=_suffix(Path(output))))
-        sitk.WriteImage(labels, str(tmp), useCompression=True)
-        if seg_nrrd is not None:
-            tmp = stack.enter_context(atomic_path(seg_nrrd, suffix=".seg.nrrd"))
-            slicerio.write_segmentation(str(tmp), segmentation_dict(labels, segments))
-        if summary_path is not None:
-            tmp = stack.enter_context(atomic_path(summary_path, suffix=".json"))
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    """Write every output of ``files`` (see :func:`output_files`), all or nothing; the preview
+    shows ``images`` with the labels overlaid."""
+    with files.write() as tmp:
+        sitk.WriteImage(labels, str(tmp["output"]), useCompression=True)
+        if "--seg-nrrd" in tmp:
+            slicerio.write_segmentation(str(tmp["--seg-nrrd"]), segmentation_dict(labels, segments))
+        if "--summary" in tmp:
+            tmp["--summary"].write_text(json.dumps(summary, indent=2) + "\n")
+        if "--preview" in tmp:
+            from .preview import draw_preview
+
+            draw_preview(images or {}, tmp["--preview"], labels)

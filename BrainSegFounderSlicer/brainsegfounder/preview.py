@@ -22,7 +22,8 @@ def _radiological(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
 
 
-def save_preview(images: Dict[str, sitk.Image], path: os.PathLike, labels: Optional[sitk.Image] = None) -> Path:
+def draw_preview(images: Dict[str, sitk.Image], path: os.PathLike, labels: Optional[sitk.Image] = None) -> None:
+    """Write the PNG to ``path`` directly (callers make it atomic)."""
     try:
         import matplotlib
 
@@ -57,10 +58,16 @@ def save_preview(images: Dict[str, sitk.Image], path: os.PathLike, labels: Optio
             if row == 0:
                 ax.set_title(name)
     fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=80)
+    finally:
+        plt.close(fig)
+
+
+def save_preview(images: Dict[str, sitk.Image], path: os.PathLike, labels: Optional[sitk.Image] = None) -> Path:
     path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+    with atomic_path(path) as tmp:
+        draw_preview(images, tmp, labels)
     return path
 
 

@@ -94,20 +94,30 @@ class JsonLinesReporter:
 
 
 class TextReporter:
-    """A one-line progress bar on stderr for people; messages get their own line."""
+    """A one-line progress bar on stderr for people; messages get their own line. Where the
+    stream is not a terminal (a log file) the bar would leave carriage-return noise, so each
+    tenth of a stage is a plain line instead."""
 
     def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
         self.stream = stream
         self.width = width
         self.clock = _StageClock()
         self._open_line = False
+        self._terminal = bool(getattr(stream, "isatty", lambda: False)())
+        self._logged = (None, -1)
 
     def __call__(self, stage: str, done: int, total: int, message: str = "") -> None:
         eta = self.clock.eta(stage, done, total)
         if message:
             self._end_line()
             self.stream.write(f"{stage}: {message}\n")
-        if total > 1:
+        if total > 1 and not self._terminal:
+            tenth = 10 * min(done, total) // total
+            if done > 0 and (stage, tenth) != self._logged and (tenth > self._logged[1] or stage != self._logged[0]):
+                self._logged = (stage, tenth)
+                eta_text = "" if eta is None or done >= total else f", eta {eta:.1f}s"
+                self.stream.write(f"{stage}: {done}/{total}{eta_text}\n")
+        elif total > 1:
             filled = int(self.width * min(done, total) / total)
             eta_text = "" if eta is None else f" eta {eta:5.1f}s"
             bar = "#" * filled + "." * (self.width - filled)

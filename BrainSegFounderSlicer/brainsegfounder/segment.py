@@ -23,7 +23,7 @@ from .inference import InferenceSettings, predict_probabilities, resolve_device
 from .labels import et_label, region_volumes, schema
 from .low_memory_swin import LowMemorySwinUNETR
 from .modalities import match_inputs
-from .outputs import check_output_paths, write_outputs
+from .outputs import output_files, write_outputs
 from .preprocess import BrainBox, normalize
 from .progress import CancelToken, ProgressCallback, null_progress
 from .registry import resolve_model
@@ -128,13 +128,17 @@ def segment_files(
     progress: ProgressCallback = null_progress,
     cancel: Optional[CancelToken] = None,
     segmenter: Optional[Segmenter] = None,
+    preview_path: Optional[os.PathLike] = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Segment one case from files; returns the summary (also written to ``summary_path``)."""
+    """Segment one case from files; returns the summary (also written to ``summary_path``).
+    Arguments and outputs are checked before the model loads; all outputs are written together."""
     cancel = cancel or CancelToken()
     timings = {}
     start = t0 = time.perf_counter()
     et_label(labels)  # validates the convention before any work
-    check_output_paths(output, seg_nrrd, summary_path)
+    (settings or InferenceSettings()).validate()
+    files = output_files(output, seg_nrrd, summary_path, preview_path, overwrite, inputs)
     progress("load_model", 0, 1, "loading model")
     segmenter = segmenter or Segmenter(model, task=task, device=device, settings=settings)
     timings["load_model_s"] = time.perf_counter() - t0
@@ -186,12 +190,17 @@ def segment_files(
         "notes": report.notes,
         "timings_s": timings,
     }
+    caution = segmenter.meta.caution()  # shown on every run of a demo, synthetic-only or untrained model
+    if caution:
+        summary["notes"] = [caution, *summary["notes"]]
     # The summary file holds the timings up to writing; the returned one adds the write.
     timings["total_before_write_s"] = time.perf_counter() - start
     timings.update({k: round(v, 3) for k, v in timings.items()})
     progress("write", 0, 1, f"writing {output}")
     t0 = time.perf_counter()
-    write_outputs(label_image, output, segmenter.schema.label_values(labels), seg_nrrd, summary, summary_path)
+    write_outputs(
+        files, label_image, segmenter.schema.label_values(labels), summary, dict(zip(paths, images, strict=True))
+    )
     timings["write_s"] = round(time.perf_counter() - t0, 3)
     progress("write", 1, 1)
     return summary

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+
+from brainsegfounder.progress import TextReporter
 
 from helpers import ROOT, run_cli, segment_args
 
@@ -148,9 +152,30 @@ def test_text_progress_bar_on_stderr(tmp_path, capsys, brats_model, brats_inputs
     args[args.index("--progress") + 1] = "text"
     code, out, err = run_cli(args, capsys)
     assert code == 0
-    assert "inference [####" in err
+    # stderr is not a terminal here (a log file): plain lines, no carriage-return bar
+    assert "\r" not in err
+    assert "inference [" not in err
+    assert re.search(r"^inference: \d+/\d+, eta ", err, re.MULTILINE), err
     assert out.startswith("wrote ")
-    assert "WT" in out
+    assert re.search(r"Whole tumor \(WT\)\s+[\d.]+ mL", out), out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal_and_lines_in_a_log():
+    terminal, log = _Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        report = TextReporter(stream)
+        for done in range(21):
+            report("inference", done, 20)
+    assert "\r   inference [####" in terminal.getvalue()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue()
+    assert lines[-1] == "inference: 20/20"
+    assert len(lines) == 11  # the first window, then one per tenth: not one per window
 
 
 def _register_hello(subparsers, add_common):
