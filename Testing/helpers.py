@@ -41,6 +41,21 @@ def run_cli(args, capsys):
     return code, captured.out, captured.err
 
 
+def tree_state(*folders):
+    """Every file and folder under ``folders`` (hidden ones too) with its content hash: equal
+    before and after a failed run means nothing changed and nothing was left behind."""
+    import hashlib
+
+    state = {}
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_symlink() or not path.is_file():
+                state[str(path)] = "link" if path.is_symlink() else "folder"
+            else:
+                state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
 def segment_args(model, inputs, output, *extra):
     args = ["segment", "--model", model, "--output", output, "--progress", "none", *extra]
     for name, path in inputs:

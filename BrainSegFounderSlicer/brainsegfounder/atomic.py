@@ -105,6 +105,8 @@ def write_error(error: Exception, target: os.PathLike) -> Exception:
         )
     if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return UserError(f"cannot write {target} ({reason}); choose a folder you can write to (nothing was changed)")
+    if isinstance(error, OSError):  # the machine's (an I/O error, a vanished folder), not the code's
+        return UserError(f"cannot write {target} ({reason}); check that disk and run again (nothing was changed)")
     return error
 
 
