@@ -406,7 +406,8 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             self._editor.setSegmentationNode(job.segmentation)
             _setSourceVolume(self._editor, job.reference)
             slicer.util.setSliceViewerLayers(background=job.reference, fit=True)
-            self.ui.statusLabel.text = f"Done: {job.segmentation.GetName()}."
+            notes = "".join(f"\nNote: {note}" for note in job.notes)
+            self.ui.statusLabel.text = f"Done: {job.segmentation.GetName()}.{notes}"
         elif job.status == "cancelled":
             self.ui.statusLabel.text = "Cancelled; nothing was changed."
         else:

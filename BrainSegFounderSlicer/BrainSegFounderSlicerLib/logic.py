@@ -8,6 +8,7 @@ scene when the process is done.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -135,9 +136,11 @@ class SegmentationJob(Job):
         super().__init__(process, workdir)
         self.logic, self.reference, self.choice, self.convention = logic, reference, choice, convention
         self.segmentation, self.table = segmentation, table
+        self.notes: List[str] = []  # the engine's notes of this run (a demo model, a partial input, ...)
 
     def on_success(self) -> None:
         scene = self.logic.scene
+        self.notes = list(json.loads((self.workdir / "summary.json").read_text()).get("notes", []))
         name = f"{self.reference.GetName()} {self.choice.title.split(':')[0]} segmentation"
         self.segmentation = load_segmentation(
             scene, self.workdir / "labels.seg.nrrd", self.reference, name, node=self.segmentation
@@ -145,6 +148,7 @@ class SegmentationJob(Job):
         self.segmentation.SetAttribute("BrainSegFounder.Model", self.choice.key)
         self.segmentation.SetAttribute("BrainSegFounder.ModelVersion", self.choice.version)
         self.segmentation.SetAttribute("BrainSegFounder.LabelConvention", self.convention)
+        self.segmentation.SetAttribute("BrainSegFounder.Notes", "\n".join(self.notes))
         if self.logic.show_3d:
             show_in_3d(self.segmentation)
         self.table = self.logic.update_volume_table(

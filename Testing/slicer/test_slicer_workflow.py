@@ -160,6 +160,9 @@ def test_segmentation_comes_back_named_coloured_coded_on_the_reference_grid(segm
     assert "SCT^6574001^Necrosis" in segment_terminology(segmentation.GetSegment("NCR"))
     assert "SCT^86049000" in segment_terminology(segmentation.GetSegment("ET"))
     assert seg.GetAttribute("BrainSegFounder.Model") == DEMO
+    # the demo model is not for real scans: the panel shows the engine's note with the result
+    assert job.notes[0].startswith("model brats-synthetic-demo was trained on synthetic data only"), job.notes
+    assert seg.GetAttribute("BrainSegFounder.Notes").startswith("model brats-synthetic-demo was trained")
     assert seg.GetSegmentation().ContainsRepresentation("Closed surface")  # shown in 3D
     # geometry: the segmentation's reference geometry is the FLAIR volume's, voxel for voxel
     flair = nodes["flair"]
