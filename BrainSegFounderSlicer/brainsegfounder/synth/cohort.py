@@ -183,6 +183,7 @@ def write_cohort(
         root,
         entries,
         {
+            "synthetic": True,  # models trained on these cases say so (checkpoints.TRAINED_ON)
             "kind": kind,
             "layout": layout,
             "seed": seed,
