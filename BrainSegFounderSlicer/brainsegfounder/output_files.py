@@ -51,16 +51,26 @@ def written_by_us(path: os.PathLike) -> bool:
     return bool(entry) and path.is_file() and _stamp(path) == entry
 
 
+def _resolve(path: Path, what: str) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError for a loop of symbolic links
+        raise UserError(f"{what} {path} is a loop of symbolic links; remove the link or choose another name") from None
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         with contextlib.suppress(OSError):
             return a.samefile(b)
-    return a.resolve() == b.resolve()
+    with contextlib.suppress(RuntimeError, OSError):
+        return a.resolve() == b.resolve()
+    return False
 
 
 def _ancestor_of(folder: Path, path: Path) -> bool:
-    folder, path = folder.resolve(), path.resolve()
-    return folder in path.parents
+    with contextlib.suppress(RuntimeError, OSError):
+        return folder.resolve() in path.resolve().parents
+    return False
 
 
 def _existing_base(path: Path) -> Path:
@@ -88,7 +98,7 @@ class OutputFiles:
         """Everything that can be known before the work; one :class:`UserError` if not."""
         seen: Dict[Path, str] = {}
         for what, path in self.targets.items():
-            key = path.resolve()
+            key = _resolve(path, what)
             if key in seen:
                 raise UserError(f"{what} and {seen[key]} are the same file {path}; give each output its own name")
             seen[key] = what

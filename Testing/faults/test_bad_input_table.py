@@ -159,12 +159,14 @@ FOLDER_FAULTS = [
 ]
 EVALUATE = "evaluate --data {data} --pred {pred} --out eval"
 FINETUNE = "finetune --config demo --data {data} --out runs --epochs 1 --device cpu"
-PRETRAIN = "pretrain --config stage2-brats --data {data} --out runs --steps 1 --device cpu"
+PRETRAIN = "pretrain --config stage1-ukb --data {data} --out runs --steps 1 --device cpu"
 
 ROWS = [
     *[Row(SEGMENT, f"input image: {f}", "flair", v, p) for f, v, p in IMAGE_FAULTS],
     *[Row(SEGMENT, f"model: {f}", "model", v, p) for f, v, p in CHECKPOINT_FAULTS],
     Row(SEGMENT, "output is the input (same file)", "flair", "out/labels.nii.gz", r"is the input flair"),
+    Row(SEGMENT.replace("out/labels.nii.gz", "{out}"), "output is a symlink loop", "out", "bad/loop.nii.gz", r"loop"),
+    Row(SEGMENT.replace("out/labels.nii.gz", "{out}"), "output is a folder", "out", "bad/folder.nii.gz", r"folder"),
     Row(SEGMENT, "input without read permission", "flair", "bad/locked.nii.gz", r"[Pp]ermission", unprivileged=True),
     Row(SEGMENT, "model without read permission", "model", "bad/locked.pt", r"[Pp]ermission", unprivileged=True),
     Row(
