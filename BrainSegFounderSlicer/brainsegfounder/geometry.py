@@ -1,12 +1,15 @@
 """Geometry: put all inputs on the reference grid in physical space, and orient for the network.
 
 Inputs on other grids are resampled (linear) onto the reference modality's grid through their
-physical coordinates, so direction cosines (RAS, LPS, oblique) are honoured; an input that
-does not overlap the reference in space is an error. Grids that already match are left alone.
+physical coordinates, so direction cosines (RAS, LPS, oblique) are honoured. Outside an
+input's extent its channel is zero, i.e. missing for the network: an input that covers less than
+half the reference's brain is an error, less than nine tenths a note. Grids that already match
+are left alone.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import numpy as np
@@ -17,6 +20,12 @@ from .errors import UserError
 SPACING_RTOL = 1e-4
 ORIGIN_ATOL_MM = 1e-3
 DIRECTION_ATOL = 1e-5
+# Coverage of the reference's brain (its nonzero voxels) by a resampled input. Below half, most
+# of the brain would be segmented without that input: a different input set than the model's,
+# refused. Below nine tenths, a tenth or more of the brain (a few cm of a slab that clips the
+# vertex or the cerebellum) lacks it: segmented, with a note. Above, edge slices only.
+MIN_COVERAGE = 0.5
+WARN_COVERAGE = 0.9
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
@@ -29,27 +38,59 @@ def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 
 
 def coverage(moving: sitk.Image, reference: sitk.Image) -> float:
-    """Fraction of the reference grid's voxels that fall inside ``moving``'s extent."""
+    """Fraction of the reference's foreground (nonzero voxels: the brain of a skull-stripped scan)
+    that falls inside ``moving``'s extent; of all its voxels where it has no foreground. Counting
+    the whole grid would let a scan that misses the brain but covers empty corners pass."""
     inside = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
     inside.CopyInformation(moving)
-    mapped = sitk.Resample(inside, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return float(sitk.GetArrayViewFromImage(mapped).mean())
+    mapped_image = sitk.Resample(inside, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    mapped = sitk.GetArrayViewFromImage(mapped_image)  # a view: valid while mapped_image lives
+    foreground = sitk.GetArrayViewFromImage(reference) != 0
+    total = np.count_nonzero(foreground)
+    if not total:
+        return float(mapped.mean())
+    return np.count_nonzero(mapped[foreground]) / total
+
+
+def percent(fraction: float) -> str:
+    """Rounded down, so a coverage just under a threshold never reads as the threshold."""
+    return "under 1%" if 0 < fraction < 0.01 else f"{math.floor(fraction * 100)}%"
+
+
+def resample_with_coverage(
+    moving: sitk.Image,
+    reference: sitk.Image,
+    label: str,
+    min_coverage: float = MIN_COVERAGE,
+    reference_label: str = "the reference image",
+) -> Tuple[sitk.Image, bool, float]:
+    """``moving`` on ``reference``'s grid (linear); returns (image, was_resampled, coverage).
+    Refused where it covers less than ``min_coverage`` of the reference's brain."""
+    if same_grid(moving, reference):
+        return moving, False, 1.0
+    covered = coverage(moving, reference)
+    if covered == 0:
+        raise UserError(
+            f"{label} does not overlap the reference image in physical space "
+            "(0% of it covered); check that all inputs are scans of the same patient "
+            "session with correct origins"
+        )
+    if covered < min_coverage:
+        raise UserError(
+            f"{label} covers {percent(covered)} of {reference_label}'s brain (its nonzero voxels) in "
+            f"physical space, less than the {percent(min_coverage)} needed; check that all inputs are scans "
+            "of the same patient session with correct origins, or give a scan of the whole brain"
+        )
+    image = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return image, True, covered
 
 
 def resample_to(
-    moving: sitk.Image, reference: sitk.Image, label: str, min_coverage: float = 0.0
+    moving: sitk.Image, reference: sitk.Image, label: str, min_coverage: float = MIN_COVERAGE
 ) -> Tuple[sitk.Image, bool]:
     """``moving`` on ``reference``'s grid (linear); returns (image, was_resampled)."""
-    if same_grid(moving, reference):
-        return moving, False
-    covered = coverage(moving, reference)
-    if covered <= min_coverage:
-        raise UserError(
-            f"{label} does not overlap the reference image in physical space "
-            f"({covered:.0%} of it covered); check that all inputs are scans of the same patient "
-            "session with correct origins"
-        )
-    return sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32), True
+    image, resampled, _ = resample_with_coverage(moving, reference, label, min_coverage)
+    return image, resampled
 
 
 def orientation_code(image: sitk.Image) -> str:

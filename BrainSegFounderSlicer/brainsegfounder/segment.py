@@ -17,8 +17,8 @@ import SimpleITK as sitk
 
 from .checkpoints import LoadedCheckpoint, ModelMeta, load_checkpoint, network_from_checkpoint, resolve_meta
 from .errors import UserError
-from .geometry import orientation_code, reorient, resample_to
-from .imageio import read_volume
+from .geometry import WARN_COVERAGE, orientation_code, percent, reorient, resample_with_coverage
+from .imageio import check_images, read_volume
 from .inference import InferenceSettings, predict_probabilities, resolve_device
 from .labels import et_label, region_volumes, schema
 from .low_memory_swin import LowMemorySwinUNETR
@@ -30,19 +30,28 @@ from .registry import resolve_model
 
 
 def load_inputs(paths: Dict[str, str], progress: ProgressCallback = null_progress):
-    """Read inputs in model order; all land on the first one's grid. Returns (images, resampled)."""
-    images, resampled = [], {}
+    """Read inputs in model order; all land on the first one's grid. Returns (images, resampled,
+    notes): notes are one-line strings for the user (an input that covers part of the brain)."""
+    images, resampled, notes = [], {}, []
     names = list(paths)
+    check_images((name, paths[name]) for name in names)  # every header before any voxel
     for i, name in enumerate(names):
         progress("read", i, len(names), f"reading {name}")
         image = read_volume(paths[name], label=f"input {name}")
         if images:
-            image, resampled[name] = resample_to(image, images[0], label=f"input {name}")
+            reference = f"the reference {names[0]}"
+            image, resampled[name], covered = resample_with_coverage(
+                image, images[0], f"input {name}", reference_label=reference
+            )
+            if covered < WARN_COVERAGE:
+                notes.append(
+                    f"input {name} covers {percent(covered)} of {reference}'s brain; the rest is segmented without it"
+                )
         else:
             resampled[name] = False
         images.append(image)
     progress("read", len(names), len(names))
-    return images, resampled
+    return images, resampled, notes
 
 
 def to_network_array(images: Sequence[sitk.Image], orientation: str) -> np.ndarray:
@@ -147,7 +156,7 @@ def segment_files(
     cancel.check()
 
     t0 = time.perf_counter()
-    images, resampled = load_inputs(paths, progress)
+    images, resampled, notes = load_inputs(paths, progress)
     timings["read_inputs_s"] = time.perf_counter() - t0
     cancel.check()
 
@@ -187,7 +196,7 @@ def segment_files(
             "model_s": round(report.model_s, 3),
             "brain_box_fraction": round(box.fraction, 3),
         },
-        "notes": report.notes,
+        "notes": notes + report.notes,
         "timings_s": timings,
     }
     caution = segmenter.meta.caution()  # shown on every run of a demo, synthetic-only or untrained model

@@ -48,7 +48,7 @@ def read_network_volume(images: Dict[str, str], orientation: str, crop_to_brain:
     # the engine's segment module brings torch: only reading needs it, not finding data sets
     from brainsegfounder.segment import load_inputs, to_network_array
 
-    loaded, _ = load_inputs(dict(images))
+    loaded, _, _ = load_inputs(dict(images))
     volume = to_network_array(loaded, orientation)
     box = BrainBox.of(volume) if crop_to_brain else BrainBox((0, 0, 0), volume.shape[1:], volume.shape[1:])
     return normalize(box.crop(volume)), box, loaded[0]
