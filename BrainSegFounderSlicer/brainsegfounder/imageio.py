@@ -10,7 +10,6 @@ bytes on disk, a DICOM series' slice positions against gaps, repeats and uneven 
 from __future__ import annotations
 
 import errno
-import gzip
 import math
 import os
 import stat
@@ -168,12 +167,21 @@ def _gzip_short(path: Path, start: int, expected: int) -> int:
         if int.from_bytes(f.read(4), "little") == expected % 2**32:
             return 0
         f.seek(start)
-        size = 0
+        size, inflater, data = 0, zlib.decompressobj(wbits=31), b""
         try:
-            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
-                while size < expected and (chunk := stream.read(1 << 16)):
-                    size += len(chunk)
-        except (EOFError, OSError, zlib.error):
+            while size < expected:
+                data = data or f.read(1 << 16)
+                if not data:  # the file ends: inside a member means cut short
+                    return max(0 if inflater.eof else 1, expected - size)
+                size += len(inflater.decompress(data, 1 << 20))
+                data = inflater.unconsumed_tail
+                if inflater.eof:  # a member ends; another may follow
+                    data = inflater.unused_data
+                    if data or (data := f.read(1 << 16)):
+                        inflater = zlib.decompressobj(wbits=31)
+                    else:
+                        break
+        except zlib.error:
             return max(1, expected - size)
     return max(0, expected - size)
 
@@ -188,7 +196,13 @@ def _nifti_payload_short(path: Path, label: str) -> int:
         header = nib.load(str(path)).header
     except Exception as error:  # nibabel's errors have no common base; any is an unreadable file
         raise UserError(f"{label}: cannot read {path} as NIfTI ({str(error)[:120]}); copy or export it again") from None
-    expected = int(header.get_data_offset()) + math.prod(header.get_data_shape()) * header.get_data_dtype().itemsize
+    offset = int(header.get_data_offset())
+    if bytes(header["magic"]).rstrip(b"\0") in (
+        b"n+1",
+        b"n+2",
+    ):  # one file: voxels follow the header even where it says 0
+        offset = max(offset, header.single_vox_offset + int(header.extensions.get_sizeondisk()))
+    expected = offset + math.prod(header.get_data_shape()) * header.get_data_dtype().itemsize
     if not path.name.lower().endswith(".gz"):
         return max(0, expected - path.stat().st_size)
     return _gzip_short(path, 0, expected)
@@ -287,7 +301,7 @@ def _dicom_series_files(folder: Path, label: str) -> List[str]:
                 "give the image file, or a DICOM series folder"
             )
         raise UserError(
-            f"{label}: folder {folder} holds no DICOM series ({len(entries)} files, none DICOM); "
+            f"{label}: folder {folder} holds no DICOM series ({len(entries)} file(s), none DICOM); "
             "give an image file or a DICOM series folder"
         )
     if len(series) > 1:
