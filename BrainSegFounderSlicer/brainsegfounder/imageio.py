@@ -269,7 +269,10 @@ def _check_file(path: Path, label: str) -> Tuple[int, ...]:
     if _is_nifti(path):
         missing = _nifti_payload_short(path, label)
     elif path.suffix.lower() in (".mha", ".mhd", ".nrrd", ".nhdr") and (itemsize := _component_bytes(reader)):
-        missing = _payload_short(path, label, math.prod(size) * itemsize)
+        try:
+            missing = _payload_short(path, label, math.prod(size) * itemsize)
+        except ValueError:  # a header field ITK ignores but is no number: no size check, ITK reads
+            missing = 0
     else:
         missing = 0
     if missing:
