@@ -8,6 +8,7 @@ Testing/conftest.py (the default "prepend" import mode), and pyproject.toml name
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,46 @@ def tree_state(*folders):
             else:
                 state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return state
+
+
+@dataclass
+class Measured:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    peak_mib: float  # the process's peak resident memory
+
+
+# A child forked from a big process (pytest holds a GiB) starts with its parent's peak memory,
+# so a measured command is started by this small launcher and counted as its child.
+_LAUNCHER = (
+    "import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)"
+)
+
+
+def measured(command, env=None, cwd=None, timeout=300) -> Measured:
+    """Run ``command``; its exit code, output, wall time and peak memory."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        peak = Path(scratch) / "peak"
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(peak), *map(str, command)],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        seconds = time.perf_counter() - start
+        return Measured(done.returncode, done.stdout, done.stderr, seconds, int(peak.read_text()) / 1024)
 
 
 def segment_args(model, inputs, output, *extra):

@@ -21,7 +21,6 @@ from .geometry import WARN_COVERAGE, orientation_code, percent, reorient, resamp
 from .imageio import check_images, read_volume
 from .inference import InferenceSettings, predict_probabilities, resolve_device
 from .labels import et_label, region_volumes, schema
-from .low_memory_swin import LowMemorySwinUNETR
 from .modalities import match_inputs
 from .outputs import output_files, write_outputs
 from .preprocess import BrainBox, normalize
@@ -84,6 +83,8 @@ class Segmenter:
         self.checkpoint: LoadedCheckpoint = load_checkpoint(resolve_model(model))
         # Scaled-dot-product attention: 22 vs 34 s per 128^3 window of the 62M model on a CPU,
         # 3.7 vs 4.5 GiB peak; the low-memory forward takes the peak to 3.2 GiB (low_memory_swin.py).
+        from .low_memory_swin import LowMemorySwinUNETR  # torch: imported once the inputs have passed their checks
+
         self.network = LowMemorySwinUNETR(network_from_checkpoint(self.checkpoint, use_flash_attention=True))
         self.meta: ModelMeta = resolve_meta(self.checkpoint, task)
         self.schema = schema(self.meta.label_schema)
@@ -148,6 +149,7 @@ def segment_files(
     et_label(labels)  # validates the convention before any work
     (settings or InferenceSettings()).validate()
     files = output_files(output, seg_nrrd, summary_path, preview_path, overwrite, inputs)
+    check_images(inputs)  # headers only: a bad input costs no model load and no voxel allocation
     progress("load_model", 0, 1, "loading model")
     segmenter = segmenter or Segmenter(model, task=task, device=device, settings=settings)
     timings["load_model_s"] = time.perf_counter() - t0

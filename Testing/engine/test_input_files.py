@@ -20,7 +20,7 @@ from brainsegfounder.errors import UserError
 from brainsegfounder.geometry import MIN_COVERAGE, WARN_COVERAGE, coverage
 from brainsegfounder.imageio import MAX_VOXELS, read_volume
 
-from helpers import ROOT, run_cli, segment_args, write_dicom_series
+from helpers import ROOT, measured, run_cli, segment_args, write_dicom_series
 
 ENGINE = str(ROOT / "BrainSegFounderSlicer")
 
@@ -267,55 +267,30 @@ def test_partial_input_note_reaches_the_summary_and_console(tmp_path, capsys, br
 # -- the real command: a rejected input costs no memory ------------------------------------------
 
 
-# A small parent for the measured process: a child's peak RSS counts the memory of the process
-# it was forked from, and pytest's is large.
-PARENT = """import json, resource, subprocess, sys, time
-started = time.perf_counter()
-run = subprocess.run(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                     text=True, timeout=120)
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-with open(sys.argv[1], "w") as f:
-    json.dump([run.returncode, run.stderr, peak, time.perf_counter() - started], f)
-"""
-
-
-def measured(command, env, tmp_path):
-    """(exit code, stderr, peak RSS in MB, seconds) of one process."""
-    result = tmp_path / "measured.json"
-    subprocess.run([sys.executable, "-c", PARENT, str(result), *map(str, command)], env=env, check=True, timeout=180)
-    return tuple(json.loads(result.read_text()))
-
-
 def test_header_check_without_torch_is_cheap(tmp_path):
     """What the command pays for a bad header before it loads a model: no torch, little memory."""
     path = nifti_header_only(tmp_path / "huge.nii", (1000, 1000, 1000))
     code = "import sys; from brainsegfounder.imageio import check_image\ncheck_image(sys.argv[1], 'input flair')\n"
     env = {**os.environ, "PYTHONPATH": ENGINE}
-    rc, err, peak_mb, seconds = measured([sys.executable, "-c", code, path], env, tmp_path)
-    assert rc == 1
-    assert "claims 1000x1000x1000" in err
-    assert peak_mb < 300, peak_mb
-    assert seconds < 3, seconds
+    run = measured([sys.executable, "-c", code, path], env, tmp_path)
+    assert run.returncode == 1
+    assert "claims 1000x1000x1000" in run.stderr
+    assert run.peak_mib < 300, run.peak_mib
     probe = "import sys, brainsegfounder.imageio; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env).stdout == "False\n"
 
 
 @pytest.mark.slow
-def test_cli_rejects_a_huge_header_at_the_cost_of_a_missing_file(tmp_path, brats_inputs, brats_model):
+def test_cli_rejects_a_huge_header_before_the_model_loads(tmp_path, brats_inputs, brats_model):
     """Before: a 384-byte NIfTI claiming 1000^3 voxels made ``segment`` allocate 4.5 GB (13 s).
-    Now it costs what a run refused for a missing file costs (the model's load, ~0.6 GB)."""
+    Now every header is checked before torch is imported or the model loaded."""
     inputs, _ = brats_inputs
     env = {**os.environ, "PYTHONPATH": ENGINE, "BRAINSEGFOUNDER_HOME": str(tmp_path / "home")}
     huge = nifti_header_only(tmp_path / "huge.nii", (1000, 1000, 1000))
-    runs = {}
-    for name, flair in (("missing", tmp_path / "missing.nii.gz"), ("huge", huge)):
-        args = segment_args(brats_model, [("flair", flair), *inputs[1:]], tmp_path / "out.nii.gz", "--device", "cpu")
-        runs[name] = measured([sys.executable, "-m", "brainsegfounder", *args], env, tmp_path)
-    rc, err, peak_mb, seconds = runs["huge"]
-    assert rc == 2
-    assert err.startswith("error: input flair: ")
-    assert err.count("\n") == 1
-    assert "claims 1000x1000x1000" in err
-    assert peak_mb < runs["missing"][2] + 100, runs
-    assert peak_mb < 1024, runs
-    assert seconds < runs["missing"][3] + 3, runs
+    args = segment_args(brats_model, [("flair", huge), *inputs[1:]], tmp_path / "out.nii.gz", "--device", "cpu")
+    run = measured([sys.executable, "-m", "brainsegfounder", *args], env, tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.startswith("error: input flair: ")
+    assert run.stderr.count("\n") == 1
+    assert "claims 1000x1000x1000" in run.stderr
+    assert run.peak_mib < 300, run.peak_mib

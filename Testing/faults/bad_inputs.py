@@ -8,10 +8,7 @@ import gzip
 import os
 import random
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from helpers import ROOT, write_dicom_series
+from helpers import ROOT, Measured, measured, write_dicom_series
 
 SEGMENT = (
     "segment --model {model} --input flair={flair} --input t1ce={t1ce} --input t1={t1} --input t2={t2} "
@@ -201,15 +198,6 @@ def build_world(world: Path, data_root: Path, model: Path) -> Path:
     return world
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    peak_mib: float  # the process's peak resident memory
-
-
 def command_of(world: Path, argv, unprivileged: bool = False):
     """The command line and environment of one run in ``world``."""
     env = {
@@ -228,31 +216,9 @@ def command_of(world: Path, argv, unprivileged: bool = False):
     return command, env
 
 
-# The peak memory of a child forked from a big process (pytest holds a GiB) starts at its
-# parent's, so each run is started by this small launcher and measured as its child.
-_LAUNCHER = (
-    "import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
-    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)"
-)
-
-
-def run(world: Path, argv, unprivileged: bool = False, timeout: float = 300) -> Result:
+def run(world: Path, argv, unprivileged: bool = False, timeout: float = 300) -> Measured:
     command, env = command_of(world, argv, unprivileged)
-    with tempfile.TemporaryDirectory() as scratch:
-        peak = Path(scratch) / "peak"
-        start = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-c", _LAUNCHER, str(peak), *command],
-            cwd=world,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        seconds = time.perf_counter() - start
-        peak_kib = int(peak.read_text())
-    return Result(done.returncode, done.stdout, done.stderr, seconds, peak_kib / 1024)
+    return measured(command, env, world, timeout)
 
 
 def fresh_world(template: Path, tmp_path: Path) -> Path:
