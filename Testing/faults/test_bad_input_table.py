@@ -21,7 +21,7 @@ import subprocess
 import pytest
 
 from bad_inputs import GOOD_SEGMENT, ROWS, build_world, command_of, fresh_world, run
-from helpers import tree_state
+from helpers import ROOT, tree_state
 
 pytestmark = pytest.mark.slow
 # A rejected input must cost little: 4.5 GB were once allocated for a 384-byte file. The exact
@@ -77,3 +77,9 @@ def test_sigkill_at_each_stage_of_segment(template, tmp_path, stage):
     assert again.returncode == 0, again.stderr
     staging = world / "out" / ".brainsegfounder"
     assert sorted(p.name for p in staging.iterdir()) == ["written.json"], "temporaries left behind"
+
+
+def test_the_readme_documents_every_row():
+    section = (ROOT / "README.md").read_text().split("## Bad input and faults")[1].split("\n## ")[0]
+    missing = [row.id for row in ROWS if row.fault.split(": ")[-1] not in section]
+    assert not missing, f"rows missing from the README's table: {missing}"
