@@ -17,7 +17,8 @@ class MetricsLog:
         run: the run folder.
         enabled: False on every process but rank 0.
         keep_until: when resuming, the step or epoch of the state resumed from; records written
-            after it (by the run that was stopped) are dropped so none appears twice.
+            after it (by the run that was stopped) are dropped so none appears twice. None: a run
+            from the start, which drops any records of an attempt killed before its first state.
         key: the record field ``keep_until`` compares with ("epoch" or "step").
     """
 
@@ -27,8 +28,9 @@ class MetricsLog:
         self.writer = None
         if not enabled:
             return
-        if keep_until is not None and self.path.exists():
-            kept = [r for r in read_jsonl(self.path) if r.get(key, 0) <= keep_until]
+        self.run = run
+        if self.path.exists():
+            kept = [] if keep_until is None else [r for r in read_jsonl(self.path) if r.get(key, 0) <= keep_until]
             run.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -40,8 +42,9 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, default=to_plain) + "\n")
+        self.run.append_text(
+            "metrics.jsonl", json.dumps(record, default=to_plain) + "\n", "the last saved state is kept in state.pt."
+        )
         if self.writer is not None:
             step = record.get("step", 0)
             for key, value in record.items():

@@ -1,11 +1,13 @@
-"""PNG plots: learning curves of a run, and per-region box plots of an evaluation."""
+"""PNG plots: learning curves of a run, and per-region box plots of an evaluation.
+
+Each writes the path it is given; callers give a temporary they commit (harness.writes), so
+a plot is one more file of an all-or-nothing set."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-from brainsegfounder.atomic import atomic_path
 from brainsegfounder.progress import read_jsonl
 
 
@@ -20,9 +22,10 @@ def _pyplot():
 
 def _save(plt, fig, out: Path) -> Path:
     fig.tight_layout()
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -3,6 +3,7 @@ progress, a cancel flag, and the files it starts with, keeps and ends with."""
 
 from __future__ import annotations
 
+import json
 from typing import Callable, Optional
 
 from brainsegfounder.errors import UserError
@@ -10,7 +11,7 @@ from brainsegfounder.progress import CancelToken, ProgressCallback, null_progres
 
 from . import distributed
 from .recipe import dump
-from .run_folder import RunFolder
+from .run_folder import RunFolder, to_plain
 from .state import load_state, save_best_model, save_state
 
 
@@ -46,13 +47,22 @@ class RunLoop:
     # -- start ------------------------------------------------------------------------------
     def write_start(self, files: dict) -> None:
         """recipe.yaml and the run's other first files ({name: JSON data}), rank 0 only. Called
-        once the data and the model are known good, so a failed start leaves no files."""
+        once the data and the model are known good, so a failed start leaves no files; a new run
+        that cannot write them all leaves no folder either."""
         if self.d.main:
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            self.run.write_text("recipe.yaml", dump(self.recipe))
-            for name, data in files.items():
-                if data is not None:
-                    self.run.write_json(name, data)
+            texts = {"recipe.yaml": dump(self.recipe)}
+            texts.update(
+                {
+                    name: json.dumps(data, indent=1, default=to_plain) + "\n"
+                    for name, data in files.items()
+                    if data is not None
+                }
+            )
+            if (self.run / "recipe.yaml").is_file():  # resuming: recipe.yaml gains a raised train.epochs
+                for name, text in texts.items():
+                    self.run.write_text(name, text)
+            else:
+                self.run.write_first(texts)
         distributed.barrier(self.d)
 
     def wrap(self, model):
@@ -103,7 +113,10 @@ class RunLoop:
     def finish(self, summary: dict, plot: Callable, picture: str) -> dict:
         """summary.json and the curves (rank 0 writes), then leave the process group."""
         if self.d.main:
-            self.run.write_json("summary.json", summary)
-            plot(self.run / "metrics.jsonl", self.run / picture)
+            # the run is done; a resume would only say so
+            kept, then = "training finished and its model is kept in best.pt.", "read metrics.jsonl for its numbers"
+            self.run.write_json("summary.json", summary, kept, then)
+            with self.run.file(picture, kept, then) as tmp:
+                plot(self.run / "metrics.jsonl", tmp)
         distributed.teardown(self.d)
         return summary

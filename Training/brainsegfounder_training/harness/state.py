@@ -6,28 +6,20 @@ previous file stays whole) and how to continue.
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
-from brainsegfounder.atomic import atomic_path
-from brainsegfounder.checkpoints import read_checkpoint_file, save_checkpoint
+from brainsegfounder.checkpoints import checkpoint_payload, read_checkpoint_file
 from brainsegfounder.errors import UserError
 
-
-def _write_error(path: Path, error: OSError, kept: str) -> UserError:
-    reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-    return UserError(f"cannot write {path} ({reason}); {kept} Free space and continue with --resume {path.parent}")
+from .writes import write_file
 
 
 def save_state(payload: dict, path: Path, kept: str) -> None:
     """``torch.save`` atomically; ``kept`` says what survives a failed write (one sentence)."""
     import torch
 
-    try:
-        with atomic_path(path, suffix=".tmp") as tmp:
-            torch.save(payload, tmp)
-    except OSError as error:
-        raise _write_error(path, error, kept) from None
+    with write_file(path, kept, f"continue with --resume {path.parent}") as tmp:
+        torch.save(payload, tmp)
 
 
 def load_state(path: Path, state_format: str, command: str) -> dict:
@@ -40,7 +32,7 @@ def load_state(path: Path, state_format: str, command: str) -> dict:
 
 def save_best_model(path: Path, model, meta, dtype=None) -> None:
     """The self-describing best model (the engine's checkpoint format), atomically."""
-    try:
-        save_checkpoint(path, model, meta, dtype=dtype)
-    except OSError as error:
-        raise _write_error(path, error, "the previous best model is kept.") from None
+    import torch
+
+    with write_file(path, "the previous best model is kept.", f"continue with --resume {path.parent}") as tmp:
+        torch.save(checkpoint_payload(model, meta, dtype), tmp)

@@ -302,8 +302,8 @@ class Pretrainer(RunLoop):
         known = self._skipped_ids()
         new = {s["id"]: s for s in found if s["id"] not in known}
         if new:
-            with (self.run / "skipped.jsonl").open("a") as f:
-                f.writelines(json.dumps(s) + "\n" for s in new.values())
+            text = "".join(json.dumps(s) + "\n" for s in new.values())
+            self.run.append_text("skipped.jsonl", text, "the last saved step is kept in state.pt.")
             self.progress(
                 "skipped",
                 len(known) + len(new),
