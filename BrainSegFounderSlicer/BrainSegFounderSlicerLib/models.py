@@ -28,14 +28,9 @@ from brainsegfounder.names import plain_name
 
 from .runner import engine_command
 
-RESOURCES_DIR = Path(__file__).resolve().parents[2] / "Resources"  # extension resources (source tree and install)
-REGISTRY_FILE = RESOURCES_DIR / "models.json"
+REGISTRY_FILE = registry.REGISTRY_FILE  # extension resources (source tree and install)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
-
-
-def downloads_dir() -> Path:
-    return registry.home() / "downloads"
 
 
 def sha256_of(path: os.PathLike) -> str:
@@ -140,7 +135,7 @@ class ModelManager:
 
     @property
     def cache(self) -> Path:
-        return self._cache or downloads_dir()
+        return self._cache or registry.downloads_dir()
 
     def entries(self) -> List[ModelEntry]:
         try:
@@ -159,10 +154,7 @@ class ModelManager:
 
     def local_path(self, entry: ModelEntry) -> Optional[Path]:
         """The entry's file if it is here: shipped with the extension, or downloaded/imported."""
-        candidates = [self.cache / entry.file]
-        if entry.bundled:
-            candidates.insert(0, self.resources / entry.bundled)
-        return next((p for p in candidates if p.is_file()), None)
+        return registry.entry_file(entry.file, entry.bundled, self.resources, self.cache)
 
     def choices(self) -> List[ModelChoice]:
         """Registry models (ready or not), then local models (fine-tuned here or imported)."""

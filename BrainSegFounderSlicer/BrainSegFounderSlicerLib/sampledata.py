@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from .models import RESOURCES_DIR
+from brainsegfounder.registry import RESOURCES_DIR
 
 SAMPLE_DIR = RESOURCES_DIR / "SampleData"
 

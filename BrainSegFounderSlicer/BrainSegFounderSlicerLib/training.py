@@ -20,6 +20,7 @@ from brainsegfounder.cases import SavedCase, list_cases, save_case
 from brainsegfounder.errors import UserError
 from brainsegfounder.geometry import resample_to
 from brainsegfounder.modalities import guess_from_text
+from brainsegfounder.names import plain_name
 from brainsegfounder.progress import read_jsonl
 
 from .results import label_image
@@ -41,7 +42,10 @@ def case_id_from(name: str) -> str:
     if len(tokens) > 1 and guess_from_text(tokens[-1]):
         tokens = tokens[:-1]
     text = "_".join(tokens)[:100] or "case"
-    return text if text[0].isalnum() else f"case_{text}"[:100]
+    try:
+        return plain_name(text, "case id")
+    except UserError:  # a name Windows reserves ("CON", "aux"): made usable, not refused
+        return f"case_{text}"[:100]
 
 
 def save_training_case(

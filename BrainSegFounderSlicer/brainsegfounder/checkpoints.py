@@ -33,6 +33,7 @@ from .errors import UserError
 from .labels import schema
 from .networks import PRESETS, NetworkConfig, build_network, network_config
 from .output_files import OutputFiles
+from .paths import check_path
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, keeping this module cheap to import
     import torch
@@ -144,21 +145,60 @@ class LoadedCheckpoint:
         return self.kind == "ssl"
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a"  # the older format: pickle protocol 2, then torch's magic number
+_NOT_A_CHECKPOINT = "give a .pt/.pth file saved by torch.save, or a model name"
+
+
+def _check_container(path: Path, size: int) -> None:
+    """Refuse, from its first bytes and zip directory, a file torch would take long or much
+    memory to refuse: random bytes, or a zip whose members inflate far beyond the file (torch
+    stores its members uncompressed)."""
+    with path.open("rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    if head == LEGACY_MAGIC:
+        return
+    if head != ZIP_MAGIC:
+        raise UserError(f"checkpoint {path} is not a PyTorch checkpoint (no zip or pickle header); {_NOT_A_CHECKPOINT}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise UserError(
+            f"checkpoint {path} is truncated or damaged (its zip directory cannot be read); download or copy it again"
+        ) from None
+    inflated = sum(m.file_size for m in members)
+    if any(m.compress_type != zipfile.ZIP_STORED for m in members) or inflated > size:
+        raise UserError(
+            f"checkpoint {path} is not a PyTorch checkpoint (its {size} bytes would inflate to {inflated}); "
+            f"{_NOT_A_CHECKPOINT}"
+        )
+    if not any(m.filename.endswith("data.pkl") for m in members):
+        raise UserError(
+            f"checkpoint {path} is a zip file but not a PyTorch checkpoint (no data.pkl); {_NOT_A_CHECKPOINT}"
+        )
+
+
 def read_checkpoint_file(path: os.PathLike) -> dict:
-    """``torch.load`` with ``weights_only=True`` and one clear error per failure mode."""
+    """``torch.load`` with ``weights_only=True`` and one clear error per failure mode; a file
+    that is not a checkpoint is refused from its header, before torch reads it."""
+    path = Path(path)
+    size = check_path(path, "checkpoint", kind="file", hint=_NOT_A_CHECKPOINT).st_size
+    _check_container(path, size)
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; give the path of a .pt/.pth file or a model name")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error) or "Unsupported class" in str(error):
+            raise UserError(
+                f"refused to load {path}: it holds pickled Python objects (e.g. a whole saved "
+                "model), which could run arbitrary code; save its state_dict() instead"
+            ) from None
         raise UserError(
-            f"refused to load {path}: it holds pickled Python objects (e.g. a whole saved "
-            "model), which could run arbitrary code; save its state_dict() instead"
+            f"cannot read checkpoint {path}: it is damaged or not a PyTorch checkpoint; {_NOT_A_CHECKPOINT}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+    except Exception as error:  # torch's reader fails on damaged files in many ways (IndexError, EOFError, ...)
         raise UserError(
             f"cannot read checkpoint {path}: the file is truncated or not a PyTorch "
             f"checkpoint ({type(error).__name__}); download or copy it again"

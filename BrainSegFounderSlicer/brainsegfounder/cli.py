@@ -24,7 +24,7 @@ from .errors import Cancelled, UserError
 from .inference import InferenceSettings, fast_settings
 from .networks import PRESETS, SIZES, build_network, count_parameters
 from .progress import CancelToken, JsonLinesReporter, TextReporter
-from .registry import local_models, models_dir, register_model
+from .registry import local_models, models_dir, register_model, registry_models
 from .resources import compute_devices
 
 
@@ -138,12 +138,16 @@ def cmd_synth(args, report, cancel) -> dict:
 
 def cmd_models(args, report, cancel) -> dict:
     if args.models_command == "list":
-        lines = ["task presets:"]
+        lines = ["models of the registry (use the name with --model):"]
+        for entry in registry_models():
+            where = entry["path"] or "not on this computer (download it in the Slicer panel)"
+            lines.append(f"  {entry['id']:24s} task {entry.get('task', '?'):6s} {where}")
+        lines += [f"local models ({models_dir()}):"]
+        lines += [f"  {name:24s} {path}" for name, path in local_models().items()] or ["  none yet"]
+        lines += ["task presets (models init --task, --task for checkpoints without metadata):"]
         lines += [f"  {p.name:8s} inputs {','.join(p.modalities)} -> {p.description}" for p in PRESETS.values()]
-        lines += ["sizes: " + ", ".join(SIZES), f"local models ({models_dir()}):"]
-        lines += [f"  {name}: {path}" for name, path in local_models().items()] or ["  none"]
-        print("\n".join(lines))
-        return {"message": ""}
+        lines += ["sizes (models init --size): " + ", ".join(SIZES)]
+        return {"message": "\n".join(lines)}
     if args.models_command == "inspect":
         ckpt = load_checkpoint(args.checkpoint)
         info = {
@@ -328,7 +332,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit status of a command whose reader went away (`brainsegfounder devices | head -1`), as
+# for any tool ended by SIGPIPE: 128 + 13.
+BROKEN_PIPE_EXIT = 141
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader closed stdout: normal on a command line, so quietly. Later writes to the
+        # closed pipe (Python's own flush at exit) go to /dev/null instead of a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
     reporter = _reporter(args.progress)
     cancel = CancelToken()
@@ -344,6 +364,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Cancelled as error:
         _finish(reporter, "cancelled", str(error) or "cancelled: no partial output was written")
         return error.exit_code
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        if args.debug or not error.filename:
+            raise
+        # A file the machine would not give us (permissions, a vanished disk): the user's to fix.
+        _finish(
+            reporter, "error", f"cannot use {error.filename} ({error.strerror}); check the path and its permissions"
+        )
+        return UserError.exit_code
     except Exception as error:  # an unexpected failure: still one line unless --debug
         if args.debug:
             raise
@@ -360,6 +390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if reporter:
             reporter.finish("ok")
         print(message)
+    sys.stdout.flush()  # a closed pipe shows here, inside main, not in Python's exit
     return 0
 
 

@@ -9,7 +9,6 @@ bytes on disk, a DICOM series' slice positions against gaps, repeats and uneven 
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import stat
@@ -22,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import UserError
+from .paths import check_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img")
@@ -61,49 +61,6 @@ def _nifti_nonfinite(path: Path) -> int:
     if not np.issubdtype(image.get_data_dtype(), np.floating):
         return 0
     return int(np.count_nonzero(~np.isfinite(np.asanyarray(image.dataobj))))
-
-
-def _check_path(path: Path, label: str) -> os.stat_result:
-    """The path leads to a readable file or folder, or one line that says why not."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        if path.is_symlink():
-            raise UserError(
-                f"{label}: {path} is a symbolic link to {path.readlink()}, which does not exist; "
-                "give the image file itself"
-            ) from None
-        raise UserError(f"{label}: {path} does not exist; check the path") from None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise UserError(
-                f"{label}: {path} is a loop of symbolic links (it leads back to itself); give the image file itself"
-            ) from None
-        if error.errno == errno.EACCES:
-            raise UserError(
-                f"{label}: permission denied reaching {path}; make its folders readable for this user"
-            ) from None
-        raise UserError(f"{label}: cannot open {path} ({error.strerror}); check the path") from None
-    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
-        # a pipe would block the read forever, a device never ends
-        raise UserError(
-            f"{label}: {path} is not a regular file (a device, pipe or socket); "
-            "give an image file or a DICOM series folder"
-        )
-    try:
-        if stat.S_ISDIR(info.st_mode):
-            os.scandir(path).close()
-        else:
-            path.open("rb").close()
-    except PermissionError:
-        raise UserError(
-            f"{label}: permission denied reading {path}; make it readable for this user (e.g. chmod a+r)"
-        ) from None
-    except OSError as error:
-        raise UserError(f"{label}: cannot open {path} ({error.strerror}); check the path") from None
-    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
-        raise UserError(f"{label}: {path} is empty (0 bytes); copy or export it again")
-    return info
 
 
 def _check_shape(path, label: str, size: Tuple[int, ...], components: int) -> None:
@@ -405,7 +362,7 @@ def check_image(path: os.PathLike, label: str = "input") -> Tuple[int, ...]:
     the claimed size against :data:`MAX_VOXELS` and the bytes on disk, a DICOM series' slices.
     Returns the size; raises :class:`UserError` with one line otherwise."""
     path = Path(path)
-    info = _check_path(path, label)
+    info = check_path(path, label, hint="give an image file or a DICOM series folder")
     with quiet_itk():
         if stat.S_ISDIR(info.st_mode):
             return _check_dicom_series(path, _dicom_series_files(path, label), label)

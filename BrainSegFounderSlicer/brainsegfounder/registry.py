@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from .atomic import atomic_path
 from .checkpoints import load_checkpoint, resolve_meta
@@ -19,6 +19,11 @@ from .errors import UserError
 from .names import plain_name
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+# Models this project knows (shipped with it or downloadable): the registry the panel shows too.
+RESOURCES_DIR = Path(__file__).resolve().parents[2] / "Resources"
+REGISTRY_FILE = RESOURCES_DIR / "models.json"
 
 
 def home() -> Path:
@@ -29,6 +34,30 @@ def models_dir() -> Path:
     return home() / "models"
 
 
+def downloads_dir() -> Path:
+    return home() / "downloads"
+
+
+def entry_file(
+    file: str, bundled: Optional[str] = None, resources: Path = RESOURCES_DIR, cache: Optional[Path] = None
+) -> Optional[Path]:
+    """Where a registry model's file is on this computer: shipped with the extension, or
+    downloaded / imported into the cache; None if it is not here."""
+    candidates = [(cache or downloads_dir()) / file]
+    if bundled:
+        candidates.insert(0, resources / bundled)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def registry_models() -> List[dict]:
+    """The registry's entries, each with ``path`` (None where the file is not here yet)."""
+    try:
+        entries = json.loads(REGISTRY_FILE.read_text()).get("models", [])
+    except (OSError, ValueError, AttributeError):
+        return []  # an engine installed without the extension's resources
+    return [{**e, "path": entry_file(str(e.get("file", "")), e.get("bundled"))} for e in entries if e.get("file")]
+
+
 def local_models() -> Dict[str, Path]:
     folder = models_dir()
     if not folder.is_dir():
@@ -37,18 +66,27 @@ def local_models() -> Dict[str, Path]:
 
 
 def resolve_model(name_or_path: str) -> Path:
-    """A checkpoint path for a path or a local model name."""
+    """A checkpoint path for a path, a registry model's id (``brats-synthetic-demo``) or a local
+    model name. A path is returned as given: reading it says what is wrong with it."""
     path = Path(name_or_path).expanduser()
-    if path.is_file():
+    looks_like_a_path = os.sep in name_or_path or (os.altsep or os.sep) in name_or_path
+    if path.exists() or path.is_symlink() or looks_like_a_path or path.suffix in CHECKPOINT_SUFFIXES:
         return path
+    shipped = {e["id"]: e["path"] for e in registry_models()}
+    if shipped.get(name_or_path):
+        return shipped[name_or_path]
+    if name_or_path in shipped:
+        raise UserError(
+            f"model {name_or_path!r} is in the registry but not on this computer; download it in the Slicer "
+            "panel, or give the path of its file"
+        )
     models = local_models()
     if name_or_path in models:
         return models[name_or_path]
-    if path.suffix in CHECKPOINT_SUFFIXES or os.sep in name_or_path:
-        raise UserError(f"model file {name_or_path} does not exist; check the path")
-    known = ", ".join(models) or "none yet"
+    known = ", ".join([*(k for k, v in shipped.items() if v), *models]) or "none yet"
     raise UserError(
-        f"unknown model {name_or_path!r}; give a checkpoint path or one of the models in {models_dir()} ({known})"
+        f"unknown model {name_or_path!r}; give a checkpoint path or one of the models here ({known}); "
+        "brainsegfounder models list shows them"
     )
 
 

@@ -180,7 +180,7 @@ def test_truncated_checkpoint(capsys, case):
     data = model.read_bytes()
     (tmp / "cut.pt").write_bytes(data[: len(data) // 3])
     args = segment_args(tmp / "cut.pt", inputs, tmp / "out.nii.gz")
-    expect_clean_failure(capsys, args, tmp, r"truncated or not a PyTorch checkpoint")
+    expect_clean_failure(capsys, args, tmp, r"checkpoint .*cut.pt is truncated or damaged")
 
 
 def test_pickled_whole_model(capsys, case):
