@@ -97,6 +97,23 @@ def measured(command, env=None, cwd=None, timeout=300) -> Measured:
         return Measured(done.returncode, done.stdout, done.stderr, seconds, int(peak.read_text()) / 1024)
 
 
+def zip_bomb(path, inflated_mib=300):
+    """A real checkpoint (a state_dict of zeros) with its members deflated: a few hundred kB that
+    torch would inflate to ``inflated_mib`` MiB before it could say anything."""
+    import tempfile
+    import zipfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as scratch:
+        plain = Path(scratch) / "plain.pt"
+        torch.save({"state_dict": {"w": torch.zeros(inflated_mib * 2**20 // 4)}}, plain)
+        with zipfile.ZipFile(plain) as source, zipfile.ZipFile(path, "w") as bomb:
+            for info in source.infolist():
+                bomb.writestr(info.filename, source.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+    return path
+
+
 def segment_args(model, inputs, output, *extra):
     args = ["segment", "--model", model, "--output", output, "--progress", "none", *extra]
     for name, path in inputs:

@@ -9,14 +9,13 @@ import os
 import random
 import shutil
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from helpers import ROOT, Measured, measured, write_dicom_series
+from helpers import ROOT, Measured, measured, write_dicom_series, zip_bomb
 
 SEGMENT = (
     "segment --model {model} --input flair={flair} --input t1ce={t1ce} --input t1={t1} --input t2={t2} "
@@ -46,14 +45,6 @@ def _nifti_header_only(path: Path, shape) -> None:
     path.write_bytes(header.binaryblock + b"\0" * 32)
 
 
-def _zip_bomb(path: Path) -> None:
-    """A zip laid out like a PyTorch checkpoint whose one storage inflates 1000-fold."""
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
-        archive.writestr("archive/data/0", b"\0" * (200 * 2**20), compress_type=zipfile.ZIP_DEFLATED)
-        archive.writestr("archive/version", b"3\n")
-
-
 def make_bad_files(world: Path) -> None:
     bad = world / "bad"
     bad.mkdir()
@@ -72,7 +63,7 @@ def make_bad_files(world: Path) -> None:
     _nifti_header_only(bad / "huge.nii", (1000, 1000, 1000))
     model = (world / GOOD["model"]).read_bytes()
     (bad / "truncated.pt").write_bytes(model[: len(model) // 2])
-    _zip_bomb(bad / "bomb.pt")
+    zip_bomb(bad / "bomb.pt")
     (bad / "loop.nii.gz").symlink_to("loop.nii.gz")
     (bad / "loop").symlink_to("loop")
     (bad / "folder.nii.gz").mkdir()
