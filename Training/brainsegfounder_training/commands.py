@@ -6,9 +6,12 @@ engine's CLI offers them without importing this package.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from pathlib import Path
 
+from brainsegfounder.atomic import DISK_FULL
 from brainsegfounder.errors import UserError
 
 from .harness.run_folder import new_run, resume_run
@@ -71,8 +74,50 @@ def register(subparsers, add_common) -> dict:
     ev.add_argument("--out", required=True, help="folder for metrics.csv, summary.json and the plots")
     ev.add_argument("--no-lesion-wise", action="store_true", help="skip panoptica's lesion-wise metrics")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--overwrite", action="store_true", help="replace output files an earlier run did not write")
     add_common(ev)
-    return {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "evaluate": cmd_evaluate}
+    return {
+        "pretrain": disk_full_is_user_error(cmd_pretrain),
+        "finetune": disk_full_is_user_error(cmd_finetune),
+        "evaluate": disk_full_is_user_error(cmd_evaluate),
+    }
+
+
+def disk_full_is_user_error(command):
+    """A full disk met where no write of ours names the file (TensorBoard, a data cache, a
+    worker process) is still the user's to fix: one line, exit 2."""
+
+    @functools.wraps(command)
+    def run(args, report, cancel):
+        try:
+            return command(args, report, cancel)
+        except OSError as error:
+            if error.errno not in DISK_FULL:
+                raise
+            where = f" {error.filename}" if error.filename else ""
+            run = getattr(args, "resume", None) or getattr(args, "out", None)
+            training = command is not cmd_evaluate and run and (Path(run) / "recipe.yaml").is_file()
+            after = f"continue with --resume {run}" if training else "run again"
+            raise UserError(f"cannot write{where} (the disk is full); free space and {after}") from None
+
+    return run
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device(name: str) -> None:
+    """The form of --device, before torch is imported (whether the GPU exists is checked later)."""
+    if not _DEVICE.match(name or ""):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def check_model_path(name_or_path) -> None:
+    """An init checkpoint or base model that does not exist, said before any data is read."""
+    if name_or_path:
+        from brainsegfounder.registry import resolve_model
+
+        resolve_model(str(name_or_path))
 
 
 def _overrides(args, flags) -> list:
@@ -110,16 +155,22 @@ def finetune_recipe(args) -> dict:
 
 
 def cmd_finetune(args, report, cancel) -> dict:
-    from brainsegfounder.registry import free_name, register_model
-
+    # the recipe, the run folder and the device first: seconds, before torch and any data
     from .finetuning.recipe import RESUMABLE, load_recipe
-    from .finetuning.trainer import Trainer
 
+    check_device(args.device)
     loaded = finetune_recipe(args)
     if args.resume:
         recipe, run, resuming = resume_run(args.resume, loaded, load_recipe, RESUMABLE, "finetune")
     else:
         recipe, run, resuming = loaded, new_run(loaded, args.out), False
+    if not resuming:
+        check_model_path(recipe["init"]["checkpoint"])
+
+    from brainsegfounder.registry import free_name, register_model
+
+    from .finetuning.trainer import Trainer
+
     if recipe["register"] and not resuming:
         recipe["model"]["name"] = free_name(str(recipe["register"]))
     summary = Trainer(recipe, run, resuming, args.device, report, cancel).fit()
@@ -139,9 +190,9 @@ def cmd_finetune(args, report, cancel) -> dict:
 
 
 def cmd_pretrain(args, report, cancel) -> dict:
-    from .pretraining.loop import Pretrainer
     from .pretraining.recipe import PRETRAIN_RESUMABLE, load_pretrain_recipe
 
+    check_device(args.device)
     overrides = _overrides(args, (("data", "data.path"), ("init", "init.checkpoint"), ("steps", "train.steps")))
     if args.resume:
         recipe, run, resuming = resume_run(args.resume, overrides, load_pretrain_recipe, PRETRAIN_RESUMABLE, "pretrain")
@@ -150,6 +201,11 @@ def cmd_pretrain(args, report, cancel) -> dict:
             raise UserError("give a recipe with --config (stage1-ukb, stage2-brats, stage2-atlas or a YAML file)")
         recipe = load_pretrain_recipe(args.config, overrides)
         run, resuming = new_run(recipe, args.out), False
+    if not resuming:
+        check_model_path(recipe["init"]["checkpoint"])
+
+    from .pretraining.loop import Pretrainer
+
     summary = Pretrainer(recipe, run, resuming, args.device, report, cancel).fit()
     if int(os.environ.get("RANK", "0")) != 0:
         return {"message": ""}
@@ -164,6 +220,7 @@ def cmd_pretrain(args, report, cancel) -> dict:
 
 
 def cmd_evaluate(args, report, cancel) -> dict:
+    check_device(args.device)
     from .finetuning.evaluate import evaluate, format_table
 
     summary = evaluate(
@@ -177,6 +234,7 @@ def cmd_evaluate(args, report, cancel) -> dict:
         lesion_wise=not args.no_lesion_wise,
         progress=report,
         cancel=cancel,
+        overwrite=args.overwrite,
     )
     return {
         "output": str(Path(args.out)),

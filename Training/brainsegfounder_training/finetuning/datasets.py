@@ -62,8 +62,9 @@ def _case_id_of(label: str) -> str:
 def from_datalist(path: Path, modalities: Sequence[str]) -> List[Case]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"cannot read the datalist {path} ({error}); give a MONAI datalist JSON file") from None
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8 (an image given as --data) or not JSON
+        reason = str(error).splitlines()[0][:100]
+        raise UserError(f"cannot read the datalist {path} ({reason}); give a MONAI datalist JSON file") from None
     entries = data.get("training") if isinstance(data, dict) else None
     if not entries:
         raise UserError(f"datalist {path} has no 'training' entries; it lists no cases")

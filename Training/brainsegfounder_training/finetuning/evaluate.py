@@ -1,7 +1,13 @@
 """``brainsegfounder evaluate``: metrics of a prediction folder, or of a model on a data set.
 
 Writes ``metrics.csv`` (one row per case and region), ``summary.json`` (mean / sd / median
-per region and metric), ``boxplots.png`` and, for a run, ``learning_curves.png``.
+per region and metric), ``boxplots.png``, for a run ``learning_curves.png``, and with a model
+``predictions/CASE_ID.nii.gz``.
+
+Everything is checked before the work (arguments, the output folder, existing files, the
+data, every prediction's header), each prediction's values as it is scored, and the outputs
+are written together at the end (the engine's :class:`OutputFiles`): a rejected, failed or
+cancelled evaluation leaves the output folder as it was, and makes none.
 """
 
 from __future__ import annotations
@@ -9,22 +15,29 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
-from brainsegfounder.atomic import atomic_path, ensure_writable_dir
+from brainsegfounder.atomic import NEARLY_FULL_BYTES, check_writable_folder, staging_dir
 from brainsegfounder.checkpoints import load_checkpoint, resolve_meta
 from brainsegfounder.errors import UserError
 from brainsegfounder.geometry import same_grid
+from brainsegfounder.imageio import check_image, quiet_itk
+from brainsegfounder.labels import LabelSchema
 from brainsegfounder.labels import schema as label_schema
 from brainsegfounder.networks import PRESETS
+from brainsegfounder.output_files import OutputFiles
 from brainsegfounder.progress import CancelToken, ProgressCallback, null_progress
 from brainsegfounder.registry import resolve_model
 
 from ..harness.plots import box_plots, learning_curves
+from ..harness.run_folder import folder_problem
+from ..harness.writes import existing, write_failure
 from .datasets import Case, check_cases, discover
 from .initialise import resolve_task
 from .metrics import NUMERIC, case_metrics, summarise
@@ -47,10 +60,32 @@ def _task_of(model: Optional[str], task: Optional[str], run: Optional[Path]):
     return preset.modalities, preset.label_schema
 
 
+def _folder(path: str, what: str, remedy: str) -> Path:
+    """An input folder that exists and is one, or one line that says why not."""
+    folder = Path(path).expanduser()
+    problem = folder_problem(folder) or (None if folder.exists() else f"{folder} does not exist")
+    if problem:
+        raise UserError(f"{what}: {problem}; {remedy}")
+    return folder
+
+
+def _run_splits(run: Path) -> set:
+    """The held-out case ids of a finetune run folder."""
+    give = "give the folder of a finetune run"
+    path = run / "splits.json"
+    if not path.is_file() or not (run / "recipe.yaml").is_file():
+        raise UserError(f"--run {run} has no splits.json and recipe.yaml; {give}")
+    try:
+        return set(json.loads(path.read_text())["val"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"--run {run}: cannot read its splits.json (damaged?); {give}") from None
+
+
 def _prediction_path(folder: Path, case_id: str) -> Path:
     for suffix in PRED_SUFFIXES:
         path = folder / f"{case_id}{suffix}"
-        if path.is_file():
+        if os.path.lexists(path):  # a folder or a broken link of that name is named, not passed over
+            check_image(path, f"case {case_id}: prediction")
             return path
     raise UserError(
         f"no prediction for case {case_id} in {folder} (expected {case_id}.nii.gz); "
@@ -58,17 +93,78 @@ def _prediction_path(folder: Path, case_id: str) -> Path:
     )
 
 
-def _select(cases: List[Case], run: Optional[Path]) -> List[Case]:
-    if run is None:
+def _select(cases: List[Case], wanted: Optional[set]) -> List[Case]:
+    if wanted is None:
         return cases
-    path = run / "splits.json"
-    if not path.is_file():
-        raise UserError(f"{run} has no splits.json; give the folder of a finetune run")
-    wanted = set(json.loads(path.read_text())["val"])
     chosen = [c for c in cases if c.case_id in wanted]
     if not chosen:
         raise UserError("none of the run's validation cases are in this data set; give the run's data")
     return chosen
+
+
+def _nifti_nonfinite(path: Path) -> bool:
+    """Whether a float NIfTI holds NaN/inf: SimpleITK reads them as 0 (measured), so look with nibabel."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return False
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    return np.issubdtype(image.get_data_dtype(), np.floating) and not np.isfinite(np.asanyarray(image.dataobj)).all()
+
+
+def _prediction_values(case: Case, path: Path, values: np.ndarray, schema: LabelSchema, convention: str) -> None:
+    """The prediction holds whole label values of the case's schema and convention."""
+    where = f"case {case.case_id}: prediction {path}"
+    if values.dtype.kind == "f" and _nifti_nonfinite(path):
+        values = np.append(values, np.nan)
+    fractional = values[~np.isclose(values, np.round(values))] if values.dtype.kind == "f" else values[:0]
+    if fractional.size:
+        example = fractional[0]
+        raise UserError(
+            f"{where} holds values that are no whole labels (e.g. {example:g}); give a label map "
+            "(threshold a probability map into labels first)"
+        )
+    allowed = schema.valid_values(convention)
+    bad = sorted({int(v) for v in values.tolist()} - set(allowed))
+    if bad:
+        where_convention = f" ({convention}, ET={max(allowed)})" if schema.name == "brats_regions" else ""
+        raise UserError(
+            f"{where} holds label values {bad} outside the schema {schema.name}{where_convention}, "
+            f"which allows {list(allowed)}; write the labels of the data set's convention"
+        )
+
+
+def _convention(given: Case, checked: Case, truth: np.ndarray, pred: np.ndarray, schema: LabelSchema) -> str:
+    """The ground truth's convention; where the source did not say and the truth has no
+    enhancing tumour to tell (no 3 or 4), the prediction's ET label decides."""
+    if schema.name != "brats_regions" or given.convention != "auto" or {3, 4} & set(truth.tolist()):
+        return checked.convention
+    return "brats2023" if 3 in pred and 4 not in pred else "brats2021"
+
+
+def _read(path: Path, what: str) -> sitk.Image:
+    with quiet_itk():
+        try:
+            return sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            message = str(error).strip().splitlines()[-1][:120]
+            raise UserError(f"{what}: cannot read {path} ({message}); the file is damaged: write it again") from None
+
+
+def _write_label(image: sitk.Image, path: Path, out: Path) -> None:
+    """A predicted label map, read back: ITK's NIfTI writer reports a full disk on stderr only
+    and leaves a short file (measured on a 64 kB tmpfs), so the file is checked."""
+    kept, then = f"nothing in {out} was changed.", "run again"
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except (OSError, RuntimeError) as error:
+        raise write_failure(path, error, kept, then) from None
+    try:
+        check_image(path, "prediction")
+    except UserError:
+        with_room = shutil.disk_usage(existing(path)).free >= NEARLY_FULL_BYTES
+        reason = "it reads back short" if with_room else "the disk is full"
+        raise UserError(f"cannot write {path.name} in {out} ({reason}); {kept} Free space and {then}") from None
 
 
 def evaluate(
@@ -82,65 +178,97 @@ def evaluate(
     lesion_wise: bool = True,
     progress: ProgressCallback = null_progress,
     cancel: Optional[CancelToken] = None,
+    overwrite: bool = False,
 ) -> dict:
+    # -- arguments and paths: seconds, before any model or data is read ------------------------
     if bool(pred) == bool(model):
         raise UserError("give either --pred FOLDER (predicted label maps named CASE_ID.nii.gz) or --model MODEL")
     cancel = cancel or CancelToken()
-    run_dir = Path(run) if run else None
+    out_dir = Path(out).expanduser()
+    problem = folder_problem(out_dir)
+    if problem:
+        raise UserError(f"--out: {problem}; give a folder for the results")
+    check_writable_folder(out_dir, "evaluation")
+    run_dir = _folder(run, "--run", "give the folder of a finetune run") if run else None
+    wanted = _run_splits(run_dir) if run_dir is not None else None
+    pred_dir = _folder(pred, "--pred", "give the folder of predicted label maps") if pred else None
+    if model:
+        from brainsegfounder.inference import resolve_device
+
+        resolve_device(device)
+
+    # -- the task, the data and the outputs ---------------------------------------------------
     modalities, schema_name = _task_of(model, task, run_dir)
     schema = label_schema(schema_name)
-    out_dir = ensure_writable_dir(out)
-    cases = check_cases(_select(discover(data, modalities), run_dir), schema, progress=progress)
+    given = _select(discover(data, modalities), wanted)
+    cases = check_cases(given, schema, progress=progress)
+    targets: Dict[str, Path] = {name: out_dir / name for name in ("metrics.csv", "summary.json", "boxplots.png")}
+    curves = run_dir is not None and (run_dir / "metrics.jsonl").is_file()
+    if curves:
+        targets["learning_curves.png"] = out_dir / "learning_curves.png"
+    if model:
+        targets.update({f"prediction {c.case_id}": out_dir / "predictions" / f"{c.case_id}.nii.gz" for c in cases})
+    files = OutputFiles(targets, overwrite=overwrite).check()
+    predictions = {c.case_id: _prediction_path(pred_dir, c.case_id) for c in cases} if pred_dir else {}
     segmenter = None
     if model:
         from brainsegfounder.segment import Segmenter
 
         segmenter = Segmenter(model, task=task, device=device)
-        pred_dir = ensure_writable_dir(out_dir / "predictions")
-    else:
-        pred_dir = Path(pred)
-        if not pred_dir.is_dir():
-            raise UserError(f"prediction folder {pred_dir} does not exist")
-    rows = []
-    for i, case in enumerate(cases):
+
+    # -- the work, into temporaries; committed together at the end ------------------------------
+    with staging_dir(existing(out_dir)) as stage:
+        rows = []
+        for i, (case, checked) in enumerate(zip(given, cases, strict=True)):
+            cancel.check()
+            progress("evaluate", i, len(cases), case.case_id)
+            truth = _read(Path(case.label), f"case {case.case_id}: label")
+            if segmenter is not None:
+                from brainsegfounder.segment import load_inputs
+
+                images, _, _ = load_inputs(dict(case.images))
+                labels, _, _ = segmenter.label_image(images, checked.convention, cancel=cancel)
+                path = stage / f"{case.case_id}.nii.gz"
+                _write_label(labels, path, out_dir)
+            else:
+                path = predictions[case.case_id]
+            prediction = _read(path, f"case {case.case_id}: prediction")
+            if not same_grid(prediction, truth):
+                raise UserError(
+                    f"case {case.case_id}: prediction {path.name} is not on the grid of its label "
+                    f"(size {prediction.GetSize()} vs {truth.GetSize()}); predict on the label's grid"
+                )
+            p_array, t_array = sitk.GetArrayFromImage(prediction), sitk.GetArrayFromImage(truth)
+            p_values = np.unique(p_array)
+            convention = _convention(case, checked, np.unique(t_array), p_values, schema)
+            _prediction_values(case, path, p_values, schema, convention)
+            spacing = truth.GetSpacing()[::-1]  # the arrays below are (z, y, x)
+            p_array = p_array.astype(np.int32) if p_array.dtype.kind == "f" else p_array
+            p = schema.labels_to_regions(p_array, convention).astype(bool)
+            t = schema.labels_to_regions(t_array, convention).astype(bool)
+            for region, values in case_metrics(p, t, spacing, schema.channels, lesions=lesion_wise).items():
+                rows.append({"case_id": case.case_id, "region": region, **{k: round(v, 5) for k, v in values.items()}})
+        progress("evaluate", len(cases), len(cases))
+        summary = {
+            "cases": len(cases),
+            "label_schema": schema.name,
+            "predictions": str(out_dir / "predictions" if model else pred_dir),
+            "model": model,
+            "regions": summarise(rows),
+        }
         cancel.check()
-        progress("evaluate", i, len(cases), case.case_id)
-        if segmenter is not None:
-            from brainsegfounder.segment import segment_files
-
-            path = pred_dir / f"{case.case_id}.nii.gz"
-            segment_files(
-                model, list(case.images.items()), path, labels=case.convention, segmenter=segmenter, cancel=cancel
-            )
-        else:
-            path = _prediction_path(pred_dir, case.case_id)
-        prediction, truth = sitk.ReadImage(str(path)), sitk.ReadImage(case.label)
-        if not same_grid(prediction, truth):
-            raise UserError(
-                f"case {case.case_id}: prediction {path.name} is not on the grid of its label "
-                f"(size {prediction.GetSize()} vs {truth.GetSize()}); predict on the label's grid"
-            )
-        spacing = truth.GetSpacing()[::-1]  # the arrays below are (z, y, x)
-        p = schema.labels_to_regions(sitk.GetArrayFromImage(prediction), case.convention).astype(bool)
-        t = schema.labels_to_regions(sitk.GetArrayFromImage(truth), case.convention).astype(bool)
-        for region, values in case_metrics(p, t, spacing, schema.channels, lesions=lesion_wise).items():
-            rows.append({"case_id": case.case_id, "region": region, **{k: round(v, 5) for k, v in values.items()}})
-    progress("evaluate", len(cases), len(cases))
-    summary = {
-        "cases": len(cases),
-        "label_schema": schema.name,
-        "predictions": str(pred_dir),
-        "model": model,
-        "regions": summarise(rows),
-    }
-    _write_csv(out_dir / "metrics.csv", rows)
-    with atomic_path(out_dir / "summary.json", suffix=".json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1) + "\n")
-
-    shown = [m for m in ("dice", "hd95_mm", "volume_error_ml", "lesion_f1") if any(m in r for r in rows)]
-    box_plots(rows, shown, out_dir / "boxplots.png")
-    if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
-        learning_curves(run_dir / "metrics.jsonl", out_dir / "learning_curves.png")
+        shown = [m for m in ("dice", "hd95_mm", "volume_error_ml", "lesion_f1") if any(m in r for r in rows)]
+        try:
+            _write_csv(stage / "metrics.csv", rows)
+            (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+            box_plots(rows, shown, stage / "boxplots.png")
+            if curves:
+                learning_curves(run_dir / "metrics.jsonl", stage / "learning_curves.png")
+            with files.write() as tmp:
+                for what, target in files.targets.items():
+                    shutil.move(stage / target.name, tmp[what])
+        except (OSError, RuntimeError, UserError) as error:
+            raise write_failure(out_dir, error, f"nothing in {out_dir} was changed.", "run again") from None
     return summary
 
 
@@ -150,8 +278,7 @@ def _write_csv(path: Path, rows: List[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    with atomic_path(path, suffix=".csv") as tmp:
-        tmp.write_text(buffer.getvalue())
+    path.write_text(buffer.getvalue())
 
 
 def format_table(summary: dict) -> str:

@@ -10,8 +10,19 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Optional
 
 from brainsegfounder.errors import UserError
+from brainsegfounder.names import plain_name
 
-from ..harness.recipe import CONFIG_DIR, check_choices, check_open_fraction, check_roi, check_whole_numbers, read_recipe
+from ..harness.recipe import (
+    CONFIG_DIR,
+    check_choices,
+    check_flags,
+    check_numbers,
+    check_open_fraction,
+    check_optional_whole_numbers,
+    check_roi,
+    check_whole_numbers,
+    read_recipe,
+)
 
 RESUMABLE = ("train.epochs",)  # what may change when a run is resumed
 
@@ -79,16 +90,35 @@ CHOICES = {
 
 
 def check_recipe(recipe: dict) -> None:
+    """Every setting, before any data is read or model loaded: a bad value is one line at
+    second one, not a crash after the first epoch."""
     check_choices(recipe, CHOICES)
     check_whole_numbers(
         recipe, ("train.epochs", "train.batch_size", "train.val_every", "data.folds", "train.log_every")
     )
-    if not 0 < float(recipe["data"]["label_fraction"]) <= 1:
-        raise UserError("recipe data.label_fraction must be in (0, 1]")
-    if not 0 < float(recipe["init"]["output_prior"]) < 1:
-        raise UserError("recipe init.output_prior must be a probability in (0, 1)")
+    check_whole_numbers(recipe, ("train.warmup_epochs", "train.seed", "data.workers", "data.fold"), minimum=0)
+    check_optional_whole_numbers(recipe, ("train.steps_per_epoch", "data.max_val_cases", "validation.sw_batch_size"))
+    check_numbers(
+        recipe,
+        {
+            "data.label_fraction": "(0, 1]",
+            "data.replay_ratio": "(0, inf)",
+            "init.output_prior": "(0, 1)",
+            "train.lr": "(0, inf)",
+            "train.weight_decay": "[0, inf)",
+            "train.pos_fraction": "[0, 1]",
+            "validation.overlap": "[0, 1)",
+            "validation.threshold": "(0, 1)",
+        },
+    )
+    check_numbers(
+        recipe,
+        {"augment.flip": "[0, 1]", "augment.intensity_scale": "[0, inf)", "augment.intensity_shift": "[0, inf)"},
+        off_allowed=True,
+    )
+    check_flags(recipe, ("model.gradient_checkpointing", "init.encoder_only", "train.amp"))
     check_open_fraction(recipe, "data.val_fraction")
-    if not 0 <= int(recipe["data"]["fold"]) < int(recipe["data"]["folds"]):
+    if not int(recipe["data"]["fold"]) < int(recipe["data"]["folds"]):
         raise UserError(f"recipe data.fold {recipe['data']['fold']} must be in 0..{recipe['data']['folds'] - 1}")
     if recipe["model"]["roi"] == "auto":
         if not recipe["init"]["checkpoint"]:
@@ -101,6 +131,8 @@ def check_recipe(recipe: dict) -> None:
         )
     if recipe["task"] == "from_base" and not recipe["init"]["checkpoint"]:
         raise UserError("task from_base needs a base model: give --base MODEL (init.checkpoint)")
+    if recipe["register"] is not None:  # checked now, not when training is over
+        plain_name(str(recipe["register"]), "--register")
 
 
 def load_recipe(name_or_path: Optional[str], overrides: Iterable[str] = ()) -> dict:

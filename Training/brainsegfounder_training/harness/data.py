@@ -23,6 +23,8 @@ def data_path(path, missing: str) -> Path:
         raise UserError(missing)
     path = Path(path).expanduser()
     if not path.exists():
+        if path.is_symlink():
+            raise UserError(f"data set {path} is a symbolic link that leads nowhere (a loop or a missing target)")
         raise UserError(f"data set {path} does not exist; check the path")
     return path
 

@@ -8,6 +8,7 @@ with a default), and the resolved recipe is written next to the run.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
@@ -103,9 +104,48 @@ def check_whole_numbers(recipe: dict, keys: Iterable[str], minimum: int = 1) -> 
             raise UserError(f"recipe {key} must be a whole number of at least {minimum}, got {value!r}")
 
 
+def check_optional_whole_numbers(recipe: dict, keys: Iterable[str], minimum: int = 1) -> None:
+    """Like :func:`check_whole_numbers`, with None (unset) allowed."""
+    check_whole_numbers(recipe, [k for k in keys if get(recipe, k) is not None], minimum)
+
+
+def _number(value) -> Optional[float]:
+    """A recipe number: YAML reads 1e-4 as a string, which float() takes, as the loops do."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def check_numbers(recipe: dict, ranges: Dict[str, str], off_allowed: bool = False) -> None:
+    """Each key's value lies in its interval, written as in mathematics: "[0, 1)", "(0, inf)";
+    with ``off_allowed``, false or null (a step turned off) passes too."""
+    for key, interval in ranges.items():
+        value = get(recipe, key)
+        if off_allowed and (value is None or value is False):
+            continue
+        number = _number(value)
+        low, high = (float(x) for x in interval[1:-1].split(","))
+        ok = number is not None and (
+            (low <= number if interval[0] == "[" else low < number)
+            and (number <= high if interval[-1] == "]" else number < high)
+        )
+        if not ok:
+            raise UserError(f"recipe {key} must be a number in {interval}, got {value!r}")
+
+
+def check_flags(recipe: dict, keys: Iterable[str]) -> None:
+    for key in keys:
+        value = get(recipe, key)
+        if not isinstance(value, bool):
+            raise UserError(f"recipe {key} must be true or false, got {value!r}")
+
+
 def check_open_fraction(recipe: dict, key: str) -> None:
-    if not 0 < float(get(recipe, key)) < 1:
-        raise UserError(f"recipe {key} must be in (0, 1)")
+    check_numbers(recipe, {key: "(0, 1)"})
 
 
 def check_roi(roi) -> None:

@@ -12,7 +12,16 @@ from typing import Iterable, Optional
 from brainsegfounder.errors import UserError
 from brainsegfounder.modalities import canonical
 
-from ..harness.recipe import CONFIG_DIR, check_choices, check_open_fraction, check_roi, check_whole_numbers, read_recipe
+from ..harness.recipe import (
+    CONFIG_DIR,
+    check_choices,
+    check_flags,
+    check_numbers,
+    check_open_fraction,
+    check_roi,
+    check_whole_numbers,
+    read_recipe,
+)
 
 PRETRAIN_CONFIG_DIR = CONFIG_DIR / "pretrain"
 
@@ -88,19 +97,40 @@ def check_pretrain(recipe: dict) -> None:
             "data.max_tries",
         ),
     )
-    check_whole_numbers(recipe, ("train.warmup_steps",), minimum=0)
+    check_whole_numbers(recipe, ("train.warmup_steps", "train.seed", "data.workers"), minimum=0)
+    check_numbers(recipe, {"train.lr": "(0, inf)", "train.weight_decay": "[0, inf)"})
+    if recipe["train"]["grad_clip"] is not None:
+        check_numbers(recipe, {"train.grad_clip": "(0, inf)"})
+    check_flags(
+        recipe,
+        (
+            "model.gradient_checkpointing",
+            "model.flash_attention",
+            "ssl.gather_negatives",
+            "ssl.cross_sample",
+            "train.amp",
+            "train.anomaly_detection",
+        ),
+    )
+    check_numbers(
+        recipe,
+        {
+            "ssl.temperature": "(0, inf)",
+            "ssl.max_drop": "[0, 1)",
+            "ssl.max_block": "(0, 1]",
+            "ssl.rotation_weight": "[0, inf)",
+            "ssl.contrastive_weight": "[0, inf)",
+            "ssl.reconstruction_weight": "[0, inf)",
+        },
+    )
     if recipe["train"]["batch_size"] * recipe["train"]["crops_per_volume"] < 2:
         raise UserError(
             "contrastive coding needs at least 2 crops per step: raise train.batch_size or train.crops_per_volume"
         )
     check_open_fraction(recipe, "data.val_fraction")
-    if not float(recipe["ssl"]["temperature"]) > 0:
-        raise UserError("recipe ssl.temperature must be positive")
-    if not 0 <= float(recipe["ssl"]["max_drop"]) < 1 or not 0 < float(recipe["ssl"]["max_block"]) <= 1:
-        raise UserError("recipe ssl.max_drop must be in [0, 1) and ssl.max_block in (0, 1]")
     weights = [float(recipe["ssl"][k]) for k in ("rotation_weight", "contrastive_weight", "reconstruction_weight")]
-    if min(weights) < 0 or sum(weights) == 0:
-        raise UserError("recipe ssl weights must be >= 0 and not all 0")
+    if sum(weights) == 0:
+        raise UserError("recipe ssl weights must not all be 0")
     modalities = recipe["modalities"]
     if not (isinstance(modalities, list) and modalities and all(isinstance(m, str) for m in modalities)):
         raise UserError("recipe modalities must list the input names in channel order, e.g. [t1, flair]")
