@@ -80,6 +80,6 @@ def test_sigkill_at_each_stage_of_segment(template, tmp_path, stage):
 
 
 def test_the_readme_documents_every_row():
-    section = (ROOT / "README.md").read_text().split("## Bad input and faults")[1].split("\n## ")[0]
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Bad input and faults")[1].split("\n## ")[0]
     missing = [row.id for row in ROWS if row.fault.split(": ")[-1] not in section]
     assert not missing, f"rows missing from the README's table: {missing}"
