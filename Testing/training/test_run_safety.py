@@ -46,11 +46,17 @@ BAD_SETTINGS = [
     (["finetune", "--config", "brats", "train.warmup_epochs=-5"], r"train\.warmup_epochs must be a whole number"),
     (["finetune", "--config", "brats", "--register", "../x"], r"--register '\.\./x' is not usable as a folder name"),
     (["finetune", "--config", "brats", "--device", "gpu"], r"unknown device 'gpu'"),
-    (["finetune", "--base", "/nonexistent/model.pt"], r"model file /nonexistent/model\.pt does not exist"),
+    (
+        ["finetune", "--base", "/nonexistent/model.pt"],
+        r"init\.checkpoint \(--base\): /nonexistent/model\.pt does not exist",
+    ),
     (["pretrain", "--config", "stage1-ukb", "train.lr=-1"], r"recipe train\.lr must be a number in \(0, inf\)"),
     (["pretrain", "--config", "stage1-ukb", "train.grad_clip=0"], r"train\.grad_clip must be a number in \(0, inf\)"),
     (["pretrain", "--config", "stage1-ukb", "ssl.cross_sample=2"], r"ssl\.cross_sample must be true or false"),
-    (["pretrain", "--config", "stage2-brats", "--init", "/nonexistent/s1.pt"], r"model file /nonexistent/s1\.pt"),
+    (
+        ["pretrain", "--config", "stage2-brats", "--init", "/nonexistent/s1.pt"],
+        r"init\.checkpoint \(--init\): /nonexistent/s1\.pt does not exist",
+    ),
 ]
 
 
@@ -102,17 +108,26 @@ def _pretrain_run(folder: Path) -> Path:
         ("finetune", "resume nothing", r"nothing does not exist; give the folder a finetune run wrote"),
         ("finetune", "resume a data set", r"is not a run folder \(no recipe\.yaml\)"),
         ("finetune", "resume a pretrain run", r"is not a finetune run \(.*unknown recipe key"),
+        ("finetune", "resume a state that is a folder", r"state\.pt is a folder, not a file; this run cannot continue"),
+        ("pretrain", "resume a log that is a loop", r"metrics\.jsonl is a loop of symbolic links; this run cannot"),
         ("pretrain", "resume a loop", r"loop is a loop of symbolic links; give the folder a pretrain run wrote"),
     ],
 )
 def test_a_path_that_is_no_run_folder_is_one_line(tmp_path, capsys, train_root, command, problem, expected):
     """Before: --out a file was an internal error (NotADirectoryError), a loop went on to the
-    data check, and a resume of a missing folder or a loop said 'no recipe.yaml'."""
+    data check, a resume of a missing folder or a loop said 'no recipe.yaml', and a state.pt
+    that is a folder trained a whole epoch before 'cannot write'."""
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "loop").symlink_to("loop")
     (tmp_path / "broken").symlink_to(tmp_path / "gone")
     (tmp_path / "data-set").mkdir()
     _pretrain_run(tmp_path / "pretrain-run")
+    _pretrain_run(tmp_path / "looped-run")
+    (tmp_path / "looped-run" / "metrics.jsonl").symlink_to("metrics.jsonl")
+    finetune_run = tmp_path / "finetune-run"
+    finetune_run.mkdir()
+    (finetune_run / "recipe.yaml").write_text("task: brats\n")
+    (finetune_run / "state.pt").mkdir()
     paths = {
         "out is a file": ["--out", "a-file"],
         "out is a loop": ["--out", "loop"],
@@ -123,6 +138,8 @@ def test_a_path_that_is_no_run_folder_is_one_line(tmp_path, capsys, train_root, 
         "resume nothing": ["--resume", "nothing"],
         "resume a data set": ["--resume", "data-set"],
         "resume a pretrain run": ["--resume", "pretrain-run"],
+        "resume a state that is a folder": ["--resume", "finetune-run"],
+        "resume a log that is a loop": ["--resume", "looped-run"],
     }[problem]
     flag, name = paths
     if flag == "--resume":
@@ -135,6 +152,31 @@ def test_a_path_that_is_no_run_folder_is_one_line(tmp_path, capsys, train_root, 
     code, _, err = run_cli([*args, *CPU], capsys)
     one_error_line(code, err, expected)
     assert tree_state(tmp_path) == before
+
+
+def test_a_wrong_replay_path_or_cache_folder_is_said_before_the_data_is_read(tmp_path, capsys, train_root):
+    """The main data set has a bad label, which reading it in full would find first: the replay
+    path (found, not yet read) and a cache folder that is a file are said before it."""
+    import shutil
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    data = tmp_path / "data"
+    shutil.copytree(train_root, data)
+    label = data / "BraTS2021_00004" / "BraTS2021_00004_seg.nii.gz"
+    image = sitk.ReadImage(str(label))
+    bad = sitk.GetImageFromArray(np.where(sitk.GetArrayFromImage(image) == 2, 7, 0).astype(np.uint8))
+    bad.CopyInformation(image)
+    sitk.WriteImage(bad, str(label))
+    (tmp_path / "a-file").write_text("x")
+    replay = ["--replay", tmp_path / "no-replay", "--out", tmp_path / "run"]
+    code, _, err = run_cli(["finetune", "--config", "brats", "--data", data, *replay, *CPU, *QUICK], capsys)
+    one_error_line(code, err, r"data set .*no-replay does not exist")
+    cache = ["data.cache=disk", f"data.cache_dir={tmp_path / 'a-file'}", "--out", tmp_path / "run"]
+    code, _, err = run_cli(["pretrain", "--config", "stage1-ukb", "--data", data, *cache, *CPU], capsys)
+    one_error_line(code, err, r"data\.cache_dir: .*a-file is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "data"]
 
 
 # -- writing the run's files --------------------------------------------------------------------
@@ -227,3 +269,54 @@ def test_a_run_on_a_really_full_disk_stops_with_one_line_and_resumes(tmp_path, c
         assert code == 0, err
         assert torch.load(run / "state.pt", weights_only=True)["epoch"] == 2
         assert "best held-out Dice (epoch 2)" in out
+
+
+KILLED_WHILE_WRITING = """
+import sys, time
+from pathlib import Path
+import torch
+real = torch.save
+def save(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("format") == "brainsegfounder-train-state" and obj["epoch"] == 2:
+        Path(f).write_bytes(b"the first megabyte of a state")
+        Path(sys.argv[1]).write_text(str(f))
+        time.sleep(600)  # killed here, half-way through the write
+    return real(obj, f, *args, **kwargs)
+torch.save = save
+from brainsegfounder.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_writing_its_state_keeps_the_last_one_and_resumes(tmp_path, train_root):
+    """SIGKILL in the middle of writing epoch 2's state: epoch 1's state.pt is whole, the half
+    temporary lies in the staging area only, and the resumed run finishes and removes it."""
+    from helpers import wait_until
+
+    run, marker = tmp_path / "run", tmp_path / "writing"
+    args = ["finetune", "--config", "brats", "--data", train_root, "--out", run, *CPU, *QUICK]
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WHILE_WRITING, marker, *args, "train.epochs=3", "train.val_every=10"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: marker.exists() or child.poll() is not None, 300, "epoch 2's state.pt being written")
+    child.kill()
+    child.wait()
+    assert marker.exists(), "the run ended before it wrote epoch 2's state"
+    half = Path(marker.read_text())
+    assert half.parent.parent == run / ".brainsegfounder"  # never in the run folder itself
+    assert torch.load(run / "state.pt", weights_only=True)["epoch"] == 1
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "brainsegfounder", "finetune", "--resume", run, *CPU],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(run / "state.pt", weights_only=True)["epoch"] == 3
+    assert not (run / ".brainsegfounder").exists()  # the killed run's temporary is gone

@@ -11,10 +11,10 @@ import os
 import re
 from pathlib import Path
 
-from brainsegfounder.atomic import DISK_FULL
+from brainsegfounder.atomic import DISK_FULL, check_writable_folder
 from brainsegfounder.errors import UserError
 
-from .harness.run_folder import new_run, resume_run
+from .harness.run_folder import folder_problem, new_run, resume_run
 
 # Recipes (PyYAML), loops (torch, MONAI) are imported by the commands that use them: the engine
 # builds its parser with this module for every command, and inference needs neither.
@@ -112,12 +112,14 @@ def check_device(name: str) -> None:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
 
 
-def check_model_path(name_or_path) -> None:
+def check_model_path(name_or_path, flag: str) -> None:
     """An init checkpoint or base model that does not exist, said before any data is read."""
     if name_or_path:
+        from brainsegfounder.paths import check_path
         from brainsegfounder.registry import resolve_model
 
-        resolve_model(str(name_or_path))
+        hint = "give a .pt/.pth file saved by torch.save, or a model name"
+        check_path(resolve_model(str(name_or_path)), f"init.checkpoint ({flag})", "file", hint)
 
 
 def _overrides(args, flags) -> list:
@@ -165,7 +167,7 @@ def cmd_finetune(args, report, cancel) -> dict:
     else:
         recipe, run, resuming = loaded, new_run(loaded, args.out), False
     if not resuming:
-        check_model_path(recipe["init"]["checkpoint"])
+        check_model_path(recipe["init"]["checkpoint"], "--base")
 
     from brainsegfounder.registry import free_name, register_model
 
@@ -202,7 +204,13 @@ def cmd_pretrain(args, report, cancel) -> dict:
         recipe = load_pretrain_recipe(args.config, overrides)
         run, resuming = new_run(recipe, args.out), False
     if not resuming:
-        check_model_path(recipe["init"]["checkpoint"])
+        check_model_path(recipe["init"]["checkpoint"], "--init")
+    cache_dir = recipe["data"]["cache_dir"]
+    if recipe["data"]["cache"] == "disk" and cache_dir:
+        problem = folder_problem(Path(cache_dir).expanduser())
+        if problem:
+            raise UserError(f"data.cache_dir: {problem}; give a folder for the cache")
+        check_writable_folder(Path(cache_dir).expanduser(), "cache")
 
     from .pretraining.loop import Pretrainer
 

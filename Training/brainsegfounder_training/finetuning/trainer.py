@@ -182,12 +182,12 @@ class Trainer(RunLoop):
     def _data(self, spec: TaskSpec) -> Split:
         data = self.recipe["data"]
         schema = label_schema(spec.label_schema)
-        cases = check_cases(discover(data["path"], spec.modalities), schema, data["label_convention"], self.progress)
-        replay = []
-        if data["replay"]:
-            replay = check_cases(
-                discover(data["replay"], spec.modalities), schema, data["label_convention"], self.progress
-            )
+        # both found before either is read in full: a wrong replay path is not an error after a long check
+        found = discover(data["path"], spec.modalities)
+        replay = discover(data["replay"], spec.modalities) if data["replay"] else []
+        cases = check_cases(found, schema, data["label_convention"], self.progress)
+        if replay:
+            replay = check_cases(replay, schema, data["label_convention"], self.progress)
         split = make_split(cases, data, self.seed, replay)
         splits_path = self.run / "splits.json"
         if splits_path.is_file() and json.loads(splits_path.read_text()) != json.loads(json.dumps(split.to_dict())):

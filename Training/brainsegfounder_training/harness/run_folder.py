@@ -22,6 +22,18 @@ from brainsegfounder.errors import UserError
 from .writes import append_text, write_failure, write_file
 
 PREVIOUS_KEPT = "its previous version is kept."
+# the files a run writes (both kinds of run); none of them may be a folder or a broken link
+RUN_FILES = (
+    "recipe.yaml",
+    "state.pt",
+    "best.pt",
+    "metrics.jsonl",
+    "summary.json",
+    "splits.json",
+    "init.json",
+    "subjects.json",
+    "skipped.jsonl",
+)
 
 
 class RunFolder:
@@ -167,4 +179,13 @@ def resume_run(
         load(str(run / "recipe.yaml"), ())
     except UserError as error:  # e.g. a pretrain run's folder given to finetune
         raise UserError(f"{run.path} is not a {command} run ({run / 'recipe.yaml'}: {error}); {give}") from None
+    for name in RUN_FILES:  # a folder or a link loop in a file's place would fail only when written
+        path = run / name
+        problem = None
+        if path.is_symlink() and not path.exists():
+            problem = folder_problem(path)
+        elif path.exists() and not path.is_file():
+            problem = f"{path} is a folder, not a file"
+        if problem:
+            raise UserError(f"{problem}; this run cannot continue: move it away, or start a new run")
     return load(str(run / "recipe.yaml"), overrides), run, run.has_state
