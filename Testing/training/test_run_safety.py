@@ -179,6 +179,21 @@ def test_a_wrong_replay_path_or_cache_folder_is_said_before_the_data_is_read(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "data"]
 
 
+def test_a_run_whose_own_files_were_damaged_since_is_one_line(tmp_path, capsys, train_root):
+    """The run writes splits.json whole; a file damaged by something else is named, not an
+    internal JSONDecodeError."""
+    from brainsegfounder_training.harness.recipe import dump
+
+    from quick import quick_recipe
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(dump(quick_recipe(train_root)))
+    (run / "splits.json").write_text('{"train": ["BraTS2021_0')
+    code, _, err = run_cli(["finetune", "--resume", run, *CPU], capsys)
+    one_error_line(code, err, r"run/splits\.json is damaged \(JSONDecodeError: .*\); this run cannot continue")
+
+
 # -- writing the run's files --------------------------------------------------------------------
 
 

@@ -190,7 +190,7 @@ class Trainer(RunLoop):
             replay = check_cases(replay, schema, data["label_convention"], self.progress)
         split = make_split(cases, data, self.seed, replay)
         splits_path = self.run / "splits.json"
-        if splits_path.is_file() and json.loads(splits_path.read_text()) != json.loads(json.dumps(split.to_dict())):
+        if splits_path.is_file() and self.run.read_json("splits.json") != json.loads(json.dumps(split.to_dict())):
             raise UserError(
                 f"the data in {data['path']} changed since this run started (its split differs from "
                 f"{splits_path}); resume with the same data or start a new run"

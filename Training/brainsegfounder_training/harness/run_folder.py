@@ -65,6 +65,17 @@ class RunFolder:
     def write_json(self, name: str, data, kept: str = PREVIOUS_KEPT, next_step: Optional[str] = None) -> None:
         self.write_text(name, json.dumps(data, indent=1, default=to_plain) + "\n", kept, next_step)
 
+    def read_json(self, name: str, parse: Callable = lambda data: data):
+        """A JSON file the run wrote, through ``parse``; one line if it was damaged since (the
+        run writes them whole, so only something else can have)."""
+        try:
+            return parse(json.loads((self.path / name).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UserError(
+                f"{self.path / name} is damaged ({type(error).__name__}: {str(error)[:80]}); this run cannot "
+                "continue: start a new run"
+            ) from None
+
     def append_text(self, name: str, text: str, kept: str) -> None:
         append_text(self.path / name, text, kept, self.next_step)
 

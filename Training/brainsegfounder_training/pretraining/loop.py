@@ -97,7 +97,7 @@ class Pretrainer(RunLoop):
     def _cohort(self) -> Cohort:
         path = self.run / "subjects.json"
         if self.resuming and path.is_file():  # the lists the run started with, whatever changed on disk since
-            return Cohort.from_dict(json.loads(path.read_text()))
+            return self.run.read_json("subjects.json", Cohort.from_dict)
         return find_cohort(self.recipe["data"], self.modalities, self.seed)
 
     def _model(self, state: Optional[dict]):
@@ -325,7 +325,7 @@ class Pretrainer(RunLoop):
             meta = run.init_ckpt.meta
             base = f"{meta.name} {meta.version}" if meta is not None else str(run.init_ckpt.path)
         elif self.resuming and (self.run / "init.json").is_file():
-            base = json.loads((self.run / "init.json").read_text())["source"]
+            base = self.run.read_json("init.json", lambda data: data["source"])
         provenance = {
             "stage": recipe["stage"],
             "base": base,
