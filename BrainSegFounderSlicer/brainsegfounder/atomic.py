@@ -94,11 +94,7 @@ def write_error(error: Exception, target: os.PathLike) -> Exception:
         return error
     reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1:] or ["unknown error"]
     reason = reason if isinstance(reason, str) else reason[0]
-    full = isinstance(error, OSError) and error.errno in DISK_FULL
-    if not full and isinstance(error, RuntimeError):  # ITK's writers
-        with contextlib.suppress(OSError):
-            full = shutil.disk_usage(_existing(Path(target))).free < NEARLY_FULL_BYTES
-    if full:
+    if disk_full(error, target):
         return UserError(
             f"not enough disk space to write {target} ({reason[:80]}); free space on that disk or write "
             "elsewhere (nothing was changed)"
@@ -110,12 +106,24 @@ def write_error(error: Exception, target: os.PathLike) -> Exception:
     return error
 
 
-def _existing(path: Path) -> Path:
+def existing(path: os.PathLike) -> Path:
     """``path`` or its nearest ancestor that exists."""
     path = Path(path).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def disk_full(error: BaseException, where: os.PathLike) -> bool:
+    """Whether ``error``, raised while writing under ``where``, means the disk is full:
+    ENOSPC, a quota or a file too big, or a C++ writer's RuntimeError (ITK, ``torch.save``:
+    "unexpected pos 576 vs 534") with the disk nearly full."""
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL
+    if isinstance(error, RuntimeError):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(existing(where)).free < NEARLY_FULL_BYTES
+    return False
 
 
 def fsync_file(path: os.PathLike) -> None:
@@ -155,7 +163,7 @@ def check_writable_folder(path: os.PathLike, what: str = "output") -> Path:
     """Check that ``path`` can be made and written without making it (a rejected run leaves no
     empty folder): its nearest existing ancestor must be a folder a file can be written in."""
     path = Path(path)
-    base = _existing(path)
+    base = existing(path)
     if not base.is_dir():
         raise UserError(f"cannot write the {what} folder {path}: {base} is a file, not a folder")
     try:

@@ -31,6 +31,7 @@ import SimpleITK as sitk
 from .atomic import atomic_path
 from .errors import UserError
 from .geometry import same_grid
+from .imageio import write_image
 from .names import plain_name
 
 CASE_FILE = "case.json"
@@ -110,10 +111,8 @@ def save_case(
     tmp = Path(tempfile.mkdtemp(prefix=f".r{revision:03d}.", dir=root / case_id))
     try:
         for modality, image in images.items():
-            sitk.WriteImage(
-                sitk.Cast(image, sitk.sitkFloat32), str(tmp / info["images"][modality]), useCompression=True
-            )
-        sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), str(tmp / info["label"]), useCompression=True)
+            write_image(sitk.Cast(image, sitk.sitkFloat32), tmp / info["images"][modality])
+        write_image(sitk.Cast(label, sitk.sitkUInt8), tmp / info["label"])
         (tmp / CASE_FILE).write_text(json.dumps(info, indent=1) + "\n")
         target = root / case_id / f"r{revision:03d}"
         if target.exists():  # another writer took this revision number meanwhile

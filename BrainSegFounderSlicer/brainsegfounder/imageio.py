@@ -9,9 +9,12 @@ bytes on disk, a DICOM series' slice positions against gaps, repeats and uneven 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
+import sys
+import tempfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Iterable, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import disk_full
 from .errors import UserError
 from .paths import check_path
 
@@ -47,6 +51,36 @@ def quiet_itk():
         yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+@contextmanager
+def _c_stderr_kept_quiet():
+    """Lines C libraries print to the process's stderr themselves (the NIfTI library's "NWAD"
+    on a full disk) kept off the terminal: the failure is checked and said in one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def write_image(image: sitk.Image, path: os.PathLike) -> None:
+    """``sitk.WriteImage`` (compressed), then the file read back from its header: ITK's NIfTI
+    writer reports a full disk only on stderr and leaves a short file (measured on a 16 kB
+    tmpfs), so a short file raises the OSError a full disk gives elsewhere."""
+    path = Path(path)
+    with _c_stderr_kept_quiet():
+        sitk.WriteImage(image, str(path), useCompression=True)
+    try:
+        check_image(path, "written image")
+    except UserError:
+        if disk_full(RuntimeError(), path):
+            raise OSError(errno.ENOSPC, "No space left on device (the file was written short)", str(path)) from None
+        raise OSError(errno.EIO, "the file reads back short", str(path)) from None
 
 
 def _is_nifti(path: Path) -> bool:

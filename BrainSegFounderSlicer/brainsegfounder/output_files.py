@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from .atomic import STATE_DIR, check_writable_folder, fsync_dir, fsync_file, staging_dir, write_error
+from .atomic import STATE_DIR, check_writable_folder, existing, fsync_dir, fsync_file, staging_dir, write_error
 from .errors import UserError
 
 RECORD = "written.json"
@@ -73,13 +73,6 @@ def _ancestor_of(folder: Path, path: Path) -> bool:
     return False
 
 
-def _existing_base(path: Path) -> Path:
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 class OutputFiles:
     """``targets`` maps what each output is (for messages, e.g. "--summary") to its path;
     ``inputs`` are the paths (files or DICOM folders) the run reads."""
@@ -129,7 +122,7 @@ class OutputFiles:
             stages: Dict[Path, Path] = {}
             temporaries: Dict[str, Path] = {}
             for what, path in self.targets.items():
-                base = _existing_base(path.parent)
+                base = existing(path.parent)
                 if base not in stages:
                     stages[base] = stack.enter_context(staging_dir(base))
                 slot = stages[base] / str(len(temporaries))
@@ -150,7 +143,7 @@ class OutputFiles:
         done: List[Tuple[Path, Optional[Path]]] = []
         try:
             for tmp, target in moves:
-                created += _make_folders(target.parent)
+                created += make_folders(target.parent)
                 backup = None
                 if target.exists():
                     backup = tmp.with_name(tmp.name + ".previous")
@@ -167,7 +160,7 @@ class OutputFiles:
                         backup.replace(target)
                     else:
                         target.unlink()
-            for folder in reversed(created):
+            for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):  # deepest first
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             raise write_error(error, moves[len(done)][1]) from None
@@ -182,19 +175,26 @@ class OutputFiles:
             by_folder.setdefault(path.parent, {})[path.name] = _stamp(temporaries[what])
         moves = []
         for folder, entries in by_folder.items():
-            tmp = stages[_existing_base(folder)] / f"record-{len(moves)}.json"
+            tmp = stages[existing(folder)] / f"record-{len(moves)}.json"
             record = {**_read_record(folder), **entries}
             tmp.write_text(json.dumps({"format": RECORD_FORMAT, "files": record}, indent=1) + "\n")
             moves.append((tmp, _record_path(folder)))
         return moves
 
 
-def _make_folders(folder: Path) -> List[Path]:
-    """Make ``folder`` and missing parents; returns those made, outermost first."""
-    missing = []
+def make_folders(folder: os.PathLike) -> List[Path]:
+    """Make ``folder`` and its missing parents; returns those made, innermost first. On a failure
+    the ones made are removed again and the OSError raised."""
+    folder, missing = Path(folder), []
     while not folder.exists():
         missing.append(folder)
         folder = folder.parent
-    for path in reversed(missing):
-        path.mkdir()
-    return list(reversed(missing))
+    try:
+        for path in reversed(missing):
+            path.mkdir()
+    except OSError:
+        for path in missing:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    return missing

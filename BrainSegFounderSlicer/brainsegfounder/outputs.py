@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import slicerio
 
 from .errors import UserError
+from .imageio import write_image
 from .labels import Segment
 from .output_files import OutputFiles
 
@@ -87,7 +88,7 @@ def write_outputs(
     """Write every output of ``files`` (see :func:`output_files`), all or nothing; the preview
     shows ``images`` with the labels overlaid."""
     with files.write() as tmp:
-        sitk.WriteImage(labels, str(tmp["output"]), useCompression=True)
+        write_image(labels, tmp["output"])
         if "--seg-nrrd" in tmp:
             slicerio.write_segmentation(str(tmp["--seg-nrrd"]), segmentation_dict(labels, segments))
         if "--summary" in tmp:

@@ -212,3 +212,20 @@ def test_a_really_full_disk(capsys, case):
         assert (disk / "labels.nii.gz").read_bytes() == b"an older result"
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_label_map_written_short_is_not_committed(capsys, case):
+    """ITK's NIfTI writer does not raise on a full disk: it leaves a short file. A 16 kB file
+    system holds part of the label map and nothing else."""
+    inputs, model, tmp = case
+    disk = tmp / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], check=False).returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        code, _, err = run_cli(segment_args(model, inputs, disk / "labels.nii.gz", "--roi", "64"), capsys)
+        one_error_line(code, err, r"not enough disk space to write .*written short")
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

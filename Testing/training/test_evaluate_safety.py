@@ -286,7 +286,7 @@ def test_a_prediction_the_disk_cut_short_is_a_write_error(tmp_path, capsys, brat
     code, _, err = run_cli(
         ["evaluate", "--data", brats_root, "--model", brats_model, "--out", tmp_path / "eval", *CPU], capsys
     )
-    one_error_line(code, err, r"cannot write BraTS2021_00001\.nii\.gz in .*eval \(it reads back short\)")
+    one_error_line(code, err, r"cannot write BraTS2021_00001\.nii\.gz in .*eval \(the file reads back short\)")
     assert not (tmp_path / "eval").exists()
 
 

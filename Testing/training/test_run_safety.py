@@ -223,17 +223,17 @@ def test_a_metrics_line_on_a_full_disk_is_one_line():
 
 
 def test_the_first_files_are_all_written_or_none_and_no_folder(tmp_path, monkeypatch):
-    from brainsegfounder_training.harness import writes
+    from brainsegfounder import atomic
     from brainsegfounder_training.harness.run_folder import RunFolder
 
-    real = writes.fsync_file
+    real = atomic.fsync_file
 
     def full(path):
         if Path(path).name == "splits.json":
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path)
 
-    monkeypatch.setattr(writes, "fsync_file", full)
+    monkeypatch.setattr(atomic, "fsync_file", full)
     run = RunFolder(tmp_path / "runs" / "first")
     with pytest.raises(
         UserError, match=r"splits\.json \(the disk is full\); nothing was kept\. Free space and run again"

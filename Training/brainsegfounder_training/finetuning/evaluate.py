@@ -23,11 +23,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from brainsegfounder.atomic import NEARLY_FULL_BYTES, check_writable_folder, staging_dir
+from brainsegfounder.atomic import check_writable_folder, disk_full, existing, staging_dir
 from brainsegfounder.checkpoints import load_checkpoint, resolve_meta
 from brainsegfounder.errors import UserError
 from brainsegfounder.geometry import same_grid
-from brainsegfounder.imageio import check_image, quiet_itk
+from brainsegfounder.imageio import check_image, quiet_itk, write_image
 from brainsegfounder.labels import LabelSchema
 from brainsegfounder.labels import schema as label_schema
 from brainsegfounder.networks import PRESETS
@@ -37,7 +37,7 @@ from brainsegfounder.registry import resolve_model
 
 from ..harness.plots import box_plots, learning_curves
 from ..harness.run_folder import folder_problem
-from ..harness.writes import existing, write_failure
+from ..harness.writes import write_failure
 from .datasets import Case, check_cases, discover
 from .initialise import resolve_task
 from .metrics import NUMERIC, case_metrics, summarise
@@ -152,19 +152,13 @@ def _read(path: Path, what: str) -> sitk.Image:
 
 
 def _write_label(image: sitk.Image, path: Path, out: Path) -> None:
-    """A predicted label map, read back: ITK's NIfTI writer reports a full disk on stderr only
-    and leaves a short file (measured on a 64 kB tmpfs), so the file is checked."""
-    kept, then = f"nothing in {out} was changed.", "run again"
     try:
-        sitk.WriteImage(image, str(path), useCompression=True)
+        write_image(image, path)  # read back: ITK's NIfTI writer leaves a short file on a full disk
     except (OSError, RuntimeError) as error:
-        raise write_failure(path, error, kept, then) from None
-    try:
-        check_image(path, "prediction")
-    except UserError:
-        with_room = shutil.disk_usage(existing(path)).free >= NEARLY_FULL_BYTES
-        reason = "it reads back short" if with_room else "the disk is full"
-        raise UserError(f"cannot write {path.name} in {out} ({reason}); {kept} Free space and {then}") from None
+        reason = "the disk is full" if disk_full(error, path) else getattr(error, "strerror", None) or str(error)
+        raise UserError(
+            f"cannot write {path.name} in {out} ({reason}); nothing in {out} was changed. Free space and run again"
+        ) from None
 
 
 def evaluate(

@@ -18,6 +18,7 @@ import numpy as np
 
 from brainsegfounder.atomic import check_writable_folder
 from brainsegfounder.errors import UserError
+from brainsegfounder.output_files import make_folders
 
 from .writes import append_text, write_failure, write_file
 
@@ -102,19 +103,10 @@ class RunFolder:
 
 def _make_folders(folder: Path) -> List[Path]:
     """Make ``folder`` and its missing parents; returns those made, innermost first."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
     try:
-        for path in reversed(missing):
-            path.mkdir()
+        return make_folders(folder)
     except OSError as error:
-        for path in missing:
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        raise write_failure(missing[0], error, "nothing was written.", "run again") from None
-    return missing
+        raise write_failure(folder, error, "nothing was written.", "run again") from None
 
 
 def to_plain(value):

@@ -10,30 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 from typing import Iterator
 
-from brainsegfounder.atomic import DISK_FULL, NEARLY_FULL_BYTES, fsync_dir, fsync_file, staging_dir
+from brainsegfounder.atomic import atomic_path, disk_full
 from brainsegfounder.errors import UserError
-
-
-def existing(path: os.PathLike) -> Path:
-    """``path`` or its nearest ancestor that exists."""
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def disk_full(error: BaseException, where: os.PathLike) -> bool:
-    """Whether ``error``, raised while writing under ``where``, means the disk is full."""
-    if isinstance(error, OSError):
-        return error.errno in DISK_FULL
-    if isinstance(error, RuntimeError):
-        with contextlib.suppress(OSError):
-            return shutil.disk_usage(existing(where)).free < NEARLY_FULL_BYTES
-    return False
 
 
 def write_failure(path: os.PathLike, error: BaseException, kept: str, next_step: str) -> BaseException:
@@ -43,7 +24,7 @@ def write_failure(path: os.PathLike, error: BaseException, kept: str, next_step:
     if isinstance(error, UserError):
         # the engine's staging area turned an OSError into its own line; ours says what was kept
         cause = error.__context__
-        if not isinstance(cause, OSError):
+        if not isinstance(cause, (OSError, RuntimeError)):
             return error
         error = cause
     if disk_full(error, path):
@@ -57,16 +38,10 @@ def write_failure(path: os.PathLike, error: BaseException, kept: str, next_step:
 
 @contextlib.contextmanager
 def write_file(path: os.PathLike, kept: str, next_step: str) -> Iterator[Path]:
-    """Yields a temporary with ``path``'s name in its folder's staging area; on success it
-    replaces ``path``, on any error it is removed and ``path`` stays as it was."""
-    path = Path(path)
+    """:func:`~brainsegfounder.atomic.atomic_path` whose failure says what was kept and how to go on."""
     try:
-        with staging_dir(path.parent) as stage:
-            tmp = stage / path.name
+        with atomic_path(path) as tmp:
             yield tmp
-            fsync_file(tmp)
-            tmp.replace(path)
-        fsync_dir(path.parent)
     except (OSError, RuntimeError, UserError) as error:
         raise write_failure(path, error, kept, next_step) from None
 
