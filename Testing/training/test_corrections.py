@@ -44,6 +44,8 @@ def test_corrections_make_a_registered_model(tmp_path, home, train_root, brats_r
     assert meta.task == "brats"
     assert meta.modalities == ("flair", "t1ce", "t1", "t2")
     assert meta.roi_size == (64, 64, 64)
+    assert meta.trained_on == "real"  # corrections of real patients' scans, whatever the replay data
+    assert meta.caution() is None
     prov = meta.provenance
     assert prov["base"].startswith("tiny-brats")
     assert len(prov["val_cases"]) == 1

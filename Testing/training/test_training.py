@@ -111,7 +111,11 @@ def test_two_process_torchrun_on_cpu(tmp_path, train_root):
     assert summary["processes"] == 2
     assert summary["steps"] == 1
     assert set(summary["best"]["dice"]) == {"TC", "WT", "ET"}
-    assert (out / "best.pt").is_file()
+    from brainsegfounder.checkpoints import load_checkpoint
+
+    meta = load_checkpoint(out / "best.pt").meta  # trained on a synthetic cohort only: says so on every run
+    assert meta.trained_on == "synthetic"
+    assert meta.caution().startswith("model ddp was trained on synthetic data only")
 
 
 def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, train_root, monkeypatch):

@@ -71,6 +71,7 @@ def from_datalist(path: Path, modalities: Sequence[str]) -> List[Case]:
     root = path.parent
     described = (data.get("description") or {}).get("modalities")
     layout = (data.get("description") or {}).get("layout", "")
+    synthetic = bool((data.get("description") or {}).get("synthetic"))  # brainsegfounder synth cohorts
     convention = "brats2023" if layout == "brats2023" else "brats2021" if layout == "brats2021" else "auto"
     cases = []
     for i, entry in enumerate(entries):
@@ -93,7 +94,8 @@ def from_datalist(path: Path, modalities: Sequence[str]) -> List[Case]:
         case_id = entry.get("case_id") or _case_id_of(entry["label"])
         fold = entry.get("fold")
         paths = {m: inside(root, images[j]) for m, j in zip(modalities, order, strict=True)}
-        cases.append(Case(str(case_id), paths, label, int(fold) if fold is not None else None, convention))
+        extra = {"synthetic": True} if synthetic else {}
+        cases.append(Case(str(case_id), paths, label, int(fold) if fold is not None else None, convention, extra=extra))
     return cases
 
 

@@ -47,7 +47,9 @@ class TaskSpec:
     base: Optional[LoadedCheckpoint] = None
     base_meta: Optional[ModelMeta] = None
 
-    def meta(self, name: str, version: str, provenance: Dict[str, str], description: str = "") -> ModelMeta:
+    def meta(
+        self, name: str, version: str, provenance: Dict[str, str], description: str = "", trained_on: str = "real"
+    ) -> ModelMeta:
         return ModelMeta(
             network=self.network,
             modalities=self.modalities,
@@ -59,6 +61,7 @@ class TaskSpec:
             orientation=self.orientation,
             provenance=provenance,
             description=description,
+            trained_on=trained_on,
         )
 
 

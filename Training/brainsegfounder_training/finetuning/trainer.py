@@ -351,7 +351,15 @@ class Trainer(RunLoop):
             provenance["val_dice_before"] = {k: round(v, 4) for k, v in run.before["dice"].items()}
         name = recipe["model"]["name"] or self.run.path.name
         version = f"{time.strftime('%Y%m%d')}-e{best['epoch']}"
-        meta = spec.meta(name, version, provenance, description=f"fine-tuned with brainsegfounder ({recipe['task']})")
+        # Only synthetic cohorts say what they are; a model that saw nothing else says so on every run.
+        synthetic = all(c.extra.get("synthetic") for c in [*split.train, *split.replay])
+        meta = spec.meta(
+            name,
+            version,
+            provenance,
+            description=f"fine-tuned with brainsegfounder ({recipe['task']})",
+            trained_on="synthetic" if synthetic else "real",
+        )
         dtype = torch.float16 if recipe["model"]["save_dtype"] == "float16" else None
         self.save_best(run.model, meta, dtype=dtype)
 
