@@ -19,9 +19,12 @@ Where no metadata exists the architecture is inferred from the keys.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import os
 import pickle
+import pickletools
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -146,8 +149,29 @@ class LoadedCheckpoint:
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
-LEGACY_MAGIC = b"\x80\x02\x8a\x0a"  # the older format: pickle protocol 2, then torch's magic number
+# The older format is a pickle stream whose first object is this number; its pickle protocol is
+# whatever the saver chose (2 by default, 3-5 put other bytes first), so it is decoded, not matched.
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _NOT_A_CHECKPOINT = "give a .pt/.pth file saved by torch.save, or a model name"
+
+
+# torch's safe (weights_only) unpickler reads protocols 2 and 3 only ("Unsupported operand" else).
+LEGACY_PROTOCOLS = (2, 3)
+
+
+def _legacy_protocol(head: bytes) -> Optional[int]:
+    """The pickle protocol of a file in torch's legacy format (a pickle whose first object is
+    torch's magic number), or None for any other file."""
+    protocol = 0  # protocols 0 and 1 have no PROTO opcode
+    try:
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(head)):
+            if opcode.name == "PROTO":
+                protocol = arg
+            elif opcode.name != "FRAME":
+                return protocol if opcode.name.startswith("LONG") and arg == LEGACY_MAGIC_NUMBER else None
+    except Exception:  # pickletools fails on random bytes in many ways
+        return None
+    return None
 
 
 def _check_container(path: Path, size: int) -> None:
@@ -155,11 +179,22 @@ def _check_container(path: Path, size: int) -> None:
     memory to refuse: random bytes, or a zip whose members inflate far beyond the file (torch
     stores its members uncompressed)."""
     with path.open("rb") as f:
-        head = f.read(len(ZIP_MAGIC))
-    if head == LEGACY_MAGIC:
+        head = f.read(64)
+    protocol = _legacy_protocol(head)
+    if protocol in LEGACY_PROTOCOLS:
         return
-    if head != ZIP_MAGIC:
-        raise UserError(f"checkpoint {path} is not a PyTorch checkpoint (no zip or pickle header); {_NOT_A_CHECKPOINT}")
+    if protocol is not None:
+        raise UserError(
+            f"checkpoint {path} is in PyTorch's old format with pickle protocol {protocol}, which the safe loader "
+            "cannot read; where you trust it, load it and save it again with torch.save"
+        )
+    if head.startswith(b"\x80"):  # pickle protocol 2+: pickle.dump's, not torch.save's
+        raise UserError(f"checkpoint {path} is a Python pickle, not a PyTorch checkpoint; {_NOT_A_CHECKPOINT}")
+    if not head.startswith(ZIP_MAGIC):
+        raise UserError(
+            f"checkpoint {path} is not a PyTorch checkpoint (it starts with neither a zip nor torch's pickle "
+            f"header); {_NOT_A_CHECKPOINT}"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
@@ -188,7 +223,9 @@ def read_checkpoint_file(path: os.PathLike) -> dict:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # protocol 3 (read fine) warns that it is not torch's default
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Unsupported global" in str(error) or "Unsupported class" in str(error):
             raise UserError(

@@ -3,9 +3,14 @@ and a command whose reader goes away."""
 
 from __future__ import annotations
 
+import collections
+import io
 import os
+import pickle
+import struct
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -23,9 +28,16 @@ ENGINE = str(ROOT / "BrainSegFounderSlicer")
 def test_random_bytes_are_not_a_checkpoint_not_a_pickle_risk(tmp_path):
     path = tmp_path / "random.pt"
     path.write_bytes(os.urandom(4096))
-    with pytest.raises(UserError, match=r"is not a PyTorch checkpoint \(no zip or pickle header\)") as error:
+    with pytest.raises(UserError, match=r"is not a PyTorch checkpoint \(it starts with neither a zip") as error:
         read_checkpoint_file(path)
     assert "arbitrary code" not in str(error.value)
+
+
+def test_a_pickle_that_torch_did_not_write_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "pickled.pt"
+    path.write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
+    with pytest.raises(UserError, match=r"is a Python pickle, not a PyTorch checkpoint"):
+        read_checkpoint_file(path)
 
 
 def test_a_whole_pickled_model_is_still_refused_as_unsafe(tmp_path):
@@ -35,10 +47,21 @@ def test_a_whole_pickled_model_is_still_refused_as_unsafe(tmp_path):
         read_checkpoint_file(path)
 
 
-def test_legacy_format_checkpoints_still_load(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_legacy_format_checkpoints_still_load(tmp_path, protocol):
+    """Protocol 3 puts other bytes first than torch's default 2: it was refused by its header."""
     path = tmp_path / "legacy.pt"
-    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
     assert torch.equal(read_checkpoint_file(path)["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize("protocol", [0, 4, 5])
+def test_legacy_checkpoints_the_safe_loader_cannot_read_say_so(tmp_path, protocol):
+    """torch's weights_only unpickler stops at their first opcode ("Unsupported operand")."""
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    with pytest.raises(UserError, match=rf"old format with pickle protocol {protocol}, which the safe loader"):
+        read_checkpoint_file(path)
 
 
 def test_a_zip_bomb_is_refused_from_its_directory(tmp_path):
@@ -56,6 +79,63 @@ def test_a_rejected_checkpoint_costs_little(tmp_path, brats_inputs):
     assert run.returncode == 2, run.stderr
     assert "would inflate" in run.stderr
     assert run.peak_mib < 300, run.peak_mib
+
+
+def _claiming_pickle(numel: int, legacy: bool) -> bytes:
+    """torch's pickle of {"state_dict": {"w": tensor}} whose storage claims ``numel`` floats."""
+    storage = object()
+
+    class Tensor:
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, (storage, 0, (numel,), (1,), False, collections.OrderedDict()))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if obj is storage:
+                return ("storage", torch.FloatStorage, "0", "cpu", numel) + ((None,) if legacy else ())
+            return None
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump({"state_dict": {"w": Tensor()}})
+    return buffer.getvalue()
+
+
+def claims_storage(path, gib: int, legacy: bool):
+    """A checkpoint of a few kB whose records claim a ``gib`` GiB tensor: the reader must not
+    trust the claim (the zip member is 4 kB; the legacy stream ends after 4 kB of data)."""
+    numel = gib * 2**30 // 4
+    if legacy:
+        with path.open("wb") as f:
+            for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+                pickle.dump(header, f, protocol=2)
+            f.write(_claiming_pickle(numel, legacy=True))
+            pickle.dump(["0"], f, protocol=2)
+            f.write(struct.pack("<q", numel) + bytes(4096))
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", _claiming_pickle(numel, legacy=False))
+            archive.writestr("archive/byteorder", "little")
+            archive.writestr("archive/data/0", bytes(4096))
+            archive.writestr("archive/version", "3\n")
+    return path
+
+
+@pytest.mark.slow
+def test_checkpoints_torch_must_read_to_refuse_cost_no_more_than_importing_it(tmp_path):
+    """What only torch's unpickler can refuse (a whole saved model, records claiming 8 GiB)
+    costs what importing the engine and torch costs (312 MiB, 1.8 s measured; SimpleITK about
+    100 MiB of it), plus a few MiB: the claims are never allocated."""
+    env = {**os.environ, "PYTHONPATH": ENGINE, "BRAINSEGFOUNDER_HOME": str(tmp_path / "home")}
+    baseline = measured([sys.executable, "-c", "import brainsegfounder.cli, torch"], env, tmp_path)
+    whole = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(2, 2), whole)
+    files = [whole, claims_storage(tmp_path / "zip.pt", 8, False), claims_storage(tmp_path / "old.pt", 8, True)]
+    for path in files:
+        run = measured([sys.executable, "-m", "brainsegfounder", "models", "inspect", path], env, tmp_path)
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.startswith("error: "), run.stderr
+        assert run.peak_mib < baseline.peak_mib + 50, (path.name, run.peak_mib, baseline.peak_mib)
+        assert run.seconds < baseline.seconds + 3, (path.name, run.seconds, baseline.seconds)
 
 
 @pytest.mark.parametrize(
