@@ -11,6 +11,8 @@ import argparse
 import importlib
 import json
 import os
+import select
+import stat
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -341,11 +343,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _run(argv)
     except BrokenPipeError:
-        # The reader closed stdout: normal on a command line, so quietly. Later writes to the
-        # closed pipe (Python's own flush at exit) go to /dev/null instead of a traceback.
+        # The reader closed stdout: normal on a command line, so quietly.
+        _silence_stdout()
+        return BROKEN_PIPE_EXIT
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: what Python still flushes at exit goes nowhere instead of
+    into a second BrokenPipeError with a traceback."""
+    try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return BROKEN_PIPE_EXIT
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # stdout is not a file (an in-process caller's)
+        pass
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout's reader went away. A BrokenPipeError from elsewhere (a data loader
+    worker's pipe, a socket) is a failure to report, not the end of the output."""
+    try:
+        fd = sys.stdout.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return False
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return False  # a terminal or a file has no reader to lose
+    if not sys.platform.startswith("linux"):
+        return True  # poll's answer for a pipe is Linux's (POLLERR); elsewhere the likely case
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def _run(argv: Optional[Sequence[str]]) -> int:
@@ -364,19 +392,20 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     except Cancelled as error:
         _finish(reporter, "cancelled", str(error) or "cancelled: no partial output was written")
         return error.exit_code
-    except BrokenPipeError:
-        raise
-    except OSError as error:
-        if args.debug or not error.filename:
-            raise
-        # A file the machine would not give us (permissions, a vanished disk): the user's to fix.
-        _finish(
-            reporter, "error", f"cannot use {error.filename} ({error.strerror}); check the path and its permissions"
-        )
-        return UserError.exit_code
-    except Exception as error:  # an unexpected failure: still one line unless --debug
+    except Exception as error:
+        if isinstance(error, BrokenPipeError) and _stdout_gone():
+            raise  # main ends quietly
         if args.debug:
             raise
+        if isinstance(error, OSError) and error.filename:
+            # A file the machine would not give us (permissions, a vanished disk): the user's to fix.
+            _finish(
+                reporter,
+                "error",
+                f"cannot use {error.filename} ({error.strerror}); check the path and its permissions",
+            )
+            return UserError.exit_code
+        # An unexpected failure (an OSError without a file too): still one line unless --debug.
         _finish(
             reporter,
             "error",
@@ -397,7 +426,10 @@ def _run(argv: Optional[Sequence[str]]) -> int:
 def _finish(reporter, status: str, message: str) -> None:
     """The final protocol line (JSON mode) and, always, the one line for people on stderr."""
     if isinstance(reporter, JsonLinesReporter):
-        reporter.finish(status, message)
+        try:
+            reporter.finish(status, message)
+        except BrokenPipeError:  # stdout's reader went away; the person still reads stderr
+            _silence_stdout()
     elif reporter:
         reporter.finish(status)
     print(f"error: {message}" if status == "error" else message, file=sys.stderr)

@@ -162,18 +162,66 @@ def test_shipped_model_by_name_and_listed(capsys, home):
     assert "not on this computer" in out
 
 
-@pytest.mark.parametrize("command", [["devices"], ["models", "list"]])
-def test_a_reader_that_goes_away_ends_the_command_quietly(command):
-    env = {**os.environ, "PYTHONPATH": ENGINE}
+PIPE_PLUGIN = """
+import os
+
+
+def register(subparsers, add_common):
+    add_common(subparsers.add_parser("lose-a-worker"))
+    return {"lose-a-worker": lose_a_worker}
+
+
+def lose_a_worker(args, report, cancel):
+    reader, writer = os.pipe()
+    os.close(reader)  # as a crashed data loader worker leaves its queue
+    os.write(writer, b"batch")
+"""
+
+
+def run_with_closed_stdout(command, tmp_path, close=True):
+    """Run the CLI with stdout a real pipe whose reader closes at once (as ``| true`` does)."""
+    (tmp_path / "pipe_plugin.py").write_text(PIPE_PLUGIN)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([ENGINE, str(tmp_path)]),
+        "BRAINSEGFOUNDER_COMMANDS": "pipe_plugin:register",
+        "BRAINSEGFOUNDER_HOME": str(tmp_path / "home"),
+    }
     with subprocess.Popen(
-        [sys.executable, "-m", "brainsegfounder", *command],
+        [sys.executable, "-m", "brainsegfounder", *map(str, command)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
         text=True,
     ) as process:
-        process.stdout.close()  # as `| true` does
+        if close:
+            process.stdout.close()
         stderr = process.stderr.read()
-        code = process.wait(timeout=120)
+        return process.wait(timeout=120), stderr
+
+
+@pytest.mark.parametrize("command", [["devices"], ["models", "list"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(command, tmp_path):
+    """Before: devices ended with a BrokenPipeError traceback, models list with 'internal error'.
+    141 is what a shell reports for a tool ended by SIGPIPE (128 + 13), as `yes | true` does:
+    the output was not all delivered, and `set -o pipefail` scripts see the usual code."""
+    code, stderr = run_with_closed_stdout(command, tmp_path)
     assert stderr == ""
     assert code == 141
+
+
+def test_an_error_still_reaches_stderr_when_the_json_reader_is_gone(tmp_path):
+    random = tmp_path / "random.pt"
+    random.write_bytes(os.urandom(4096))
+    code, stderr = run_with_closed_stdout(["models", "inspect", random, "--progress", "json"], tmp_path)
+    assert code == 2
+    assert stderr.startswith("error: checkpoint"), stderr
+    assert "not a PyTorch checkpoint" in stderr
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(tmp_path):
+    """A worker's pipe breaking while stdout's reader is still there is a failure to report."""
+    code, stderr = run_with_closed_stdout(["lose-a-worker"], tmp_path, close=False)
+    assert code == 1
+    assert stderr.startswith("error: internal error: BrokenPipeError"), stderr
+    assert "Traceback" not in stderr
