@@ -61,15 +61,16 @@ class ModelEntry:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelEntry":
+        registry.check_entry(data)  # its names: the engine checks them for both
         try:
             entry = cls(
-                id=plain_name(data["id"], "model id"),
+                id=data["id"],
                 name=data["name"],
                 version=str(data["version"]),
                 task=data["task"],
                 inputs=list(data["inputs"]),
                 label_schema=data["label_schema"],
-                file=plain_name(data["file"], "model file name"),
+                file=data["file"],
                 license=data["license"],
                 url=data.get("url"),
                 sha256=data.get("sha256"),
@@ -85,8 +86,6 @@ class ModelEntry:
             raise UserError(f"model {entry.id}: sha256 must be 64 lower-case hex digits")
         if entry.url is not None and not entry.url.startswith(("https://", "http://")):
             raise UserError(f"model {entry.id}: url must be http(s)")
-        if entry.bundled is not None and (Path(entry.bundled).is_absolute() or ".." in Path(entry.bundled).parts):
-            raise UserError(f"model {entry.id}: bundled must be a path inside Resources")
         return entry
 
 
@@ -138,13 +137,7 @@ class ModelManager:
         return self._cache or registry.downloads_dir()
 
     def entries(self) -> List[ModelEntry]:
-        try:
-            data = json.loads(self.registry_file.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise UserError(
-                f"cannot read the model registry {self.registry_file} ({error}); reinstall the extension"
-            ) from None
-        return [ModelEntry.from_dict(d) for d in data.get("models", [])]
+        return [ModelEntry.from_dict(d) for d in registry.read_registry(self.registry_file)]
 
     def entry(self, entry_id: str) -> ModelEntry:
         for entry in self.entries():

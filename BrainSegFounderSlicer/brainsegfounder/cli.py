@@ -26,7 +26,7 @@ from .errors import Cancelled, UserError
 from .inference import InferenceSettings, fast_settings
 from .networks import PRESETS, SIZES, build_network, count_parameters
 from .progress import CancelToken, JsonLinesReporter, TextReporter
-from .registry import local_models, models_dir, register_model, registry_models
+from .registry import local_model_task, local_models, models_dir, register_model, registry_models
 from .resources import compute_devices
 
 
@@ -140,12 +140,24 @@ def cmd_synth(args, report, cancel) -> dict:
 
 def cmd_models(args, report, cancel) -> dict:
     if args.models_command == "list":
-        lines = ["models of the registry (use the name with --model):"]
+        rows = []  # name, task, source, where its file is
         for entry in registry_models():
-            where = entry["path"] or "not on this computer (download it in the Slicer panel)"
-            lines.append(f"  {entry['id']:24s} task {entry.get('task', '?'):6s} {where}")
-        lines += [f"local models ({models_dir()}):"]
-        lines += [f"  {name:24s} {path}" for name, path in local_models().items()] or ["  none yet"]
+            where = entry["path"] or (
+                "not on this computer: the Slicer panel downloads it"
+                if entry.get("url") and entry.get("sha256")
+                else "not on this computer: no published checksum, download it yourself and give its path"
+            )
+            rows.append((entry["id"], entry.get("task", ""), entry["source"], str(where)))
+        ids = {row[0] for row in rows}
+        for name, path in local_models().items():
+            # --model NAME finds the registry's model first: this one only by its path
+            hidden = "  (a registry model has its name: give the path)" if name in ids else ""
+            rows.append((name, local_model_task(path), "local", f"{path}{hidden}"))
+        width = max([len(row[0]) for row in rows] + [4])
+        lines = ["models (segment --model NAME):"]
+        lines += [f"  {'name':{width}s}  {'task':6s} {'source':15s} file"]
+        lines += [f"  {n:{width}s}  {t or '?':6s} {s:15s} {w}" for n, t, s, w in rows]
+        lines += [f"local models are kept in {models_dir()} (add one: models register FILE --name NAME)"]
         lines += ["task presets (models init --task, --task for checkpoints without metadata):"]
         lines += [f"  {p.name:8s} inputs {','.join(p.modalities)} -> {p.description}" for p in PRESETS.values()]
         lines += ["sizes (models init --size): " + ", ".join(SIZES)]

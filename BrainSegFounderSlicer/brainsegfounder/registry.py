@@ -49,13 +49,47 @@ def entry_file(
     return next((p for p in candidates if p.is_file()), None)
 
 
-def registry_models() -> List[dict]:
-    """The registry's entries, each with ``path`` (None where the file is not here yet)."""
+def check_entry(data) -> dict:
+    """A registry entry whose names are safe to use: its id is a model name, its ``file`` can
+    never leave the download cache nor its ``bundled`` path the Resources folder."""
+    if not isinstance(data, dict):
+        raise UserError(f"model registry entry {data!r} is not an object; fix the registry file")
+    for key in ("id", "file"):
+        if key not in data:
+            raise UserError(f"model registry entry {data.get('id', '?')!r} lacks {key!r}; fix the registry file")
+    plain_name(data["id"], "model id")
+    plain_name(data["file"], "model file name")
+    bundled = data.get("bundled")
+    if bundled is not None and (
+        not isinstance(bundled, str) or Path(bundled).is_absolute() or ".." in Path(bundled).parts
+    ):
+        raise UserError(f"model {data['id']}: bundled must be a path inside Resources")
+    return data
+
+
+def read_registry(path: os.PathLike = REGISTRY_FILE) -> List[dict]:
+    """The registry's entries, each checked (:func:`check_entry`)."""
     try:
-        entries = json.loads(REGISTRY_FILE.read_text()).get("models", [])
-    except (OSError, ValueError, AttributeError):
+        entries = json.loads(Path(path).read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"cannot read the model registry {path} ({error}); reinstall the extension") from None
+    if not isinstance(entries, list):
+        raise UserError(f"the model registry {path} has no list of models; reinstall the extension")
+    return [check_entry(entry) for entry in entries]
+
+
+def registry_models() -> List[dict]:
+    """The registry's entries, each with ``path`` (None where the file is not here yet) and
+    ``source``: "shipped" (with the extension), "downloaded" or "not downloaded"."""
+    if not REGISTRY_FILE.exists():
         return []  # an engine installed without the extension's resources
-    return [{**e, "path": entry_file(str(e.get("file", "")), e.get("bundled"))} for e in entries if e.get("file")]
+    found = []
+    for entry in read_registry(REGISTRY_FILE):
+        path = entry_file(entry["file"], entry.get("bundled"))
+        shipped = entry.get("bundled") and path == RESOURCES_DIR / entry["bundled"]
+        source = "shipped" if shipped else "not downloaded" if path is None else "downloaded"
+        found.append({**entry, "path": path, "source": source})
+    return found
 
 
 def local_models() -> Dict[str, Path]:
@@ -63,6 +97,16 @@ def local_models() -> Dict[str, Path]:
     if not folder.is_dir():
         return {}
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()}
+
+
+def local_model_task(path: os.PathLike) -> str:
+    """A local model's task from the description written beside it ("" if it has none), read
+    without loading torch."""
+    try:
+        task = json.loads(description_path(path).read_text()).get("task", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return task if isinstance(task, str) else ""
 
 
 def resolve_model(name_or_path: str) -> Path:
@@ -91,8 +135,9 @@ def resolve_model(name_or_path: str) -> Path:
 
 
 def free_name(name: str) -> str:
-    """``name``, or ``name-2``, ``name-3``, ... if a local model already has it."""
-    models = local_models()
+    """``name``, or ``name-2``, ``name-3``, ... if a local model already has it, or a registry
+    model (which ``--model NAME`` finds first, so a local model of that name could not be used)."""
+    models = {*local_models(), *(e["id"] for e in registry_models())}
     candidate, n = name, 1
     while candidate in models:
         n += 1

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -15,10 +17,12 @@ import zipfile
 import pytest
 import torch
 
+from brainsegfounder import registry
+from brainsegfounder.cases import save_case
 from brainsegfounder.checkpoints import read_checkpoint_file
 from brainsegfounder.errors import UserError
 from brainsegfounder.names import plain_name
-from brainsegfounder.registry import resolve_model
+from brainsegfounder.registry import free_name, register_model, resolve_model
 
 from helpers import ROOT, measured, run_cli, zip_bomb
 
@@ -152,14 +156,70 @@ def test_names_that_can(name):
 
 
 def test_shipped_model_by_name_and_listed(capsys, home):
+    """Before: segment --model brats-synthetic-demo said 'unknown model' and models list showed
+    no model although one ships."""
     assert resolve_model("brats-synthetic-demo") == ROOT / "Resources" / "Models" / "brats-synthetic-demo.pt"
     with pytest.raises(UserError, match=r"in the registry but not on this computer"):
         resolve_model("brainsegfounder-brats")
     code, out, _ = run_cli(["models", "list"], capsys)
     assert code == 0
-    assert "brats-synthetic-demo" in out
-    assert str(ROOT / "Resources" / "Models" / "brats-synthetic-demo.pt") in out
-    assert "not on this computer" in out
+    shipped = ROOT / "Resources" / "Models" / "brats-synthetic-demo.pt"
+    assert re.search(rf"brats-synthetic-demo +brats +shipped +{re.escape(str(shipped))}", out), out
+    assert re.search(r"brainsegfounder-brats +brats +not downloaded +not on this computer", out), out
+
+
+def test_downloaded_and_local_models_by_name_and_listed(capsys, home):
+    """A registry model's file in the download cache is used by its id; local models are listed
+    with the task their description names; a local model a registry id hides says so."""
+    real = home / "real.pt"
+    home.mkdir()
+    torch.save({"w": torch.zeros(2)}, real)
+    (home / "downloads").mkdir()
+    downloaded = home / "downloads" / "model_weights_BRATS-finetune.pt"
+    downloaded.write_bytes(real.read_bytes())
+    (home / "models").mkdir()
+    (home / "models" / "glioma-v1.pt").write_bytes(real.read_bytes())
+    (home / "models" / "glioma-v1.json").write_text(json.dumps({"task": "brats"}))
+    (home / "models" / "brainsegfounder-atlas.pt").write_bytes(real.read_bytes())
+    assert resolve_model("brainsegfounder-brats") == downloaded
+    assert resolve_model("glioma-v1") == home / "models" / "glioma-v1.pt"
+    code, out, _ = run_cli(["models", "list"], capsys)
+    assert code == 0
+    assert re.search(rf"brainsegfounder-brats +brats +downloaded +{re.escape(str(downloaded))}", out), out
+    assert re.search(r"glioma-v1 +brats +local +\S+glioma-v1.pt\n", out), out
+    assert re.search(r"brainsegfounder-atlas +\? +local .*a registry model has its name", out), out
+
+
+def test_a_new_local_model_never_takes_a_registry_models_name(home, brats_model):
+    """--model NAME finds the registry's model first: a local one of that name could not be used."""
+    assert free_name("brats-synthetic-demo") == "brats-synthetic-demo-2"
+    assert register_model(brats_model, "brats-synthetic-demo").name == "brats-synthetic-demo-2.pt"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"file": "../../.bashrc"}, r"model file name '../../.bashrc' is not usable"),
+        ({"id": "CON"}, r"model id 'CON' is not usable as a folder name: Windows reserves it"),
+        ({"id": "demo\n"}, r"model id 'demo\\n' is not usable"),
+        ({"bundled": "../outside.pt"}, r"bundled must be a path inside Resources"),
+    ],
+)
+def test_the_engine_checks_registry_names_as_the_panel_does(tmp_path, monkeypatch, change, message):
+    data = json.loads(registry.REGISTRY_FILE.read_text())
+    data["models"][0].update(change)
+    (tmp_path / "models.json").write_text(json.dumps(data))
+    monkeypatch.setattr(registry, "REGISTRY_FILE", tmp_path / "models.json")
+    with pytest.raises(UserError, match=message):
+        registry.registry_models()
+
+
+@pytest.mark.parametrize("name", ["CON", "nul.txt", "model\n"])
+def test_names_users_give_are_checked_where_they_become_files(home, brats_model, tmp_path, name):
+    with pytest.raises(UserError, match=r"not usable as a folder name"):
+        register_model(brats_model, name)
+    with pytest.raises(UserError, match=r"case id .* not usable as a folder name"):
+        save_case(tmp_path / "cases", name, {}, None, "brats_regions")
 
 
 PIPE_PLUGIN = """
