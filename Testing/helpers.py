@@ -7,6 +7,10 @@ Testing/conftest.py (the default "prepend" import mode), and pyproject.toml name
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +80,6 @@ _LAUNCHER = (
 
 def measured(command, env=None, cwd=None, timeout=300) -> Measured:
     """Run ``command``; its exit code, output, wall time and peak memory."""
-    import subprocess
     import sys
     import tempfile
 
@@ -112,6 +115,37 @@ def zip_bomb(path, inflated_mib=300):
             for info in source.infolist():
                 bomb.writestr(info.filename, source.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
     return path
+
+
+def one_error_line(code, err, pattern):
+    """A refused command: exit 2, one ``error:`` line on stderr matching ``pattern``, no traceback."""
+    import re
+
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in err
+    assert "internal error" not in err
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of ``size`` (e.g. "64k") mounted at ``folder``, unmounted at the end; skipped where
+    mounting is not allowed (it needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=False).returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        yield folder
+    finally:
+        # a failed assertion's traceback may hold a writer's open file: busy until collected
+        gc.collect()
+        if subprocess.run(["umount", str(folder)], check=False, capture_output=True).returncode:
+            subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
 def segment_args(model, inputs, output, *extra):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,18 +16,9 @@ import slicerio
 import brainsegfounder.preview
 from brainsegfounder.atomic import STATE_DIR
 
-from helpers import run_cli, segment_args, tree_state, write_dicom_series
+from helpers import one_error_line, run_cli, segment_args, small_disk, tree_state, write_dicom_series
 
 pytestmark = pytest.mark.usefixtures("home")
-
-
-def one_error_line(code, err, pattern):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert re.search(pattern, lines[0]), lines[0]
-    assert "Traceback" not in err
-    assert "internal error" not in err
 
 
 def all_outputs(folder):
@@ -196,36 +186,22 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(capsys, case):
     assert sorted(p.name for p in (out / STATE_DIR).iterdir()) == ["written.json"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
 def test_a_really_full_disk(capsys, case):
     """A 64 kB file system: the label map, seg.nrrd and summary fit, the preview does not."""
     inputs, model, tmp = case
-    disk = tmp / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=False).returncode:
-        pytest.skip("this machine does not allow mounting a tmpfs")
-    try:
+    with small_disk(tmp / "disk", "64k") as disk:
         (disk / "labels.nii.gz").write_bytes(b"an older result")
         code, _, err = run_cli(segment_args(model, inputs, *all_outputs(disk), "--overwrite"), capsys)
         one_error_line(code, err, r"not enough disk space to write .*nothing was changed")
         assert sorted(p.name for p in disk.iterdir()) == ["labels.nii.gz"]
         assert (disk / "labels.nii.gz").read_bytes() == b"an older result"
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
 def test_a_label_map_written_short_is_not_committed(capsys, case):
     """ITK's NIfTI writer does not raise on a full disk: it leaves a short file. A 16 kB file
     system holds part of the label map and nothing else."""
     inputs, model, tmp = case
-    disk = tmp / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], check=False).returncode:
-        pytest.skip("this machine does not allow mounting a tmpfs")
-    try:
+    with small_disk(tmp / "disk", "16k") as disk:
         code, _, err = run_cli(segment_args(model, inputs, disk / "labels.nii.gz", "--roi", "64"), capsys)
         one_error_line(code, err, r"not enough disk space to write .*written short")
         assert list(disk.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)

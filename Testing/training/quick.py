@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import pytest
 
 from helpers import ROOT, wait_until
 
@@ -90,21 +86,3 @@ def kill_after_first_state(args, out: Path) -> Path:
         log.seek(0)
         assert killed.returncode == -signal.SIGKILL, log.read()[-2000:]
     return state
-
-
-@contextlib.contextmanager
-def small_disk(folder: Path, size: str):
-    """A tmpfs of ``size`` (e.g. "64k") mounted at ``folder``, unmounted at the end; skipped where
-    mounting is not allowed (it needs root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root")
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=False).returncode:
-        pytest.skip("this machine does not allow mounting a tmpfs")
-    try:
-        yield folder
-    finally:
-        # a failed assertion's traceback may hold a writer's open file: busy until collected
-        gc.collect()
-        if subprocess.run(["umount", str(folder)], check=False, capture_output=True).returncode:
-            subprocess.run(["umount", "--lazy", str(folder)], check=True)

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import errno
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers import run_cli, tree_state
-from quick import CPU, small_disk
+from helpers import one_error_line, run_cli, small_disk, tree_state
+from quick import CPU
 
 CASE21, CASE23 = "BraTS2021_00001", "BraTS-GLI-00001-000"
 
@@ -52,15 +51,6 @@ def _data_set(root, layout="brats2021"):
 
 def _evaluate(capsys, data, pred, out, *extra):
     return run_cli(["evaluate", "--data", data, "--pred", pred, "--out", out, "--no-lesion-wise", *CPU, *extra], capsys)
-
-
-def one_error_line(code, err, pattern):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    assert re.search(pattern, lines[0]), lines[0]
-    assert "internal error" not in err
 
 
 def _bad_prediction(path, truth, problem):

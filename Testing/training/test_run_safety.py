@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +15,10 @@ import yaml
 
 from brainsegfounder.errors import UserError
 
-from helpers import run_cli, tree_state
-from quick import CPU, ENV, QUICK, small_disk
+from helpers import one_error_line, run_cli, small_disk, tree_state
+from quick import CPU, ENV, QUICK
 
 NOWHERE = "/nonexistent/brainsegfounder-data"
-
-
-def one_error_line(code, err, pattern):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    assert re.search(pattern, lines[0]), lines[0]
-    assert "internal error" not in err
 
 
 # -- arguments come first -----------------------------------------------------------------------
