@@ -26,7 +26,7 @@ from .errors import Cancelled, UserError
 from .inference import InferenceSettings, fast_settings
 from .networks import PRESETS, SIZES, build_network, count_parameters
 from .progress import CancelToken, JsonLinesReporter, TextReporter
-from .registry import local_model_task, local_models, models_dir, register_model, registry_models
+from .registry import local_model_task, local_models, models_dir, register_model, registry_models, resolve_model
 from .resources import compute_devices
 
 
@@ -163,7 +163,7 @@ def cmd_models(args, report, cancel) -> dict:
         lines += ["sizes (models init --size): " + ", ".join(SIZES)]
         return {"message": "\n".join(lines)}
     if args.models_command == "inspect":
-        ckpt = load_checkpoint(args.checkpoint)
+        ckpt = load_checkpoint(resolve_model(args.checkpoint))
         info = {
             "path": str(ckpt.path),
             "format": ckpt.kind,

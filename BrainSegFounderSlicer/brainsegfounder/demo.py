@@ -15,7 +15,6 @@ from .console import dice_table, volume_table
 from .errors import UserError
 from .labels import schema
 from .metrics import region_dice
-from .outputs import output_files
 from .progress import CancelToken, ProgressCallback, null_progress
 
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "brats-synthetic-demo.pt"
@@ -39,6 +38,7 @@ def run_demo(
     cancel: Optional[CancelToken] = None,
     overwrite: bool = False,
 ) -> dict:
+    from .outputs import output_files
     from .segment import segment_files
     from .synth.cohort import case_files, write_cohort
 

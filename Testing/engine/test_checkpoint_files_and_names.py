@@ -285,3 +285,9 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error(tmp_path):
     assert code == 1
     assert stderr.startswith("error: internal error: BrokenPipeError"), stderr
     assert "Traceback" not in stderr
+
+
+def test_models_inspect_takes_a_model_name(capsys, home):
+    code, out, err = run_cli(["models", "inspect", "brats-synthetic-demo"], capsys)
+    assert code == 0, err
+    assert '"trained_on": "synthetic"' in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,18 @@ def test_a_really_full_disk_under_the_predictions_of_a_model(tmp_path, capsys, b
         code, _, err = run_cli(args, capsys)
         one_error_line(code, err, r"cannot write BraTS2021_00001\.nii\.gz in .*eval \(the disk is full\)")
         assert list(disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("case_id", ["../../escaped", "CON", "a/b"])
+def test_a_datalist_case_id_never_names_a_file_outside_its_folder(tmp_path, train_root, case_id):
+    """A case id names evaluate's prediction files: one from a datalist is checked like any name."""
+    from brainsegfounder.errors import UserError
+    from brainsegfounder_training.finetuning.datasets import from_datalist
+
+    data = tmp_path / "data"
+    shutil.copytree(train_root, data)
+    datalist = json.loads((data / "datalist.json").read_text())
+    datalist["training"][0]["case_id"] = case_id
+    (data / "datalist.json").write_text(json.dumps(datalist))
+    with pytest.raises(UserError, match=r"case id .* is not usable as a folder name"):
+        from_datalist(data / "datalist.json", ("flair", "t1ce", "t1", "t2"))

@@ -22,6 +22,7 @@ from brainsegfounder.errors import UserError
 from brainsegfounder.geometry import same_grid
 from brainsegfounder.labels import LabelSchema
 from brainsegfounder.modalities import canonical
+from brainsegfounder.names import plain_name
 from brainsegfounder.progress import ProgressCallback, null_progress
 
 from ..harness.data import BRATS_TAGS, data_path, inside
@@ -91,11 +92,14 @@ def from_datalist(path: Path, modalities: Sequence[str]) -> List[Case]:
         if len(images) <= max(order):
             raise UserError(f"datalist {path} entry {i} has {len(images)} images, fewer than its description lists")
         label = inside(root, entry["label"])
-        case_id = entry.get("case_id") or _case_id_of(entry["label"])
+        # a case id names files (evaluate's predictions): never a path out of its folder
+        case_id = plain_name(
+            str(entry.get("case_id") or _case_id_of(entry["label"])), f"datalist {path} entry {i} case id"
+        )
         fold = entry.get("fold")
         paths = {m: inside(root, images[j]) for m, j in zip(modalities, order, strict=True)}
         extra = {"synthetic": True} if synthetic else {}
-        cases.append(Case(str(case_id), paths, label, int(fold) if fold is not None else None, convention, extra=extra))
+        cases.append(Case(case_id, paths, label, int(fold) if fold is not None else None, convention, extra=extra))
     return cases
 
 
