@@ -214,12 +214,20 @@ def _check_container(path: Path, size: int) -> None:
         )
 
 
+def check_checkpoint_file(path: os.PathLike) -> int:
+    """What can be known of a checkpoint without torch: the path, and the container (returns the
+    size). A file that is not a checkpoint is refused here, before torch is imported."""
+    path = Path(path)
+    size = check_path(path, "checkpoint", kind="file", hint=_NOT_A_CHECKPOINT).st_size
+    _check_container(path, size)
+    return size
+
+
 def read_checkpoint_file(path: os.PathLike) -> dict:
     """``torch.load`` with ``weights_only=True`` and one clear error per failure mode; a file
     that is not a checkpoint is refused from its header, before torch reads it."""
     path = Path(path)
-    size = check_path(path, "checkpoint", kind="file", hint=_NOT_A_CHECKPOINT).st_size
-    _check_container(path, size)
+    check_checkpoint_file(path)
     import torch
 
     try:

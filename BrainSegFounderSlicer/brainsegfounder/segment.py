@@ -15,7 +15,14 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .checkpoints import LoadedCheckpoint, ModelMeta, load_checkpoint, network_from_checkpoint, resolve_meta
+from .checkpoints import (
+    LoadedCheckpoint,
+    ModelMeta,
+    check_checkpoint_file,
+    load_checkpoint,
+    network_from_checkpoint,
+    resolve_meta,
+)
 from .errors import UserError
 from .geometry import WARN_COVERAGE, orientation_code, percent, reorient, resample_with_coverage
 from .imageio import check_images, read_volume
@@ -150,6 +157,8 @@ def segment_files(
     (settings or InferenceSettings()).validate()
     files = output_files(output, seg_nrrd, summary_path, preview_path, overwrite, inputs)
     check_images(inputs)  # headers only: a bad input costs no model load and no voxel allocation
+    if segmenter is None:
+        check_checkpoint_file(resolve_model(model))  # likewise, before torch is imported
     progress("load_model", 0, 1, "loading model")
     segmenter = segmenter or Segmenter(model, task=task, device=device, settings=settings)
     timings["load_model_s"] = time.perf_counter() - t0

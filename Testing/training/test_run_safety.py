@@ -162,7 +162,7 @@ def test_a_wrong_replay_path_or_cache_folder_is_said_before_the_data_is_read(tmp
     (tmp_path / "a-file").write_text("x")
     replay = ["--replay", tmp_path / "no-replay", "--out", tmp_path / "run"]
     code, _, err = run_cli(["finetune", "--config", "brats", "--data", data, *replay, *CPU, *QUICK], capsys)
-    one_error_line(code, err, r"data set .*no-replay does not exist")
+    one_error_line(code, err, r"data.replay: .*no-replay does not exist")
     cache = ["data.cache=disk", f"data.cache_dir={tmp_path / 'a-file'}", "--out", tmp_path / "run"]
     code, _, err = run_cli(["pretrain", "--config", "stage1-ukb", "--data", data, *cache, *CPU], capsys)
     one_error_line(code, err, r"data\.cache_dir: .*a-file is a file, not a folder")
