@@ -142,15 +142,69 @@ def test_stage_two_keeps_every_pretrained_encoder_weight(tmp_path):
     assert torch.allclose(mine["conv.20.bias"][3], state["conv.20.bias"].mean())  # t2 row: the mean
 
 
-def test_rotation_labels_match_the_rotation():
+@pytest.mark.parametrize(("plane", "dims"), [("original", (2, 3)), ("axial", (1, 2))])
+def test_rotation_labels_match_the_rotation(plane, dims):
     from brainsegfounder_training.pretraining.pretext import rotate
 
-    crops = torch.randn(6, 2, 8, 8, 4)
-    rotated, ks = rotate(crops, np.random.default_rng(1))
+    crops = torch.randn(6, 2, 8, 8, 8)
+    rotated, ks = rotate(crops, np.random.default_rng(1), plane)
     assert set(ks.tolist()) <= {0, 1, 2, 3}
     assert len(set(ks.tolist())) > 1
     for crop, turned, k in zip(crops, rotated, ks.tolist(), strict=True):
-        assert torch.equal(turned, torch.rot90(crop, k, dims=(1, 2)))
+        assert torch.equal(turned, torch.rot90(crop, k, dims=dims))
+
+
+def _coordinates(shape):
+    """A (1, i, j, k) crop whose voxel holds 10000 i + 100 j + k: each value tells where it came from."""
+    i, j, k = torch.meshgrid(*(torch.arange(n) for n in shape), indexing="ij")
+    return (10000 * i + 100 * j + k).float()[None]
+
+
+def test_the_default_rotation_turns_the_last_two_axes_as_brainsegfounder_did():
+    """BrainSegFounder rotates its (B, C, H, W, D) batch over dims (3, 4): each crop's first spatial
+    axis stays where it is, the other two are turned. Our default must do the same."""
+    from brainsegfounder_training.pretraining.pretext import PretextSettings, make_views, rotate
+
+    crop = _coordinates((4, 6, 6))
+    crops = crop.expand(8, -1, -1, -1, -1).clone()
+    rotated, ks = rotate(crops, np.random.default_rng(0))
+    assert set(ks.tolist()) == {0, 1, 2, 3}
+    for turned, k in zip(rotated, ks.tolist(), strict=True):
+        i, j, kk = turned[0] // 10000, turned[0] // 100 % 100, turned[0] % 100
+        assert torch.equal(i, _coordinates((4, 6, 6))[0] // 10000)  # the first axis never moves
+        assert torch.equal(torch.rot90(turned, -k, dims=(2, 3)), crop)
+        if k:
+            assert not torch.equal(j, _coordinates((4, 6, 6))[0] // 100 % 100)  # the last two do
+            assert not torch.equal(kk, _coordinates((4, 6, 6))[0] % 100)
+    # make_views' targets are turned the same way when no setting names a plane
+    _, targets, rotations = make_views(
+        crops, np.random.default_rng(4), torch.Generator().manual_seed(0), PretextSettings()
+    )
+    for turned, k in zip(targets, rotations.tolist(), strict=True):
+        assert torch.equal(turned, torch.rot90(crop, k, dims=(2, 3)))
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS"])
+def test_crop_axes_run_left_right_then_anterior_posterior_then_inferior_superior(orientation):
+    """Which anatomical plane each rotation option is: an image stored in another orientation (PIR),
+    read as pretraining reads it, has its left-right axis first, then anterior-posterior, then
+    inferior-superior. So the default plane (the last two axes) is sagittal, the axial option axial."""
+    import SimpleITK as sitk
+
+    from brainsegfounder.segment import to_network_array
+
+    pir = (0, 0, -1, 1, 0, 0, 0, -1, 0)  # columns: index axes i, j, k point posterior, inferior, right
+    grid = sitk.GetImageFromArray(np.zeros((7, 6, 5), np.float32))  # (k, j, i) array order
+    grid.SetDirection(pir)
+    world = np.asarray(
+        [[[grid.TransformIndexToPhysicalPoint((i, j, k)) for i in range(5)] for j in range(6)] for k in range(7)]
+    )  # (k, j, i, 3): x, y, z in LPS millimetres
+    for axis, name in enumerate(("left-right", "anterior-posterior", "inferior-superior")):
+        image = sitk.GetImageFromArray(world[..., axis].astype(np.float32))
+        image.SetDirection(pir)
+        array = to_network_array([image], orientation)[0]
+        varies = [bool(np.ptp(array, axis=a).max() > 0) for a in range(3)]
+        assert varies == [a == axis for a in range(3)], (name, varies)
 
 
 def test_corruption_replaces_cuboids_and_leaves_the_targets():
@@ -337,7 +391,9 @@ def test_stream_positions_are_shared_out_without_overlap():
     ("overrides", "message"),
     [
         (["model.size=62M"], r"init checkpoint is depths .* feature size 12, but model.size 62M differs"),
-        (["model.roi=[64,96,64]"], r"first two sides must be equal"),
+        (["model.roi=[96,64,96]"], r"last two sides must be equal .*rotation_plane original"),
+        (["model.roi=[64,96,96]", "ssl.rotation_plane=axial"], r"first two sides must be equal"),
+        (["ssl.rotation_plane=coronal"], r"rotation_plane is 'coronal'; choose one of original, axial"),
         (["train.batch_size=1", "train.crops_per_volume=1"], r"contrastive coding needs at least 2 crops"),
     ],
 )

@@ -339,6 +339,7 @@ class Pretrainer(RunLoop):
             "pretext": "rotation + contrastive (NT-Xent) + inpainting (L1), "
             f"weights {self.settings.rotation_weight:g}:{self.settings.contrastive_weight:g}:"
             f"{self.settings.reconstruction_weight:g}",
+            "rotation_plane": self.settings.rotation_plane,
         }
         name = recipe["model"]["name"] or self.run.path.name
         meta = ModelMeta(

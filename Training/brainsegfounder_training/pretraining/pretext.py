@@ -1,9 +1,18 @@
 """BrainSegFounder's pretext tasks: rotation prediction, contrastive coding, masked-volume inpainting.
 
-Per step each crop gives two views; each view is rotated by k x 90 degrees in the axial
-plane (the first two spatial axes) and corrupted: random cuboids are replaced by noise (up
-to ``max_drop`` of the voxels) and, with ``cross_sample``, further cuboids are pasted from
-another crop of the batch. The network predicts k, embeds the view for NT-Xent against the
+Per step each crop gives two views; each view is rotated by k x 90 degrees in one plane and
+corrupted: random cuboids are replaced by noise (up to ``max_drop`` of the voxels) and, with
+``cross_sample``, further cuboids are pasted from another crop of the batch.
+
+The rotation plane (``ssl.rotation_plane``): ``original``, the default, is BrainSegFounder's,
+the last two spatial axes of a crop (j, k); ``axial`` is the first two (i, j). Our crops are
+(C, i, j, k) with i along left-right, j along anterior-posterior and k along inferior-superior
+in every RAS- or LPS-type orientation the recipes use (``LoadSubject`` reorients each subject to
+the recipe's orientation), and BrainSegFounder's stage-1 crops (RAS) and BraTS stage-2 crops
+(the files' own LPS-type axes) are laid out the same way: so ``original`` turns each crop in
+its sagittal plane (about the left-right axis) and ``axial`` in the axial plane (about the
+inferior-superior axis). The rotation head of the released SSL weights was trained on the
+original plane. The network predicts k, embeds the view for NT-Xent against the
 other view, and reconstructs the rotated, uncorrupted view (L1).
 
 Intensities are z-scored over the brain in pretraining exactly as in fine-tuning (the
@@ -22,13 +31,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SPATIAL_PLANE = (1, 2)  # axes of a (C, i, j, k) crop: the axial plane in RAS / LPS orientation
+# Axes of a (C, i, j, k) crop that each rotation plane turns. "original": BrainSegFounder's
+# torch.rot90 over the last two axes of its (B, C, H, W, D) batch, the sagittal plane of RAS- and
+# LPS-type crops; "axial": the plane of i and j (left-right, anterior-posterior).
+ROTATION_PLANES = {"original": (2, 3), "axial": (1, 2)}
 
 
-def rotate(views: torch.Tensor, rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Each (C, i, j, k) crop of ``views`` rotated by a random k x 90 degrees; returns (rotated, k)."""
+def rotate(views: torch.Tensor, rng: np.random.Generator, plane: str = "original") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each (C, i, j, k) crop of ``views`` rotated by a random k x 90 degrees in ``plane`` (a key of
+    ``ROTATION_PLANES``); returns (rotated, k)."""
+    dims = ROTATION_PLANES[plane]
     ks = rng.integers(0, 4, size=views.shape[0])
-    rotated = torch.stack([torch.rot90(v, int(k), dims=SPATIAL_PLANE) for v, k in zip(views, ks, strict=True)])
+    rotated = torch.stack([torch.rot90(v, int(k), dims=dims) for v, k in zip(views, ks, strict=True)])
     return rotated, torch.as_tensor(ks, dtype=torch.long, device=views.device)
 
 
@@ -140,6 +154,7 @@ class PretextSettings:
     max_drop: float = 0.3
     max_block: float = 0.25
     cross_sample: bool = True
+    rotation_plane: str = "original"  # a key of ROTATION_PLANES
 
     @classmethod
     def from_recipe(cls, ssl: dict) -> "PretextSettings":
@@ -148,8 +163,8 @@ class PretextSettings:
 
 def make_views(crops: torch.Tensor, rng: np.random.Generator, generator: torch.Generator, settings: PretextSettings):
     """Two rotated, corrupted views of each crop: (inputs (2B, ...), targets (2B, ...), k (2B,))."""
-    first, k1 = rotate(crops, rng)
-    second, k2 = rotate(crops, rng)
+    first, k1 = rotate(crops, rng, settings.rotation_plane)
+    second, k2 = rotate(crops, rng, settings.rotation_plane)
     targets = torch.cat([first, second])
     inputs = torch.cat(
         [

@@ -59,6 +59,9 @@ PRETRAIN_DEFAULTS = {
         "max_drop": 0.3,  # up to this share of voxels replaced by noise cuboids
         "max_block": 0.25,  # largest cuboid side, as a share of the crop side
         "cross_sample": True,  # also paste cuboids from another sample of the batch
+        # original: BrainSegFounder's plane, the crop's last two axes (sagittal in RAS / LPS);
+        # axial: the first two. The released SSL weights' rotation head knows the original plane.
+        "rotation_plane": "original",
     },
     "train": {
         "steps": 100000,
@@ -78,7 +81,7 @@ PRETRAIN_DEFAULTS = {
     "output": {"dir": "runs/pretrain"},
 }
 
-PRETRAIN_CHOICES = {"data.cache": ("none", "disk")}
+PRETRAIN_CHOICES = {"data.cache": ("none", "disk"), "ssl.rotation_plane": ("original", "axial")}
 PRETRAIN_RESUMABLE = ("train.steps", "train.val_every", "train.save_every", "train.log_every", "data.workers")
 
 
@@ -139,9 +142,13 @@ def check_pretrain(recipe: dict) -> None:
         raise UserError(f"recipe modalities {modalities} name a contrast twice")
     roi = recipe["model"]["roi"]
     check_roi(roi)
-    if roi[0] != roi[1]:
+    plane = recipe["ssl"]["rotation_plane"]
+    a, b = (1, 2) if plane == "original" else (0, 1)
+    if roi[a] != roi[b]:
+        which = "last" if plane == "original" else "first"
         raise UserError(
-            f"recipe model.roi {roi!r}: the first two sides must be equal (crops are rotated in that plane)"
+            f"recipe model.roi {roi!r}: the {which} two sides must be equal (crops are rotated in that "
+            f"plane, ssl.rotation_plane {plane})"
         )
     if recipe["stage"] not in (1, 2):
         raise UserError("recipe stage must be 1 or 2")
