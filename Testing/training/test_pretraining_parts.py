@@ -425,3 +425,24 @@ def test_bad_pretraining_settings_fail_cleanly_and_write_nothing(tmp_path, healt
     assert len(lines) == 1, err
     assert re.search(message, lines[0]), err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "lr", "steps"),
+    [
+        ("stage1-ukb", 4e-4, 100_000),  # MONAI's SSL recipe, BrainSegFounder's stage-1 default
+        ("stage2-brats", 6e-6, 50_000),  # BrainSegFounder's BraTS stage-2 launch script
+        ("stage2-atlas", 1e-4, 50_000),  # its ATLAS stage-2 lr; the BraTS stage-2 length
+    ],
+)
+def test_shipped_pretraining_recipes_have_the_published_lr_and_length(name, lr, steps):
+    """Stage 2 continues from stage 1 at a far lower lr: a stage-2 recipe that inherits the stage-1
+    default again (4e-4, 67x BrainSegFounder's 6e-6) fails here."""
+    from brainsegfounder_training.pretraining.recipe import load_pretrain_recipe
+
+    recipe = load_pretrain_recipe(name, ["init.checkpoint=stage1.pt"])
+    assert recipe["train"]["lr"] == pytest.approx(lr)
+    assert recipe["train"]["steps"] == steps
+    assert recipe["train"]["warmup_steps"] == 500
+    assert recipe["train"]["weight_decay"] == pytest.approx(0.1)
+    assert recipe["ssl"]["rotation_plane"] == "original"
