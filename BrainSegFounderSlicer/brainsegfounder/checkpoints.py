@@ -34,7 +34,7 @@ from . import __version__
 from .atomic import atomic_path
 from .errors import UserError
 from .labels import schema
-from .networks import PRESETS, NetworkConfig, build_network, network_config
+from .networks import PRESETS, PUBLISHED_MERGE_ORDER, NetworkConfig, build_network, network_config
 from .output_files import OutputFiles
 from .paths import check_path
 
@@ -266,10 +266,12 @@ def _strip_module_prefix(state: Dict[str, "torch.Tensor"]) -> Dict[str, "torch.T
     return dict(state)
 
 
-def infer_network(state: Dict[str, "torch.Tensor"]) -> NetworkConfig:
+def infer_network(state: Dict[str, "torch.Tensor"], merge_order: Optional[str] = None) -> NetworkConfig:
     """Architecture from SwinUNETR keys: depths from block indices, heads from the relative
     position tables, feature size / in-channels / patch from the patch embedding, out-channels
-    from the output conv (encoder-only files get out_channels=0)."""
+    from the output conv (encoder-only files get out_channels=0). The merge order cannot be
+    seen in the weights: files without metadata (BrainSegFounder's releases, plain MONAI state
+    dicts) were trained before MONAI 1.5 changed it, so they get the old order unless told."""
     try:
         embed = state[ENCODER_PREFIX + "patch_embed.proj.weight"]
     except KeyError:
@@ -300,11 +302,15 @@ def infer_network(state: Dict[str, "torch.Tensor"]) -> NetworkConfig:
         patch_size=patch,
         window_size=int(window),
         use_v2=any(k.startswith(ENCODER_PREFIX + "layers1c.") for k in state),
+        merge_order=merge_order or PUBLISHED_MERGE_ORDER,
     )
 
 
-def load_checkpoint(path: os.PathLike) -> LoadedCheckpoint:
-    """Read any supported checkpoint; the weights are not yet put in a network."""
+def load_checkpoint(path: os.PathLike, merge_order: Optional[str] = None) -> LoadedCheckpoint:
+    """Read any supported checkpoint; the weights are not yet put in a network.
+
+    ``merge_order`` says which merge order a file without metadata was trained with (one
+    trained with MONAI >= 1.5 needs "monai1.5"); a file of ours states its own."""
     path = Path(path)
     obj = read_checkpoint_file(path)
     meta = None
@@ -335,7 +341,12 @@ def load_checkpoint(path: os.PathLike) -> LoadedCheckpoint:
     state = _strip_module_prefix(state)
     if any(k.startswith(SSL_HEAD_PREFIXES) for k in state) and not any(k.startswith("decoder1.") for k in state):
         kind = "ssl"
-    network = meta.network if meta is not None else infer_network(state)
+    if meta is not None and merge_order and merge_order != meta.network.merge_order:
+        raise UserError(
+            f"{path.name} states merge order {meta.network.merge_order} in its metadata; "
+            "a merge order can only be given for checkpoints without metadata"
+        )
+    network = meta.network if meta is not None else infer_network(state, merge_order)
     return LoadedCheckpoint(path=path, kind=kind, state_dict=state, meta=meta, network=network)
 
 

@@ -24,7 +24,7 @@ from .console import volume_table
 from .demo import run_demo
 from .errors import Cancelled, UserError
 from .inference import InferenceSettings, fast_settings
-from .networks import PRESETS, SIZES, build_network, count_parameters
+from .networks import MERGE_ORDER_NAMES, PRESETS, SIZES, build_network, count_parameters
 from .progress import CancelToken, JsonLinesReporter, TextReporter
 from .registry import local_model_task, local_models, models_dir, register_model, registry_models, resolve_model
 from .resources import compute_devices
@@ -176,7 +176,8 @@ def cmd_models(args, report, cancel) -> dict:
         print(json.dumps(info, indent=2))
         return {"message": ""}
     if args.models_command == "register":
-        path = register_model(args.checkpoint, args.name or Path(args.checkpoint).name.split(".")[0], args.task)
+        name = args.name or Path(args.checkpoint).name.split(".")[0]
+        path = register_model(args.checkpoint, name, args.task, args.merge_order)
         return {
             "output": str(path),
             "name": path.stem,
@@ -317,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("checkpoint")
     reg.add_argument("--name", help="local model name (default: the file name)")
     reg.add_argument("--task", help="task preset for checkpoints without metadata (brats, atlas)")
+    reg.add_argument(
+        "--merge-order",
+        choices=MERGE_ORDER_NAMES,
+        help="for a checkpoint without metadata: the SwinUNETR merge order it was trained with "
+        "(default monai0.9, as MONAI 0.9-1.4 and BrainSegFounder; monai1.5 for MONAI 1.5 or later)",
+    )
     _add_common(reg)
     ini = mod_sub.add_parser("init", help="write a randomly initialised, self-describing model")
     ini.add_argument("--size", default="tiny", help="62M, 64M, 70M, 277M, small or tiny")

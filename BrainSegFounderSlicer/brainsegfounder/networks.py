@@ -2,7 +2,9 @@
 
 BrainSegFounder is MONAI's SwinUNETR v1 (instance norm, legacy "merging" downsampling,
 patch 2, window 7); its variants differ only in depths, heads and feature size. The
-architecture is described by :class:`NetworkConfig`, which checkpoints store as metadata.
+architecture is described by :class:`NetworkConfig`, which checkpoints store as metadata,
+including the order in which the merging layers join their sub-grids (``merge_order``, see
+:mod:`brainsegfounder.patch_merging`): MONAI's own order changed in 1.5, so it is ours to fix.
 """
 
 from __future__ import annotations
@@ -12,6 +14,13 @@ from typing import Dict, Tuple
 
 from .errors import UserError
 from .labels import schema
+
+# Names of the merge orders (defined in patch_merging, which imports torch: this module doesn't).
+MERGE_ORDER_NAMES = ("monai0.9", "monai1.5")
+# The order weights trained before MONAI 1.5 need: BrainSegFounder's releases, plain MONAI files.
+PUBLISHED_MERGE_ORDER = "monai0.9"
+# New models: the order that gives every voxel of a 2x2x2 block to the projection.
+NEW_MODEL_MERGE_ORDER = "monai1.5"
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,17 @@ class NetworkConfig:
     downsample: str = "merging"
     patch_size: int = 2
     window_size: int = 7
+    # The order each merging layer joins its 2x2x2 sub-grids in: "monai0.9" for weights trained
+    # with MONAI 0.9-1.4 (BrainSegFounder's), "monai1.5" for new models. Checkpoints of ours
+    # without the field predate it and were trained with MONAI 1.6, i.e. "monai1.5".
+    merge_order: str = NEW_MODEL_MERGE_ORDER
+
+    def __post_init__(self):
+        if self.merge_order not in MERGE_ORDER_NAMES:
+            raise UserError(
+                f"unknown merge order {self.merge_order!r} in the network settings; "
+                f"choose one of {', '.join(MERGE_ORDER_NAMES)}"
+            )
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -110,10 +130,13 @@ def task_preset(name: str) -> TaskPreset:
 
 
 def build_network(config: NetworkConfig, use_checkpoint: bool = False, use_flash_attention: bool = False):
-    """Instantiate the MONAI network for ``config`` (weights random)."""
+    """Instantiate the MONAI network for ``config`` (weights random), its merging layers in the
+    config's merge order (whatever MONAI's own order is)."""
     from monai.networks.nets import SwinUNETR
 
-    return SwinUNETR(
+    from .patch_merging import set_merge_order
+
+    net = SwinUNETR(
         in_channels=config.in_channels,
         out_channels=config.out_channels,
         patch_size=config.patch_size,
@@ -128,6 +151,9 @@ def build_network(config: NetworkConfig, use_checkpoint: bool = False, use_flash
         use_v2=config.use_v2,
         use_flash_attention=use_flash_attention,
     )
+    if config.downsample == "merging":
+        set_merge_order(net.swinViT, config.merge_order)
+    return net
 
 
 def count_parameters(module) -> int:

@@ -145,10 +145,10 @@ def free_name(name: str) -> str:
     return candidate
 
 
-def describe(path: os.PathLike, task: Optional[str] = None) -> dict:
+def describe(path: os.PathLike, task: Optional[str] = None, merge_order: Optional[str] = None) -> dict:
     """What a panel needs to offer a model without loading torch: name, version, task, inputs in
     channel order, label schema, ROI, description and provenance (from the checkpoint's metadata)."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, merge_order)
     if ckpt.is_encoder_only:
         raise UserError(
             f"{Path(path).name} is a self-supervised encoder without a segmentation head; it can be "
@@ -159,17 +159,40 @@ def describe(path: os.PathLike, task: Optional[str] = None) -> dict:
     return meta
 
 
+def _save_described(source: os.PathLike, task: Optional[str], merge_order: str, target: Path) -> None:
+    """A checkpoint without metadata, written in our format with the metadata it resolves to."""
+    import torch
+
+    from .checkpoints import FORMAT, FORMAT_VERSION
+
+    ckpt = load_checkpoint(source, merge_order)
+    meta = resolve_meta(ckpt, task)
+    meta.provenance["merge_order"] = f"{merge_order}, as given when the model was registered"
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": meta.to_dict(),
+        "state_dict": ckpt.state_dict,
+    }
+    torch.save(payload, target)
+
+
 def description_path(model: os.PathLike) -> Path:
     """The JSON beside a local model that describes it (``NAME.json`` for ``NAME.pt``)."""
     return Path(model).with_suffix(".json")
 
 
-def register_model(source: os.PathLike, name: str, task: Optional[str] = None) -> Path:
+def register_model(
+    source: os.PathLike, name: str, task: Optional[str] = None, merge_order: Optional[str] = None
+) -> Path:
     """Copy a checkpoint into the local model folder as ``NAME.pt`` with its description
     ``NAME.json`` (atomically; an existing model of that name is never replaced: the next free
-    ``NAME-N`` is used). The checkpoint is loaded first, so only a usable model is registered."""
+    ``NAME-N`` is used). The checkpoint is loaded first, so only a usable model is registered.
+
+    With ``merge_order`` (for a file without metadata trained with MONAI >= 1.5) the copy is
+    written in our format with its metadata, so the order travels with the weights."""
     plain_name(name, "model name")
-    description = describe(source, task)
+    description = describe(source, task, merge_order)
     folder = models_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -184,6 +207,9 @@ def register_model(source: os.PathLike, name: str, task: Optional[str] = None) -
         atomic_path(target, suffix=".tmp") as tmp,
         atomic_path(description_path(target), suffix=".tmp") as tmp_description,
     ):
-        shutil.copyfile(source, tmp)
+        if merge_order:
+            _save_described(source, task, merge_order, tmp)
+        else:
+            shutil.copyfile(source, tmp)
         tmp_description.write_text(json.dumps(description, indent=1) + "\n")
     return target

@@ -22,6 +22,9 @@ def test_ssl_one_channel_inflated_into_four(tmp_path, brats_root):
     encoder = model.swinViT.state_dict()
     embed = "patch_embed.proj.weight"
     assert report.kind == "ssl"
+    # BrainSegFounder's encoder was trained with MONAI 0.9's merge order: the new model keeps it
+    assert spec.network.merge_order == "monai0.9"
+    assert {m.order for m in model.modules() if hasattr(m, "order")} == {"monai0.9"}
     assert len(report.loaded) == len(source)
     assert report.inflated == {"swinViT." + embed: "flair<-mean, t1ce<-mean, t1<-mean, t2<-mean"}
     for key, value in source.items():  # every other encoder tensor is the pretrained one, bit for bit
@@ -150,3 +153,4 @@ def test_finetune_from_an_inflated_one_channel_checkpoint_end_to_end(tmp_path, t
     meta = load_checkpoint(tmp_path / "run" / "best.pt").meta
     assert meta.provenance["base"] == str(path)
     assert meta.modalities == ("flair", "t1ce", "t1", "t2")
+    assert meta.network.merge_order == "monai0.9"  # written down with the weights

@@ -113,7 +113,10 @@ def resolve_task(recipe: dict) -> TaskSpec:
         arch = SIZES[size]
     else:
         raise UserError(f"unknown model.size {size!r}; choose {', '.join(SIZES)} or auto")
-    network = NetworkConfig(in_channels=len(modalities), out_channels=out_channels, **arch)
+    # A model keeps the merge order its initial weights were trained with (BrainSegFounder's
+    # releases: MONAI 0.9's); one from scratch gets the order of new models.
+    order = {"merge_order": base.network.merge_order} if base is not None else {}
+    network = NetworkConfig(in_channels=len(modalities), out_channels=out_channels, **arch, **order)
     if base is not None:
         mine = (network.depths, network.num_heads, network.feature_size)
         theirs = (base.network.depths, base.network.num_heads, base.network.feature_size)

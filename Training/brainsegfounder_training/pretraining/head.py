@@ -25,7 +25,7 @@ from torch import nn
 
 from brainsegfounder.checkpoints import ENCODER_PREFIX, SSL_HEAD_PREFIXES, load_strict
 from brainsegfounder.errors import UserError
-from brainsegfounder.networks import SIZES, NetworkConfig, build_network
+from brainsegfounder.networks import NEW_MODEL_MERGE_ORDER, SIZES, NetworkConfig, build_network
 
 from ..harness.initial_weights import InitReport, inflate
 
@@ -78,7 +78,9 @@ class SSLHead(nn.Module):
         return self.rotation_head(tokens[:, 0]), self.contrastive_head(tokens[:, 1]), self.conv(bottleneck)
 
 
-def ssl_network_config(in_channels: int, depths, num_heads, feature_size: int) -> NetworkConfig:
+def ssl_network_config(
+    in_channels: int, depths, num_heads, feature_size: int, merge_order: str = NEW_MODEL_MERGE_ORDER
+) -> NetworkConfig:
     """The encoder's config; ``out_channels=0`` marks a checkpoint without a segmentation decoder."""
     return NetworkConfig(
         in_channels=in_channels,
@@ -86,6 +88,7 @@ def ssl_network_config(in_channels: int, depths, num_heads, feature_size: int) -
         depths=tuple(depths),
         num_heads=tuple(num_heads),
         feature_size=int(feature_size),
+        merge_order=merge_order,
     )
 
 
@@ -96,10 +99,12 @@ def ssl_config_of_recipe(recipe: dict, init_ckpt) -> NetworkConfig:
     channels = len(recipe["modalities"])
     if size == "auto":
         net = init_ckpt.network
-        return ssl_network_config(channels, net.depths, net.num_heads, net.feature_size)
+        return ssl_network_config(channels, net.depths, net.num_heads, net.feature_size, net.merge_order)
     if size not in SIZES:
         raise UserError(f"unknown model.size {size!r}; choose {', '.join(SIZES)} or auto")
-    config = ssl_network_config(channels, **SIZES[size])
+    # Started from a checkpoint, the encoder keeps the merge order its weights were trained with.
+    order = init_ckpt.network.merge_order if init_ckpt is not None else NEW_MODEL_MERGE_ORDER
+    config = ssl_network_config(channels, **SIZES[size], merge_order=order)
     if init_ckpt is not None:
         theirs = (init_ckpt.network.depths, init_ckpt.network.num_heads, init_ckpt.network.feature_size)
         if theirs != (config.depths, config.num_heads, config.feature_size):
