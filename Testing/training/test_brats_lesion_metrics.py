@@ -14,16 +14,20 @@ MEN only where they differ from GLI.
 
 from __future__ import annotations
 
+import csv
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from brats_lesion_cases import cases, cube
 
 from brainsegfounder.lesion_metrics import CHALLENGES, MISSING_HD95_MM, lesion_wise
 
-from helpers import ROOT
+from helpers import ROOT, run_cli
+from quick import CPU
 
 REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 
@@ -139,8 +143,84 @@ def test_answers_known_by_construction(story, pred, true, spacing, rules, expect
     assert (scores.true_positives, scores.false_negatives, scores.false_positives) == (tp, fn, fp)
 
 
+def test_the_measured_defects_of_panoptica_as_a_lesion_dice():
+    """A prediction split in two: panoptica's panoptic quality (the old ``lesion_dice``) 0,
+    BraTS's lesion Dice the global 0.98. A 27-voxel lesion: panoptica counts it missed
+    (recognition quality, the old ``lesion_f1``, 2/3), BraTS ignores it (1.0)."""
+    from brainsegfounder_training.finetuning.metrics import case_metrics
+
+    def wt(case):
+        truth, pred, spacing = CASES[case]
+        region = case_metrics(_region(pred, "WT")[None], _region(truth, "WT")[None], spacing, ["WT"])
+        return region["WT"]
+
+    split = wt("split")
+    assert split["dice"] == pytest.approx(0.9796, abs=1e-4)
+    assert split["panoptic_quality"] == 0.0
+    assert split["recognition_quality"] == 0.0
+    assert split["brats_lesion_dice"] == pytest.approx(0.9796, abs=1e-4)
+    small = wt("27-voxel lesion missed")
+    assert small["recognition_quality"] == pytest.approx(2 / 3)
+    assert small["panoptic_quality"] == pytest.approx(2 / 3)
+    assert small["brats_lesion_dice"] == 1.0
+    assert small["brats_lesion_hd95_mm"] == 0.0
+
+
 def test_the_metric_module_imports_no_torch():
     code = "import sys, brainsegfounder.lesion_metrics; print('torch' in sys.modules, 'monai' in sys.modules)"
     env_path = f"{ROOT / 'BrainSegFounderSlicer'}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=env_path)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_cli_takes_every_challenge(monkeypatch):
+    from brainsegfounder.cli import build_parser
+
+    monkeypatch.setenv("BRAINSEGFOUNDER_COMMANDS", "brainsegfounder_training.commands:register")
+    parser = build_parser()
+    for name in CHALLENGES:
+        args = parser.parse_args(["evaluate", "--data", "d", "--out", "o", "--brats-challenge", name])
+        assert args.brats_challenge == name
+
+
+def _brats2023_folder(root, names):
+    """The named cases as a BraTS 2023 folder (its layout says ET = 3) and a prediction folder,
+    written by SimpleITK: arrays (z, y, x), spacing (x, y, z)."""
+    (root / "pred").mkdir(parents=True)
+    for i, name in enumerate(names):
+        truth, pred, spacing = CASES[name]
+        case = f"BraTS-GLI-{i:05d}-000"
+        (root / "data" / case).mkdir(parents=True)
+        for tag, array in [*((t, (truth > 0) * 100 + 10) for t in ("t2f", "t1c", "t1n", "t2w")), ("seg", truth)]:
+            image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)).astype(np.uint8))
+            image.SetSpacing(spacing)
+            sitk.WriteImage(image, str(root / "data" / case / f"{case}-{tag}.nii.gz"))
+        image = sitk.GetImageFromArray(np.ascontiguousarray(pred.transpose(2, 1, 0)))
+        image.SetSpacing(spacing)
+        sitk.WriteImage(image, str(root / "pred" / f"{case}.nii.gz"))
+    return root / "data", root / "pred"
+
+
+@pytest.mark.parametrize(("rules", "expected"), [("glioma", (0.6667, 9)), ("metastases", (0.5, 187))])
+def test_evaluate_writes_the_brats_columns(tmp_path, capsys, rules, expected):
+    """metrics.csv and summary.json carry the BraTS lesion-wise columns beside panoptica's,
+    from files on disk (axes and spacing as SimpleITK orders them), with --brats-challenge."""
+    data, pred = _brats2023_folder(tmp_path, ["neighbours merged, one found", "balls, 0.9x1.2x3 mm"])
+    code, out, err = run_cli(
+        ["evaluate", "--data", data, "--pred", pred, "--out", tmp_path / "out", "--brats-challenge", rules, *CPU],
+        capsys,
+    )
+    assert code == 0, err
+    assert "lesion Dice" in out
+    rows = {(r["case_id"], r["region"]): r for r in csv.DictReader((tmp_path / "out" / "metrics.csv").open())}
+    for column in ("brats_lesion_dice", "brats_lesion_hd95_mm", "panoptic_quality", "recognition_quality"):
+        assert column in rows["BraTS-GLI-00000-000", "WT"]
+    merged = rows["BraTS-GLI-00000-000", "ET"]
+    assert float(merged["brats_lesion_dice"]) == pytest.approx(expected[0], abs=0.01)
+    assert float(merged["brats_lesion_hd95_mm"]) == pytest.approx(expected[1], abs=0.5)
+    balls = rows["BraTS-GLI-00001-000", "WT"]  # the reference's 0.6803, 3.354 mm at 0.9 x 1.2 x 3 mm
+    assert float(balls["brats_lesion_dice"]) == pytest.approx(0.6803, abs=0.01)
+    assert float(balls["brats_lesion_hd95_mm"]) == pytest.approx(3.354, abs=0.5)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["lesion_rules"]["challenge"] == rules
+    assert "brats_lesion_dice" in summary["regions"]["ET"]

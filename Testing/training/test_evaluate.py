@@ -74,8 +74,13 @@ def test_metrics_match_monai_and_known_values(tmp_path):
     assert float(rows["ET"]["hd95_mm"]) == 0.0
     # volumes: 2 mm^3 voxels
     assert float(rows["WT"]["volume_error_ml"]) == pytest.approx((1000 - 1027) * 2 / 1000, abs=1e-4)
-    # lesion-wise (panoptica): the big lesion matched, the small one missed -> F1 = 2*1/(2*1+0+1)
-    assert float(rows["WT"]["lesion_f1"]) == pytest.approx(2 / 3, abs=1e-4)
+    # panoptica: the big lesion matched, the small one missed -> recognition quality (F1) = 2*1/(2*1+0+1)
+    assert float(rows["WT"]["recognition_quality"]) == pytest.approx(2 / 3, abs=1e-4)
+    # BraTS lesion-wise: the small lesion is 27 voxels of 2 mm^3 = 54 mm^3 > 50, so it counts,
+    # missed (Dice 0, HD95 374); the big one has Dice 0.8 and HD95 2 mm (shifted 2 x 1 mm)
+    assert float(rows["WT"]["brats_lesion_dice"]) == pytest.approx((0.8 + 0) / 2, abs=1e-4)
+    assert float(rows["WT"]["brats_lesion_hd95_mm"]) == pytest.approx((2 + 374) / 2, abs=1e-3)
+    assert float(rows["ET"]["brats_lesion_dice"]) == 1.0
     assert int(float(rows["WT"]["lesions_true"])) == 2
     assert int(float(rows["WT"]["lesions_pred"])) == 1
     data = json.loads((tmp_path / "out" / "summary.json").read_text())

@@ -72,7 +72,15 @@ def register(subparsers, add_common) -> dict:
     ev.add_argument("--run", help="a finetune run: evaluate its held-out cases and plot its learning curves")
     ev.add_argument("--task", help="task preset when neither --model nor --run says (default brats)")
     ev.add_argument("--out", required=True, help="folder for metrics.csv, summary.json and the plots")
-    ev.add_argument("--no-lesion-wise", action="store_true", help="skip panoptica's lesion-wise metrics")
+    ev.add_argument(
+        "--no-lesion-wise", action="store_true", help="skip the lesion-wise metrics (BraTS's and panoptica's)"
+    )
+    ev.add_argument(
+        "--brats-challenge",
+        choices=("glioma", "meningioma", "metastases", "pediatric", "sub-saharan", "stroke"),
+        help="the lesion-wise settings (dilation, smallest lesion) of this BraTS 2023 challenge; default glioma "
+        "for BraTS tasks, stroke (ours: the metastases settings) for lesion tasks",
+    )
     ev.add_argument("--device", default="auto")
     ev.add_argument("--overwrite", action="store_true", help="replace output files an earlier run did not write")
     add_common(ev)
@@ -253,6 +261,7 @@ def cmd_evaluate(args, report, cancel) -> dict:
         run=args.run,
         device=args.device,
         lesion_wise=not args.no_lesion_wise,
+        brats_challenge=args.brats_challenge,
         progress=report,
         cancel=cancel,
         overwrite=args.overwrite,

@@ -30,6 +30,8 @@ from brainsegfounder.geometry import same_grid
 from brainsegfounder.imageio import check_image, quiet_itk, write_image
 from brainsegfounder.labels import LabelSchema
 from brainsegfounder.labels import schema as label_schema
+from brainsegfounder.lesion_metrics import MISSING_HD95_MM
+from brainsegfounder.lesion_metrics import challenge as lesion_challenge
 from brainsegfounder.networks import PRESETS
 from brainsegfounder.output_files import OutputFiles
 from brainsegfounder.progress import CancelToken, ProgressCallback, null_progress
@@ -44,6 +46,8 @@ from .metrics import NUMERIC, case_metrics, summarise
 from .recipe import load_recipe
 
 PRED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd")
+# the box plots' metrics, and the terminal table's
+SHOWN = ("dice", "hd95_mm", "brats_lesion_dice", "brats_lesion_hd95_mm", "volume_error_ml", "recognition_quality")
 
 
 def _task_of(model: Optional[str], task: Optional[str], run: Optional[Path]):
@@ -170,6 +174,7 @@ def evaluate(
     run: Optional[str] = None,
     device: str = "auto",
     lesion_wise: bool = True,
+    brats_challenge: Optional[str] = None,
     progress: ProgressCallback = null_progress,
     cancel: Optional[CancelToken] = None,
     overwrite: bool = False,
@@ -186,6 +191,8 @@ def evaluate(
     run_dir = _folder(run, "--run", "give the folder of a finetune run") if run else None
     wanted = _run_splits(run_dir) if run_dir is not None else None
     pred_dir = _folder(pred, "--pred", "give the folder of predicted label maps") if pred else None
+    if brats_challenge is not None:
+        lesion_challenge(brats_challenge)
     if model:
         from brainsegfounder.inference import resolve_device
 
@@ -196,6 +203,8 @@ def evaluate(
     schema = label_schema(schema_name)
     given = _select(discover(data, modalities), wanted)
     cases = check_cases(given, schema, progress=progress)
+    rules = lesion_challenge(brats_challenge or ("glioma" if schema.name == "brats_regions" else "stroke"))
+    one_empty_mm = MISSING_HD95_MM if schema.name == "brats_regions" else None
     targets: Dict[str, Path] = {name: out_dir / name for name in ("metrics.csv", "summary.json", "boxplots.png")}
     curves = run_dir is not None and (run_dir / "metrics.jsonl").is_file()
     if curves:
@@ -240,18 +249,28 @@ def evaluate(
             p_array = p_array.astype(np.int32) if p_array.dtype.kind == "f" else p_array
             p = schema.labels_to_regions(p_array, convention).astype(bool)
             t = schema.labels_to_regions(t_array, convention).astype(bool)
-            for region, values in case_metrics(p, t, spacing, schema.channels, lesions=lesion_wise).items():
+            scores = case_metrics(p, t, spacing, schema.channels, lesion_wise, rules.name, one_empty_mm)
+            for region, values in scores.items():
                 rows.append({"case_id": case.case_id, "region": region, **{k: round(v, 5) for k, v in values.items()}})
         progress("evaluate", len(cases), len(cases))
         summary = {
             "cases": len(cases),
             "label_schema": schema.name,
+            "lesion_rules": {
+                "challenge": rules.name,
+                "dilation": rules.dilation,
+                "min_volume_mm3": rules.min_volume_mm3,
+                "source": rules.source,
+            }
+            if lesion_wise
+            else None,
+            "hd95_one_empty_mm": one_empty_mm if one_empty_mm is not None else "the volume's diagonal",
             "predictions": str(out_dir / "predictions" if model else pred_dir),
             "model": model,
             "regions": summarise(rows),
         }
         cancel.check()
-        shown = [m for m in ("dice", "hd95_mm", "volume_error_ml", "lesion_f1") if any(m in r for r in rows)]
+        shown = [m for m in SHOWN if any(m in r for r in rows)]
         try:
             _write_csv(stage / "metrics.csv", rows)
             (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -277,14 +296,9 @@ def _write_csv(path: Path, rows: List[dict]) -> None:
 
 def format_table(summary: dict) -> str:
     """Mean per region of the headline metrics, for the terminal."""
-    lines = [f"{'region':8s} {'Dice':>7s} {'HD95 mm':>8s} {'vol err mL':>10s} {'lesion F1':>9s}"]
+    head = ("Dice", "HD95 mm", "lesion Dice", "lesion HD95", "vol err mL", "recog. Q")
+    lines = [f"{'region':8s} " + " ".join(f"{h:>11s}" for h in head)]
     for region, metrics in summary["regions"].items():
-        mean = {
-            name: metrics.get(name, {}).get("mean", np.nan)
-            for name in ("dice", "hd95_mm", "volume_error_ml", "lesion_f1")
-        }
-        lines.append(
-            f"{region:8s} {mean['dice']:7.4f} {mean['hd95_mm']:8.2f} {mean['volume_error_ml']:10.2f} "
-            f"{mean['lesion_f1']:9.3f}"
-        )
+        means = [metrics.get(name, {}).get("mean", np.nan) for name in SHOWN]
+        lines.append(f"{region:8s} " + " ".join(f"{m:11.{d}f}" for m, d in zip(means, (4, 2, 4, 2, 2, 3), strict=True)))
     return "\n".join(lines)

@@ -1,49 +1,64 @@
-"""Segmentation metrics per region, from MONAI and panoptica.
+"""Segmentation metrics per region, from MONAI, the engine's BraTS lesion-wise metric and panoptica.
 
 Conventions (BraTS's, stated once here): Dice of an empty prediction of an empty region is 1;
-HD95 is in millimetres (MONAI with the voxel spacing), 0 when both are empty and the
-volume's diagonal when only one is; lesion-wise figures come from panoptica (connected
-components, matched at IoU >= 0.5): ``lesion_f1`` is its recognition quality, ``lesion_dice``
-its panoptic quality (sum of matched lesions' Dice over TP + (FP + FN) / 2), both 1 when
-neither map has a lesion.
+HD95 is in millimetres (MONAI with the voxel spacing), 0 when both are empty; when only one
+is, 374 mm for BraTS tasks (BraTS's value) and the volume's diagonal otherwise.
+
+Lesion-wise:
+
+- ``brats_lesion_dice`` and ``brats_lesion_hd95_mm``: BraTS 2023's lesion-wise scores
+  (:mod:`brainsegfounder.lesion_metrics`: truth lesions merged by dilation, small ones not
+  scored, every touching predicted component matched, each missed or false lesion Dice 0 and
+  HD95 374 mm, the mean over lesions), with the settings of one BraTS challenge.
+- ``panoptic_quality`` and ``recognition_quality``: panoptica's, connected components matched
+  one-to-one at IoU >= 0.5 (panoptic quality: the matched lesions' Dice summed over
+  TP + (FP + FN) / 2; recognition quality: the F1 of that matching), both 1 when neither map
+  has a lesion. A lesion predicted in two pieces matches neither piece: both are 0 for it.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from brainsegfounder.lesion_metrics import lesion_wise
 from brainsegfounder.metrics import region_dice
 
 NUMERIC = (
     "dice",
     "hd95_mm",
+    "brats_lesion_dice",
+    "brats_lesion_hd95_mm",
     "volume_pred_ml",
     "volume_true_ml",
     "volume_error_ml",
-    "lesion_dice",
-    "lesion_f1",
+    "panoptic_quality",
+    "recognition_quality",
     "lesions_true",
     "lesions_pred",
 )
 
 
-def region_hd95(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """95th-percentile Hausdorff distance in mm per channel (MONAI, with spacing)."""
+def region_hd95(
+    pred: np.ndarray, true: np.ndarray, spacing: Sequence[float], one_empty_mm: Optional[float] = None
+) -> np.ndarray:
+    """95th-percentile Hausdorff distance in mm per channel (MONAI, with spacing); where only
+    one map is empty, ``one_empty_mm`` (BraTS: 374), by default the volume's diagonal."""
     import torch
     from monai.metrics import compute_hausdorff_distance
 
     pred, true = np.asarray(pred, bool), np.asarray(true, bool)
-    diagonal = float(np.linalg.norm(np.asarray(pred.shape[1:]) * np.asarray(spacing)))
+    if one_empty_mm is None:
+        one_empty_mm = float(np.linalg.norm(np.asarray(pred.shape[1:]) * np.asarray(spacing)))
     result = np.zeros(pred.shape[0])
     for c in range(pred.shape[0]):
         if not pred[c].any() and not true[c].any():
             result[c] = 0.0
         elif not pred[c].any() or not true[c].any():
-            result[c] = diagonal
+            result[c] = one_empty_mm
         else:
             with warnings.catch_warnings():  # MONAI 1.6 warns about an argument it passes itself
                 warnings.simplefilter("ignore", FutureWarning)
@@ -58,8 +73,8 @@ def region_hd95(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float]) ->
     return result
 
 
-def lesion_wise(pred: np.ndarray, true: np.ndarray) -> Dict[str, float]:
-    """panoptica's lesion-wise metrics for one binary region."""
+def panoptic(pred: np.ndarray, true: np.ndarray) -> Dict[str, float]:
+    """panoptica's panoptic and recognition quality and lesion counts of one binary region."""
     import panoptica
     from panoptica import (
         ConnectedComponentsInstanceApproximator,
@@ -82,20 +97,36 @@ def lesion_wise(pred: np.ndarray, true: np.ndarray) -> Dict[str, float]:
     values = next(iter(result.values())).to_dict()
     empty = values["n_ref_instances"] == 0 and values["n_pred_instances"] == 0
     return {
-        "lesion_dice": 1.0 if empty else float(np.nan_to_num(values["pq_dsc"])),
-        "lesion_f1": 1.0 if empty else float(np.nan_to_num(values["rq"])),
+        "panoptic_quality": 1.0 if empty else float(np.nan_to_num(values["pq_dsc"])),
+        "recognition_quality": 1.0 if empty else float(np.nan_to_num(values["rq"])),
         "lesions_true": int(values["n_ref_instances"]),
         "lesions_pred": int(values["n_pred_instances"]),
     }
 
 
 def case_metrics(
-    pred: np.ndarray, true: np.ndarray, spacing: Sequence[float], names: Sequence[str], lesions: bool = True
+    pred: np.ndarray,
+    true: np.ndarray,
+    spacing: Sequence[float],
+    names: Sequence[str],
+    lesions: bool = True,
+    rules: str = "glioma",
+    one_empty_mm: Optional[float] = None,
 ) -> Dict[str, Dict[str, float]]:
-    """All metrics of one case: ``{region: {metric: value}}`` for binary (R, ...) arrays."""
+    """All metrics of one case: ``{region: {metric: value}}`` for binary (R, ...) arrays.
+
+    Args:
+        pred: predicted regions, binary (R, ...).
+        true: ground-truth regions, binary (R, ...).
+        spacing: voxel size in mm along the spatial axes.
+        names: the R region names.
+        lesions: whether to compute the lesion-wise metrics (BraTS's and panoptica's).
+        rules: the BraTS challenge whose lesion-wise settings apply (``lesion_metrics.CHALLENGES``).
+        one_empty_mm: HD95 where only one map is empty (BraTS: 374); None: the volume's diagonal.
+    """
     voxel_ml = float(np.prod(spacing)) / 1000.0
     dice = region_dice(pred, true)
-    hd95 = region_hd95(pred, true, spacing)
+    hd95 = region_hd95(pred, true, spacing, one_empty_mm)
     out = {}
     for c, name in enumerate(names):
         vp, vt = float(pred[c].sum()) * voxel_ml, float(true[c].sum()) * voxel_ml
@@ -107,7 +138,9 @@ def case_metrics(
             "volume_error_ml": vp - vt,
         }
         if lesions:
-            row.update(lesion_wise(pred[c], true[c]))
+            brats = lesion_wise(pred[c], true[c], spacing, rules)
+            row.update(brats_lesion_dice=brats.dice, brats_lesion_hd95_mm=brats.hd95_mm)
+            row.update(panoptic(pred[c], true[c]))
         out[name] = row
     return out
 
