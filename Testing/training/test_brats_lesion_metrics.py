@@ -223,4 +223,5 @@ def test_evaluate_writes_the_brats_columns(tmp_path, capsys, rules, expected):
     assert float(balls["brats_lesion_hd95_mm"]) == pytest.approx(3.354, abs=0.5)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["lesion_rules"]["challenge"] == rules
+    assert summary["label_convention"] == "brats2023"
     assert "brats_lesion_dice" in summary["regions"]["ET"]

@@ -3,6 +3,7 @@ the output folder changes only when a whole evaluation is written (or not at all
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import shutil
@@ -122,24 +123,112 @@ def test_a_label_map_stored_as_whole_floats_is_scored(tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["regions"]["ET"]["dice"]["mean"] == 1.0
 
 
-def test_without_enhancing_tumour_in_the_truth_the_prediction_says_its_convention(tmp_path, capsys):
-    """A datalist that names no convention and a truth with no ET (neither 3 nor 4): a 2023
-    prediction's 3 is its ET (a false positive), not a value outside the schema."""
-    data, pred, truth = _data_set(tmp_path)
-    truth[truth == 4] = 1
-    case = data / CASE21
-    _write(truth, case / f"{CASE21}_seg.nii.gz")
-    images = [f"{CASE21}/{CASE21}_{t}.nii.gz" for t in ("flair", "t1ce", "t1", "t2")]
-    listing = {"training": [{"image": images, "label": f"{CASE21}/{CASE21}_seg.nii.gz"}]}
-    (data / "datalist.json").write_text(json.dumps(listing))
-    predicted = truth.copy()
-    predicted[9:11, 14:16, 14:16] = 3
-    _write(predicted, pred)
-    code, _, err = _evaluate(capsys, data / "datalist.json", pred.parent, tmp_path / "out")
+def _two_cases(root, truths, preds):
+    """A datalist that names no layout (so no convention) over cases A and B, and predictions."""
+    entries = []
+    (root / "pred").mkdir()
+    for case, truth, pred in zip("AB", truths, preds, strict=True):
+        (root / "data" / case).mkdir(parents=True)
+        images = [f"{case}/{t}.nii.gz" for t in ("flair", "t1ce", "t1", "t2")]
+        for image in images:
+            _write((truth > 0) * 100 + 10, root / "data" / image)
+        _write(truth, root / "data" / case / "seg.nii.gz")
+        _write(pred, root / "pred" / f"{case}.nii.gz")
+        entries.append({"image": images, "label": f"{case}/seg.nii.gz"})
+    (root / "data" / "datalist.json").write_text(json.dumps({"training": entries}))
+    return root / "data" / "datalist.json", root / "pred"
+
+
+def _false_et(et):
+    """An empty truth's prediction: 400 voxels of 2 mm^3 (0.8 mL) of enhancing tumour."""
+    pred = np.zeros((24, 40, 40), np.uint8)
+    pred[14:18, 20:30, 20:30] = et
+    return pred
+
+
+def test_an_empty_truth_with_a_false_enhancing_tumour_scores_zero(tmp_path, capsys):
+    """The defect: the convention was guessed per case from its truth, so case B (empty truth)
+    was read as brats2021 and its prediction's 3s vanished: ET Dice 1.0, HD95 0 for a 0.8 mL
+    false enhancing tumour (measured before af7e9eb). Case A's truth shows the data set's ET 3."""
+    empty = np.zeros((24, 40, 40), np.uint8)
+    datalist, pred = _two_cases(tmp_path, [_truth(3), empty], [_truth(3), _false_et(3)])
+    code, _, err = _evaluate(capsys, datalist, pred, tmp_path / "out")
+    assert code == 0, err
+    rows = {(r["case_id"], r["region"]): r for r in csv.DictReader((tmp_path / "out" / "metrics.csv").open())}
+    assert float(rows["B", "ET"]["dice"]) == 0.0
+    assert float(rows["B", "ET"]["hd95_mm"]) == 374.0  # BraTS's value where one map is empty
+    assert float(rows["B", "ET"]["volume_pred_ml"]) == pytest.approx(0.8)
+    assert float(rows["A", "ET"]["dice"]) == 1.0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["label_convention"] == "brats2023"
+
+
+@pytest.mark.parametrize(
+    ("story", "truths", "preds", "extra", "expected"),
+    [
+        (
+            "neither 3 nor 4 in any truth, nothing says",
+            [1, 0],
+            [3, 3],
+            [],
+            r"does not say its BraTS label convention and no case's ground truth has enhancing tumour "
+            r"\(3 or 4\) to show it; pass --labels brats2021 \(ET=4\) or --labels brats2023 \(ET=3\)",
+        ),
+        (
+            "3 in one truth, 4 in the other",
+            [3, 4],
+            [3, 4],
+            [],
+            r"mixes BraTS label conventions: enhancing tumour is 3 \(brats2023\) in case A and 4 "
+            r"\(brats2021\) in case B; .*pass --labels brats2021\|brats2023",
+        ),
+        (
+            "a 2021 data set (4 in A's truth), a 3 in B's prediction",
+            [4, 0],
+            [4, 3],
+            [],
+            r"case B: prediction .* holds label values \[3\] outside the schema brats_regions \(brats2021, ET=4\)",
+        ),
+        (
+            "a 2023 data set (3 in A's truth), a 4 in B's prediction",
+            [3, 0],
+            [3, 4],
+            [],
+            r"case B: prediction .* holds label values \[4\] outside the schema brats_regions \(brats2023, ET=3\)",
+        ),
+        (
+            "--labels brats2021 over a truth with 3",
+            [3, 0],
+            [3, 0],
+            ["--labels", "brats2021"],
+            r"case A: label values \[3\] are outside the schema brats_regions",
+        ),
+    ],
+)
+def test_one_label_convention_per_data_set(tmp_path, capsys, story, truths, preds, extra, expected):
+    """Before: each case's convention was guessed (from its truth, then from its prediction), so
+    a data set could be read as both, and a prediction's other-convention ET was scored."""
+    datalist, pred = _two_cases(
+        tmp_path,
+        [_truth(et) if et else np.zeros((24, 40, 40), np.uint8) for et in truths],
+        [_truth(et) if i == 0 else _false_et(et) for i, et in enumerate(preds)],
+    )
+    code, _, err = _evaluate(capsys, datalist, pred, tmp_path / "out", *extra)
+    one_error_line(code, err, expected)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("labels", ["brats2021", "brats2023"])
+def test_labels_says_the_convention_where_no_truth_shows_it(tmp_path, capsys, labels):
+    """No ET in any truth: --labels names it, and the prediction's ET of that convention is a
+    false positive (Dice 0, HD95 374)."""
+    et = 4 if labels == "brats2021" else 3
+    no_et = np.where(_truth(et) == et, 1, _truth(et))
+    datalist, pred = _two_cases(tmp_path, [no_et, no_et], [no_et, np.maximum(no_et, _false_et(et))])
+    code, _, err = _evaluate(capsys, datalist, pred, tmp_path / "out", "--labels", labels)
     assert code == 0, err
     regions = json.loads((tmp_path / "out" / "summary.json").read_text())["regions"]
-    assert regions["ET"]["dice"]["mean"] == 0.0  # a predicted ET where there is none
-    assert regions["WT"]["dice"]["mean"] == 1.0
+    assert regions["ET"]["dice"]["mean"] == pytest.approx(0.5)  # A: both empty 1, B: false ET 0
+    assert regions["ET"]["hd95_mm"]["mean"] == pytest.approx(374 / 2)
 
 
 @pytest.mark.parametrize(

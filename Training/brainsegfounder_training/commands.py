@@ -76,6 +76,12 @@ def register(subparsers, add_common) -> dict:
         "--no-lesion-wise", action="store_true", help="skip the lesion-wise metrics (BraTS's and panoptica's)"
     )
     ev.add_argument(
+        "--labels",
+        choices=("brats2021", "brats2023"),
+        help="the BraTS label convention of the truth and the predictions (ET=4 or ET=3), when the data "
+        "set does not say it",
+    )
+    ev.add_argument(
         "--brats-challenge",
         choices=("glioma", "meningioma", "metastases", "pediatric", "sub-saharan", "stroke"),
         help="the lesion-wise settings (dilation, smallest lesion) of this BraTS 2023 challenge; default glioma "
@@ -261,6 +267,7 @@ def cmd_evaluate(args, report, cancel) -> dict:
         run=args.run,
         device=args.device,
         lesion_wise=not args.no_lesion_wise,
+        labels=args.labels,
         brats_challenge=args.brats_challenge,
         progress=report,
         cancel=cancel,

@@ -4,6 +4,13 @@ Writes ``metrics.csv`` (one row per case and region), ``summary.json`` (mean / s
 per region and metric), ``boxplots.png``, for a run ``learning_curves.png``, and with a model
 ``predictions/CASE_ID.nii.gz``.
 
+BraTS label maps are read in ONE convention per data set (ET = 4 in brats2021, 3 in
+brats2023): ``--labels``, else the run's recipe, else what the data set says (its layout, its
+datalist's ``description.layout``, its saved cases), else its ground truth, which must show one
+ET label across the cases (3 in some and 4 in others, or neither anywhere, is refused: a guess
+per case once read an empty truth as brats2021 and dropped a prediction's false ET 3, scoring
+ET Dice 1). Every prediction must hold only that convention's values.
+
 Everything is checked before the work (arguments, the output folder, existing files, the
 data, every prediction's header), each prediction's values as it is scored, and the outputs
 are written together at the end (the engine's :class:`OutputFiles`): a rejected, failed or
@@ -17,6 +24,7 @@ import io
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -28,7 +36,7 @@ from brainsegfounder.checkpoints import load_checkpoint, resolve_meta
 from brainsegfounder.errors import UserError
 from brainsegfounder.geometry import same_grid
 from brainsegfounder.imageio import check_image, quiet_itk, write_image
-from brainsegfounder.labels import LabelSchema
+from brainsegfounder.labels import LabelSchema, et_label
 from brainsegfounder.labels import schema as label_schema
 from brainsegfounder.lesion_metrics import MISSING_HD95_MM
 from brainsegfounder.lesion_metrics import challenge as lesion_challenge
@@ -48,6 +56,48 @@ from .recipe import load_recipe
 PRED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd")
 # the box plots' metrics, and the terminal table's
 SHOWN = ("dice", "hd95_mm", "brats_lesion_dice", "brats_lesion_hd95_mm", "volume_error_ml", "recognition_quality")
+
+
+def _recipe_convention(run: Optional[Path]) -> str:
+    """The run recipe's data.label_convention (auto when no run)."""
+    return load_recipe(str(run / "recipe.yaml"))["data"]["label_convention"] if run is not None else "auto"
+
+
+def _declared_convention(cases: List[Case], schema: LabelSchema, labels: Optional[str], recipe: str):
+    """The convention that --labels, the run's recipe or the data set itself names, or None."""
+    if schema.name != "brats_regions":
+        if labels:
+            raise UserError(f"--labels is for BraTS label maps; this task's label schema is {schema.name}: drop it")
+        return None
+    if labels or recipe != "auto":
+        return labels or recipe
+    declared = sorted({c.convention for c in cases} - {"auto"})
+    if len(declared) > 1:
+        raise UserError(
+            "the data set's cases declare both brats2021 and brats2023 label conventions; evaluate them "
+            "separately, or pass --labels brats2021|brats2023 if one holds for all"
+        )
+    return declared[0] if declared else None
+
+
+def _truth_convention(cases: List[Case]) -> str:
+    """The convention the ground truth of a data set that does not say shows: one ET label."""
+    three = four = None
+    for case in cases:
+        values = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(case.label))).tolist())
+        three = three or (case.case_id if 3 in values else None)
+        four = four or (case.case_id if 4 in values else None)
+    if three and four:
+        raise UserError(
+            f"the ground truth mixes BraTS label conventions: enhancing tumour is 3 (brats2023) in case "
+            f"{three} and 4 (brats2021) in case {four}; relabel one set, or pass --labels brats2021|brats2023"
+        )
+    if not three and not four:
+        raise UserError(
+            "the data set does not say its BraTS label convention and no case's ground truth has "
+            "enhancing tumour (3 or 4) to show it; pass --labels brats2021 (ET=4) or --labels brats2023 (ET=3)"
+        )
+    return "brats2023" if three else "brats2021"
 
 
 def _task_of(model: Optional[str], task: Optional[str], run: Optional[Path]):
@@ -138,14 +188,6 @@ def _prediction_values(case: Case, path: Path, values: np.ndarray, schema: Label
         )
 
 
-def _convention(given: Case, checked: Case, truth: np.ndarray, pred: np.ndarray, schema: LabelSchema) -> str:
-    """The ground truth's convention; where the source did not say and the truth has no
-    enhancing tumour to tell (no 3 or 4), the prediction's ET label decides."""
-    if schema.name != "brats_regions" or given.convention != "auto" or {3, 4} & set(truth.tolist()):
-        return checked.convention
-    return "brats2023" if 3 in pred and 4 not in pred else "brats2021"
-
-
 def _read(path: Path, what: str) -> sitk.Image:
     with quiet_itk():
         try:
@@ -174,6 +216,7 @@ def evaluate(
     run: Optional[str] = None,
     device: str = "auto",
     lesion_wise: bool = True,
+    labels: Optional[str] = None,
     brats_challenge: Optional[str] = None,
     progress: ProgressCallback = null_progress,
     cancel: Optional[CancelToken] = None,
@@ -191,6 +234,8 @@ def evaluate(
     run_dir = _folder(run, "--run", "give the folder of a finetune run") if run else None
     wanted = _run_splits(run_dir) if run_dir is not None else None
     pred_dir = _folder(pred, "--pred", "give the folder of predicted label maps") if pred else None
+    if labels is not None:
+        et_label(labels)  # one line naming the two conventions
     if brats_challenge is not None:
         lesion_challenge(brats_challenge)
     if model:
@@ -202,7 +247,13 @@ def evaluate(
     modalities, schema_name = _task_of(model, task, run_dir)
     schema = label_schema(schema_name)
     given = _select(discover(data, modalities), wanted)
-    cases = check_cases(given, schema, progress=progress)
+    convention = _declared_convention(given, schema, labels, _recipe_convention(run_dir))
+    cases = check_cases(given, schema, convention or "auto", progress=progress)
+    if schema.name != "brats_regions":
+        convention = "brats2021"  # unused: the schema has one numbering
+    elif convention is None:  # every file read and each truth checked alone, then the data set as a whole
+        convention = _truth_convention(cases)
+        cases = [replace(c, convention=convention) for c in cases]
     rules = lesion_challenge(brats_challenge or ("glioma" if schema.name == "brats_regions" else "stroke"))
     one_empty_mm = MISSING_HD95_MM if schema.name == "brats_regions" else None
     targets: Dict[str, Path] = {name: out_dir / name for name in ("metrics.csv", "summary.json", "boxplots.png")}
@@ -222,7 +273,7 @@ def evaluate(
     # -- the work, into temporaries; committed together at the end ------------------------------
     with staging_dir(existing(out_dir)) as stage:
         rows = []
-        for i, (case, checked) in enumerate(zip(given, cases, strict=True)):
+        for i, case in enumerate(cases):
             cancel.check()
             progress("evaluate", i, len(cases), case.case_id)
             truth = _read(Path(case.label), f"case {case.case_id}: label")
@@ -230,9 +281,9 @@ def evaluate(
                 from brainsegfounder.segment import load_inputs
 
                 images, _, _ = load_inputs(dict(case.images))
-                labels, _, _ = segmenter.label_image(images, checked.convention, cancel=cancel)
+                predicted, _, _ = segmenter.label_image(images, convention, cancel=cancel)
                 path = stage / f"{case.case_id}.nii.gz"
-                _write_label(labels, path, out_dir)
+                _write_label(predicted, path, out_dir)
             else:
                 path = predictions[case.case_id]
             prediction = _read(path, f"case {case.case_id}: prediction")
@@ -242,9 +293,7 @@ def evaluate(
                     f"(size {prediction.GetSize()} vs {truth.GetSize()}); predict on the label's grid"
                 )
             p_array, t_array = sitk.GetArrayFromImage(prediction), sitk.GetArrayFromImage(truth)
-            p_values = np.unique(p_array)
-            convention = _convention(case, checked, np.unique(t_array), p_values, schema)
-            _prediction_values(case, path, p_values, schema, convention)
+            _prediction_values(case, path, np.unique(p_array), schema, convention)
             spacing = truth.GetSpacing()[::-1]  # the arrays below are (z, y, x)
             p_array = p_array.astype(np.int32) if p_array.dtype.kind == "f" else p_array
             p = schema.labels_to_regions(p_array, convention).astype(bool)
@@ -256,6 +305,7 @@ def evaluate(
         summary = {
             "cases": len(cases),
             "label_schema": schema.name,
+            "label_convention": convention if schema.name == "brats_regions" else None,
             "lesion_rules": {
                 "challenge": rules.name,
                 "dilation": rules.dilation,
