@@ -89,6 +89,45 @@ def test_every_constructed_case_is_in_the_reference_table():
     assert {r[0] for r in REFERENCE} == set(CASES)
 
 
+# The reference code's whole-region scores of the same cases (its Legacy_Dice and Legacy_HD95,
+# BraTS-GLI; the same for every challenge), per region (dice, hd95 mm), WT, TC, ET.
+GLOBAL_REFERENCE = [
+    ("identical", (1, 0), (1, 0), (1, 0)),
+    ("split", (0.9796, 7), (0.9091, 2), (0.9091, 1)),
+    ("shifted 2 voxels", (0.8333, 2), (0.6667, 2), (0.6667, 2)),
+    ("neighbours merged, one found", (0.6667, 9), (0.6667, 9), (0.6667, 9)),
+    ("neighbours merged, both found", (1, 0), (1, 0), (1, 0)),
+    ("tiny false positive", (0.9922, 0), (1, 0), (1, 0)),
+    ("false positive 2 voxels away", (0.9818, 4), (1, 0), (1, 0)),
+    ("empty prediction", (0, 374), (0, 374), (0, 374)),
+    ("empty truth", (0, 374), (0, 374), (0, 374)),
+    ("both empty", (1, 0), (1, 0), (1, 0)),
+    ("missed second lesion", (0.6667, 33.91), (0.6667, 35.86), (0.6667, 36.4)),
+    ("27-voxel lesion missed", (0.9922, 0), (1, 0), (1, 0)),
+    ("27-voxel lesion found", (1, 0), (1, 0), (1, 0)),
+    ("one component over two lesions", (0.9558, 3), (0.9558, 3), (0.9558, 3)),
+    ("1x1x3 mm, shifted one slice", (0.9167, 3), (0.8333, 3), (0.6667, 3)),
+    ("1x1x3 mm, 20-voxel lesion missed", (0.9942, 0), (1, 0), (1, 0)),
+    ("balls, off-centre and resized", (0.8373, 2), (0.5907, 2.828), (0.5907, 2.828)),
+    ("balls, 0.9x1.2x3 mm", (0.6803, 3.354), (0.7409, 2.4), (0.7409, 2.4)),
+]
+
+
+@pytest.mark.parametrize(("case", "wt", "tc", "et"), GLOBAL_REFERENCE, ids=[r[0] for r in GLOBAL_REFERENCE])
+def test_the_whole_region_dice_and_hd95_are_the_reference_codes(case, wt, tc, et):
+    """evaluate's dice and hd95_mm for BraTS tasks; MONAI's HD95 was up to 1 mm off (split: 6 vs 7)."""
+    from brainsegfounder_training.finetuning.metrics import case_metrics
+
+    truth, pred, spacing = CASES[case]
+    names = list(REGIONS)
+    p = np.stack([_region(pred, r) for r in names])
+    t = np.stack([_region(truth, r) for r in names])
+    ours = case_metrics(p, t, spacing, names, lesions=False, brats_hd95=True)
+    for region, (dice, hd95) in zip(names, (wt, tc, et), strict=True):
+        assert ours[region]["dice"] == pytest.approx(dice, abs=0.01), region
+        assert ours[region]["hd95_mm"] == pytest.approx(hd95, abs=0.5), region
+
+
 def test_settings_per_challenge_are_the_reference_codes():
     """BraTS-GLI/SSA/PED: 3 dilations, lesions <= 50 mm^3 ignored; MEN: 1, 50; MET: 1, 2."""
     settings = {name: (c.dilation, c.min_volume_mm3) for name, c in CHALLENGES.items()}

@@ -255,7 +255,7 @@ def evaluate(
         convention = _truth_convention(cases)
         cases = [replace(c, convention=convention) for c in cases]
     rules = lesion_challenge(brats_challenge or ("glioma" if schema.name == "brats_regions" else "stroke"))
-    one_empty_mm = MISSING_HD95_MM if schema.name == "brats_regions" else None
+    brats_hd95 = schema.name == "brats_regions"
     targets: Dict[str, Path] = {name: out_dir / name for name in ("metrics.csv", "summary.json", "boxplots.png")}
     curves = run_dir is not None and (run_dir / "metrics.jsonl").is_file()
     if curves:
@@ -298,7 +298,7 @@ def evaluate(
             p_array = p_array.astype(np.int32) if p_array.dtype.kind == "f" else p_array
             p = schema.labels_to_regions(p_array, convention).astype(bool)
             t = schema.labels_to_regions(t_array, convention).astype(bool)
-            scores = case_metrics(p, t, spacing, schema.channels, lesion_wise, rules.name, one_empty_mm)
+            scores = case_metrics(p, t, spacing, schema.channels, lesion_wise, rules.name, brats_hd95)
             for region, values in scores.items():
                 rows.append({"case_id": case.case_id, "region": region, **{k: round(v, 5) for k, v in values.items()}})
         progress("evaluate", len(cases), len(cases))
@@ -314,7 +314,9 @@ def evaluate(
             }
             if lesion_wise
             else None,
-            "hd95_one_empty_mm": one_empty_mm if one_empty_mm is not None else "the volume's diagonal",
+            "hd95": f"BraTS's (surface elements; {MISSING_HD95_MM:g} mm with one map empty)"
+            if brats_hd95
+            else "MONAI's (the volume's diagonal with one map empty)",
             "predictions": str(out_dir / "predictions" if model else pred_dir),
             "model": model,
             "regions": summarise(rows),
