@@ -446,3 +446,21 @@ def test_shipped_pretraining_recipes_have_the_published_lr_and_length(name, lr, 
     assert recipe["train"]["warmup_steps"] == 500
     assert recipe["train"]["weight_decay"] == pytest.approx(0.1)
     assert recipe["ssl"]["rotation_plane"] == "original"
+
+
+def test_a_run_started_before_the_rotation_plane_was_a_setting_resumes_in_its_axial_plane(tmp_path):
+    """Runs saved before ``ssl.rotation_plane`` existed rotated axially; the default is now the
+    original plane, which a resumed run must not switch to halfway."""
+    import yaml
+
+    from brainsegfounder_training.harness.recipe import dump
+    from brainsegfounder_training.pretraining.recipe import keep_started_rotation_plane, load_pretrain_recipe
+
+    recipe = load_pretrain_recipe("stage1-ukb")
+    saved = tmp_path / "recipe.yaml"
+    saved.write_text(dump(recipe))
+    assert keep_started_rotation_plane(load_pretrain_recipe(str(saved)), saved)["ssl"]["rotation_plane"] == "original"
+    old = yaml.safe_load(saved.read_text())
+    del old["ssl"]["rotation_plane"]
+    saved.write_text(yaml.safe_dump(old, sort_keys=False))
+    assert keep_started_rotation_plane(load_pretrain_recipe(str(saved)), saved)["ssl"]["rotation_plane"] == "axial"

@@ -218,12 +218,13 @@ def cmd_finetune(args, report, cancel) -> dict:
 
 
 def cmd_pretrain(args, report, cancel) -> dict:
-    from .pretraining.recipe import PRETRAIN_RESUMABLE, load_pretrain_recipe
+    from .pretraining.recipe import PRETRAIN_RESUMABLE, keep_started_rotation_plane, load_pretrain_recipe
 
     check_device(args.device)
     overrides = _overrides(args, (("data", "data.path"), ("init", "init.checkpoint"), ("steps", "train.steps")))
     if args.resume:
         recipe, run, resuming = resume_run(args.resume, overrides, load_pretrain_recipe, PRETRAIN_RESUMABLE, "pretrain")
+        recipe = keep_started_rotation_plane(recipe, run.path / "recipe.yaml")
     else:
         if not args.config:
             raise UserError("give a recipe with --config (stage1-ukb, stage2-brats, stage2-atlas or a YAML file)")

@@ -7,6 +7,7 @@ inflated to the new channels. Bundled recipes live in Training/configs/pretrain.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Optional
 
 from brainsegfounder.errors import UserError
@@ -160,3 +161,17 @@ def check_pretrain(recipe: dict) -> None:
 
 def load_pretrain_recipe(name_or_path: Optional[str], overrides: Iterable[str] = ()) -> dict:
     return read_recipe(name_or_path, overrides, PRETRAIN_DEFAULTS, check_pretrain, PRETRAIN_CONFIG_DIR)
+
+
+def keep_started_rotation_plane(recipe: dict, saved: Path) -> dict:
+    """A run started before ``ssl.rotation_plane`` existed turned its crops in the axial plane
+    (then the only one): resumed, it keeps that plane rather than switch mid-run to the default."""
+    import yaml
+
+    try:
+        started = (yaml.safe_load(Path(saved).read_text()) or {}).get("ssl") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return recipe  # the run's recipe was read a moment ago; a failure here is the loader's to report
+    if "rotation_plane" not in started:
+        recipe["ssl"]["rotation_plane"] = "axial"
+    return recipe
