@@ -26,6 +26,7 @@ computed.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Sequence
 
@@ -104,7 +105,9 @@ def surface_hd95(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float], p
     if not pred.any() or not true.any():
         return float("inf")
     box = ndimage.find_objects((pred | true).astype(np.uint8))[0]
-    edges_p, edges_t, areas_p, areas_t = get_mask_edges(pred[box], true[box], crop=True, spacing=tuple(spacing))
+    with warnings.catch_warnings():  # MONAI 1.6 warns about an argument it passes itself
+        warnings.simplefilter("ignore", FutureWarning)
+        edges_p, edges_t, areas_p, areas_t = get_mask_edges(pred[box], true[box], crop=True, spacing=tuple(spacing))
     to_pred = ndimage.distance_transform_edt(~edges_p, sampling=spacing)
     to_true = ndimage.distance_transform_edt(~edges_t, sampling=spacing)
     return max(
