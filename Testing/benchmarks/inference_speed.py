@@ -78,11 +78,11 @@ class PeakMemory:
             self.gpu_gib = torch.cuda.max_memory_allocated(self.device) / 2**30
 
 
-def synthetic_case(folder: Path, seed: int):
+def synthetic_case(folder: Path, seed: int, spacing: float = 1.0):
     """{modality: path} of one BraTS-size synthetic case and its ground-truth label path."""
     from brainsegfounder.synth.cohort import case_files, write_cohort
 
-    write_cohort(folder, kind="brats", n=1, seed=seed, spacing=1.0, folds=1)
+    write_cohort(folder, kind="brats", n=1, seed=seed, spacing=spacing, folds=1)
     _case, images, label = case_files("brats2021", 0)
     return {m: folder / rel for m, rel in images.items()}, folder / label
 
@@ -185,7 +185,12 @@ def main() -> int:
     parser.add_argument("--no-fast", action="store_true", help="leave out the fast-mode row")
     parser.add_argument("--seed", type=int, default=4242, help="seed of the synthetic case")
     parser.add_argument("--keep", help="keep the case and the label maps in this folder")
+    # Testing/gpu/check.sh --dry-run: the script's own check on a CPU, a tiny model on a small case
+    parser.add_argument("--case-spacing", type=float, default=1.0, help="voxel size of the case in mm (1: BraTS)")
+    parser.add_argument("--any-size", action="store_true", help="take a BraTS model of any size, not only 62M")
+    parser.add_argument("--roi", type=int, default=128, help="window side of every row (128: the released weights')")
     args = parser.parse_args()
+    REFERENCE["roi"] = (args.roi,) * 3
 
     import torch
 
@@ -195,7 +200,7 @@ def main() -> int:
 
     checkpoint = load_checkpoint(args.checkpoint)
     meta = resolve_meta(checkpoint, "brats")
-    if checkpoint.network.feature_size != 48 or meta.task != "brats":
+    if meta.task != "brats" or (checkpoint.network.feature_size != 48 and not args.any_size):
         print(f"{args.checkpoint} is not a 62M-class BraTS model (feature size 48, 4 inputs)", file=sys.stderr)
         return 2
     if meta.version.endswith("untrained"):
@@ -224,11 +229,14 @@ def main() -> int:
         else f"CPU ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
     )
     folder = Path(args.keep or tempfile.mkdtemp(prefix="bsf-bench-"))
-    paths, truth = synthetic_case(folder / "case", args.seed)
+    paths, truth = synthetic_case(folder / "case", args.seed, args.case_spacing)
+    case_text = (
+        f"{'x'.join(map(str, BRATS_SIZE))} at 1 mm" if args.case_spacing == 1 else f"at {args.case_spacing:g} mm"
+    )
     print(
         f"inference on {where}: {args.checkpoint} ({sum(p.numel() for p in first.network.parameters()):,} "
         f"parameters, trained at {'x'.join(map(str, meta.roi_size))}), one synthetic case "
-        f"{'x'.join(map(str, BRATS_SIZE))} at 1 mm, 4 inputs",
+        f"{case_text}, 4 inputs",
         flush=True,
     )
     warm_up(first)

@@ -63,8 +63,12 @@ def crops_of_a_subject(roi, n_crops: int, batch: int):
     return crops, read_s
 
 
-def run_variant(name: str, size: str, roi, n_crops: int, batch: int, steps: int, warmup: int, device_name: str):
+def run_variant(
+    name: str, size: str, roi, n_crops: int, batch: int, steps: int, warmup: int, device_name: str, window=None
+):
     """One configuration in this process: (crops/s, peak host GiB, peak GPU GiB)."""
+    from dataclasses import replace
+
     import numpy as np
     import torch
 
@@ -77,8 +81,9 @@ def run_variant(name: str, size: str, roi, n_crops: int, batch: int, steps: int,
     crops, read_s = crops_of_a_subject(roi, n_crops, batch)
     crops = crops.to(device)
     torch.manual_seed(0)
+    config = ssl_network_config(crops.shape[1], **SIZES[size])
     head = SSLHead(
-        ssl_network_config(crops.shape[1], **SIZES[size]),
+        replace(config, window_size=window) if window else config,
         use_checkpoint=cfg["checkpoint"],
         use_flash_attention=cfg["flash"],
     ).to(device)
@@ -147,15 +152,19 @@ def main() -> int:
     parser.add_argument("--roi", type=int, help="crop side (default 96 on CUDA, 64 on CPU)")
     parser.add_argument("--steps", type=int, help="timed steps per configuration (default 10 on CUDA, 1 on CPU)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    # Testing/gpu/check.sh --dry-run: the script's own check on a CPU in seconds
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 3 on CUDA, 1 on CPU)")
+    parser.add_argument("--window", type=int, help="attention window (default the network's, 7)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     roi = (args.roi or (96 if cuda else 64),) * 3
     batch, n_crops = (2, 2) if cuda else (1, 2)
-    steps, warmup = args.steps or (10 if cuda else 1), 3 if cuda else 1
+    steps = args.steps or (10 if cuda else 1)
+    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     if args.one:
         name, size = args.one.split("|")
-        print(json.dumps(run_variant(name, size, roi, n_crops, batch, steps, warmup, args.device)))
+        print(json.dumps(run_variant(name, size, roi, n_crops, batch, steps, warmup, args.device, args.window)))
         return 0
 
     import torch
@@ -187,6 +196,9 @@ def main() -> int:
                     str(roi[0]),
                     "--steps",
                     str(steps),
+                    "--warmup",
+                    str(warmup),
+                    *(["--window", str(args.window)] if args.window else []),
                     "--one",
                     f"{name}|{size}",
                 ],
