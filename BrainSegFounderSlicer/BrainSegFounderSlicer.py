@@ -250,6 +250,11 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             getattr(self.ui, f"{modality}Label").visible = used
             getattr(self.ui, f"{modality}Label").text = modality_label(modality) + ":"
         self.ui.conventionSelector.enabled = choice.label_schema == "brats_regions"
+        # Fast mode only where it was measured for this model; its tooltip says what it costs.
+        self.ui.fastCheckBox.enabled = bool(choice.fast)
+        self.ui.fastCheckBox.toolTip = choice.fast_summary
+        if not choice.fast and self._parameterNode:
+            self._parameterNode.fast = False
         if unsupported:
             self.ui.modelInfoLabel.text += (
                 f"\nThis panel has no selector for {', '.join(unsupported)}; "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from brainsegfounder import registry
+from brainsegfounder import fast_mode, registry
 from brainsegfounder.atomic import atomic_path
 from brainsegfounder.errors import Cancelled, UserError
 from brainsegfounder.names import plain_name
@@ -58,6 +58,7 @@ class ModelEntry:
     size_bytes: Optional[int] = None
     bundled: Optional[str] = None
     description: str = ""
+    fast: Optional[dict] = None  # the measured fast mode (as the model's meta.fast says), None: none
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelEntry":
@@ -77,6 +78,7 @@ class ModelEntry:
                 size_bytes=data.get("size_bytes"),
                 bundled=data.get("bundled"),
                 description=data.get("description", ""),
+                fast=data.get("fast"),
             )
         except KeyError as error:
             raise UserError(
@@ -103,6 +105,14 @@ class ModelChoice:
     path: Optional[Path] = None  # None: must be downloaded or imported first
     entry: Optional[ModelEntry] = None
     description: str = ""
+    fast: Optional[dict] = None  # its measured fast mode, None: it offers none
+
+    @property
+    def fast_summary(self) -> str:
+        """What the panel's Fast mode box says of this model (its tooltip)."""
+        if not self.fast:
+            return "this model has no measured fast mode: it always runs at its default settings"
+        return fast_mode.describe(self.fast) + " on the cases it was measured on"
 
     @property
     def available(self) -> bool:
@@ -163,6 +173,7 @@ class ModelManager:
                 path=self.local_path(e),
                 entry=e,
                 description=e.description,
+                fast=e.fast,
             )
             for e in self.entries()
         ]
@@ -183,6 +194,7 @@ class ModelManager:
                     path=path,
                     description=info.get("description", "")
                     + (f"; base {provenance['base']}" if provenance.get("base") else ""),
+                    fast=info.get("fast"),
                 )
             )
         return found

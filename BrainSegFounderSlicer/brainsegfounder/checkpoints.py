@@ -75,6 +75,13 @@ class ModelMeta:
     provenance: Dict[str, str] = field(default_factory=dict)
     description: str = ""
     trained_on: str = ""  # see TRAINED_ON; "" in files written before it was recorded
+    # Voxel size (mm, along the network's index axes i, j, k) the model was trained at: inputs are
+    # resampled to it for inference. None: not recorded (files written before it was), run at
+    # the input's own voxel size.
+    spacing_mm: Optional[Tuple[float, float, float]] = None
+    # The fast mode measured for this model (see fast_mode.py): its settings and what it cost
+    # against the default on the cases it was measured on. None: no fast mode is offered.
+    fast: Optional[Dict] = None
 
     def caution(self) -> Optional[str]:
         """A note every run of a model not made for real scans must show, or None."""
@@ -95,6 +102,8 @@ class ModelMeta:
             "provenance": dict(self.provenance),
             "description": self.description,
             "trained_on": self.trained_on,
+            "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
+            "fast": self.fast,
         }
 
     @classmethod
@@ -113,6 +122,8 @@ class ModelMeta:
                 provenance=dict(data.get("provenance", {})),
                 description=data.get("description", ""),
                 trained_on=data.get("trained_on", ""),
+                spacing_mm=tuple(float(v) for v in data["spacing_mm"]) if data.get("spacing_mm") else None,
+                fast=data.get("fast"),
             )
         except (KeyError, TypeError) as error:
             raise UserError(
@@ -129,7 +140,7 @@ class ModelMeta:
             task=preset,
             roi_size=task.roi_size,
             orientation=task.orientation,
-            **kwargs,
+            **{"spacing_mm": task.spacing_mm, **kwargs},
         )
 
 
@@ -488,6 +499,7 @@ def init_model(
         provenance={"base": "random initialisation", "seed": str(seed), "size": size},
         description="untrained: its output is not meaningful",
         trained_on="untrained",
+        spacing_mm=None,  # set by the training that gives it weights
     )
     if roi:
         meta.roi_size = tuple(roi)

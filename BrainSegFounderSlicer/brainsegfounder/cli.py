@@ -23,7 +23,8 @@ from .checkpoints import init_model, load_checkpoint, resolve_meta
 from .console import volume_table
 from .demo import run_demo
 from .errors import Cancelled, UserError
-from .inference import InferenceSettings, fast_settings
+from .fast_mode import MAX_DICE_COST
+from .inference import InferenceSettings
 from .networks import MERGE_ORDER_NAMES, PRESETS, SIZES, build_network, count_parameters
 from .progress import CancelToken, JsonLinesReporter, TextReporter
 from .registry import local_model_task, local_models, models_dir, register_model, registry_models, resolve_model
@@ -86,7 +87,9 @@ def cmd_segment(args, report, cancel) -> dict:
         )
         if v is not None
     }
-    settings = fast_settings(**chosen, **explicit) if args.fast else InferenceSettings(**chosen, **explicit)
+    settings = InferenceSettings(
+        **chosen, **explicit, spacing=args.spacing, fast=args.fast, explicit=tuple(sorted(explicit))
+    )
     summary = segment_files(
         args.model,
         args.inputs,
@@ -268,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--task", help="task preset for checkpoints without metadata (brats, atlas)")
     seg.add_argument("--roi", type=_roi, help="sliding-window size, default the model's training ROI")
-    seg.add_argument("--overlap", type=float, help="window overlap (default 0.5; 0.25 with --fast)")
+    seg.add_argument("--overlap", type=float, help="window overlap (default 0.5; with --fast the model's)")
     seg.add_argument("--blend", default="gaussian", choices=("gaussian", "constant"))
     seg.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 1 on CPU, 2 on GPU)")
     seg.add_argument("--tta", action="store_true", help="average over the 8 mirror flips (8x slower)")
@@ -289,8 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--fast",
         action="store_true",
-        help="fast mode: 96^3 windows, overlap 0.25, bf16 where the hardware has it (about 3x faster on "
-        "a CPU; see the README for its accuracy cost)",
+        help="the model's own measured fast mode (`models inspect MODEL` shows its speed-up and the Dice it "
+        f"lost: never more than {MAX_DICE_COST} in any region of the cases it was measured on); a model "
+        "without one says so",
+    )
+    seg.add_argument(
+        "--spacing",
+        default="model",
+        choices=("model", "input"),
+        help="model: resample the inputs to the voxel size the model was trained at and the labels back "
+        "(default); input: run at the input's voxel size",
     )
     _add_common(seg)
 

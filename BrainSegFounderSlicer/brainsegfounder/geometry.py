@@ -106,3 +106,46 @@ def reorient(image: sitk.Image, code: str) -> sitk.Image:
 
 def voxel_volume_ml(image: sitk.Image) -> float:
     return float(np.prod(image.GetSpacing())) / 1000.0
+
+
+# Voxel sizes within this fraction of a model's are taken as its own (no resampling): 0.94 mm
+# in-plane, common in clinical 1 mm protocols, is not worth a round trip through interpolation.
+MODEL_SPACING_RTOL = 0.05
+
+
+def grid_at_spacing(image: sitk.Image, spacing) -> sitk.Image:
+    """An empty image covering ``image``'s extent (same direction, same outer corners up to a
+    voxel) with voxels of ``spacing`` mm along its index axes."""
+    old = np.asarray(image.GetSpacing(), float)
+    new = np.asarray(spacing, float)
+    size = np.maximum(1, np.ceil(np.asarray(image.GetSize()) * old / new - 1e-6)).astype(int)
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    corner = np.asarray(image.GetOrigin(), float) - direction @ (old / 2)  # outer corner of voxel 0
+    grid = sitk.Image([int(n) for n in size], sitk.sitkFloat32)
+    grid.SetSpacing([float(v) for v in new])
+    grid.SetDirection(image.GetDirection())
+    grid.SetOrigin([float(v) for v in corner + direction @ (new / 2)])
+    return grid
+
+
+def needs_model_spacing(image: sitk.Image, spacing) -> bool:
+    """Whether ``image``'s voxels differ from ``spacing`` (a model's) by more than MODEL_SPACING_RTOL."""
+    if spacing is None:
+        return False
+    return not np.allclose(image.GetSpacing(), spacing, rtol=MODEL_SPACING_RTOL, atol=0)
+
+
+def resample_linear(image: sitk.Image, grid: sitk.Image) -> sitk.Image:
+    """``image`` on ``grid`` (linear interpolation, float32, zero outside its extent)."""
+    return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def oriented_spacing(path, orientation: str) -> Tuple[float, float, float]:
+    """Voxel size of an image file along the index axes of ``orientation`` (header only)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)  # the header's geometry on two voxels a side
+    probe.SetSpacing(reader.GetSpacing())
+    probe.SetDirection(reader.GetDirection())
+    return tuple(float(v) for v in reorient(probe, orientation).GetSpacing())

@@ -31,8 +31,8 @@ from .progress import CancelToken, ProgressCallback, null_progress
 BLEND_MODES = ("gaussian", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-native")  # bf16-native: bf16 where the device has it, else fp32
 MEMORY_MODES = ("auto", "normal", "low")
+SPACINGS = ("model", "input")
 LOW_MEMORY_ROI = 96  # 62M on a BraTS case, CPU: 2.99 GiB peak for the whole run vs 4.32 GiB at 128^3 (measured)
-FAST_ROI = 96
 
 
 @dataclass
@@ -46,6 +46,9 @@ class InferenceSettings:
     precision: str = "auto"  # see auto_precision
     memory: str = "auto"  # auto: low when the device's free memory would not hold the default
     threads: Optional[int] = None  # CPU threads; None: the CPUs this process may use (resources.py)
+    spacing: str = "model"  # model: run at the model's training voxel size; input: at the input's
+    fast: bool = False  # the model's measured fast setting (fast_mode.py) for what is not in `explicit`
+    explicit: Tuple[str, ...] = ()  # settings given explicitly, which the fast setting leaves alone
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -62,6 +65,8 @@ class InferenceSettings:
             raise UserError(f"ROI {self.roi_size} is not usable: each side must be a multiple of 32, at least 64")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if self.spacing not in SPACINGS:
+            raise UserError(f"spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
         if not 0 < self.threshold < 1:
             raise UserError(f"threshold must be between 0 and 1, got {self.threshold}")
 
@@ -103,14 +108,6 @@ def flip_sets(tta: bool) -> List[Tuple[int, ...]]:
     return [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
 
 
-def fast_settings(**overrides) -> InferenceSettings:
-    """The documented fast mode: 96^3 windows (2.9x cheaper each than 128^3 on a CPU, as the
-    Swin stages pad less), a quarter overlap, bf16 where the device runs it natively."""
-    values = dict(roi_size=(FAST_ROI,) * 3, overlap=0.25, precision="bf16-native")
-    values.update(overrides)
-    return InferenceSettings(**values)
-
-
 @dataclass
 class InferenceReport:
     device: str
@@ -122,6 +119,7 @@ class InferenceReport:
     threads: int = 1
     model_s: float = 0.0
     notes: List[str] = field(default_factory=list)
+    spacing_mm: Tuple[float, ...] = ()  # the voxel size the network ran at
 
 
 def cpu_has_native_bf16() -> bool:

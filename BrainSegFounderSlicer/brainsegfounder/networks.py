@@ -99,6 +99,8 @@ class TaskPreset:
     # Index-axis orientation of the training images (ITK/DICOM letters): BraTS files are LPS,
     # ATLAS files (MNI152NLin2009aSym, as nibabel writes them) are RAS.
     orientation: str = "LPS"
+    # Voxel size of the training images (mm): BraTS and ATLAS (MNI152) are 1 mm.
+    spacing_mm: Tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 PRESETS: Dict[str, TaskPreset] = {

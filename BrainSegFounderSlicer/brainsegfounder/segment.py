@@ -15,6 +15,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from . import fast_mode
 from .checkpoints import (
     LoadedCheckpoint,
     ModelMeta,
@@ -24,7 +25,16 @@ from .checkpoints import (
     resolve_meta,
 )
 from .errors import UserError
-from .geometry import WARN_COVERAGE, orientation_code, percent, reorient, resample_with_coverage
+from .geometry import (
+    WARN_COVERAGE,
+    grid_at_spacing,
+    needs_model_spacing,
+    orientation_code,
+    percent,
+    reorient,
+    resample_linear,
+    resample_with_coverage,
+)
 from .imageio import check_images, read_volume
 from .inference import InferenceSettings, predict_probabilities, resolve_device
 from .labels import et_label, region_volumes, schema
@@ -62,8 +72,21 @@ def load_inputs(paths: Dict[str, str], progress: ProgressCallback = null_progres
 
 def to_network_array(images: Sequence[sitk.Image], orientation: str) -> np.ndarray:
     """(C, i, j, k) float32 with the index axes oriented as the network was trained."""
-    oriented = [reorient(image, orientation) for image in images]
+    return _arrays([reorient(image, orientation) for image in images])
+
+
+def _arrays(oriented: Sequence[sitk.Image]) -> np.ndarray:
     return np.stack([sitk.GetArrayFromImage(im).transpose(2, 1, 0) for im in oriented]).astype(np.float32)
+
+
+def _onto(array: np.ndarray, grid: sitk.Image, target: sitk.Image) -> np.ndarray:
+    """Channels (C, i, j, k) on ``grid`` resampled (linear) onto ``target``'s grid."""
+    out = []
+    for channel in array:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(channel.transpose(2, 1, 0)))
+        image.CopyInformation(grid)
+        out.append(sitk.GetArrayFromImage(resample_linear(image, target)).transpose(2, 1, 0))
+    return np.stack(out)
 
 
 def from_network_labels(labels: np.ndarray, reference: sitk.Image, orientation: str) -> sitk.Image:
@@ -94,6 +117,8 @@ class Segmenter:
 
         self.network = LowMemorySwinUNETR(network_from_checkpoint(self.checkpoint, use_flash_attention=True))
         self.meta: ModelMeta = resolve_meta(self.checkpoint, task)
+        if self.settings.fast:
+            self.settings = fast_mode.apply(self.settings, self.meta)
         self.schema = schema(self.meta.label_schema)
         if self.schema.num_channels != self.checkpoint.network.out_channels:
             raise UserError(
@@ -104,6 +129,15 @@ class Segmenter:
     @property
     def roi(self) -> Tuple[int, int, int]:
         return tuple(self.settings.roi_size or self.meta.roi_size)
+
+    def model_grid(self, oriented_reference: sitk.Image) -> Optional[sitk.Image]:
+        """The grid at the model's training voxel size over the reference's extent, or None
+        where the reference already has that voxel size (or the model does not record one, or
+        the input's own voxel size was asked for)."""
+        spacing = self.meta.spacing_mm
+        if self.settings.spacing != "model" or not needs_model_spacing(oriented_reference, spacing):
+            return None
+        return grid_at_spacing(oriented_reference, spacing)
 
     def probabilities(
         self, volume: np.ndarray, progress: ProgressCallback = null_progress, cancel: Optional[CancelToken] = None
@@ -123,13 +157,31 @@ class Segmenter:
         progress: ProgressCallback = null_progress,
         cancel: Optional[CancelToken] = None,
     ):
-        """Label map on exactly the first image's grid, with the brain box and run facts."""
-        volume = to_network_array(images, self.meta.orientation)
-        probs, box, report = self.probabilities(volume, progress, cancel)
+        """Label map on exactly the first image's grid, with the brain box and run facts.
+
+        The network runs at the model's training voxel size: inputs on another are resampled
+        to it (linear) and the probabilities back onto the reference grid (linear) before
+        they are thresholded, so the label map has the reference's resolution."""
+        oriented = [reorient(image, self.meta.orientation) for image in images]
+        volume = _arrays(oriented)
+        grid = self.model_grid(oriented[0])
+        if grid is None:
+            probs, box, report = self.probabilities(volume, progress, cancel)
+        else:
+            progress("resample", 0, 1, f"resampling to the model's {_mm(grid.GetSpacing())} voxels")
+            at_model = _arrays([resample_linear(image, grid) for image in oriented])
+            probs, box, report = self.probabilities(at_model, progress, cancel)
+            probs = _onto(probs, grid, oriented[0])
+        ran_at = oriented[0] if grid is None else grid
+        report.spacing_mm = tuple(round(float(v), 4) for v in ran_at.GetSpacing())
         # Voxels where every input is zero (outside a skull-stripped brain) hold no tissue.
         regions = (probs > self.settings.threshold) & np.any(volume != 0, axis=0)
         labels = self.schema.regions_to_labels(regions, convention)
         return from_network_labels(labels, images[0], self.meta.orientation), box, report
+
+
+def _mm(spacing) -> str:
+    return "x".join(f"{float(v):g}" for v in spacing) + " mm"
 
 
 def segment_files(
@@ -206,10 +258,14 @@ def segment_files(
             "threads": report.threads,
             "model_s": round(report.model_s, 3),
             "brain_box_fraction": round(box.fraction, 3),
+            "model_spacing_mm": list(segmenter.meta.spacing_mm) if segmenter.meta.spacing_mm else None,
+            "run_at_spacing_mm": list(report.spacing_mm),
         },
         "notes": notes + report.notes,
         "timings_s": timings,
     }
+    if segmenter.settings.fast:
+        summary["notes"].append(f"fast mode: {fast_mode.describe(segmenter.meta.fast)}")
     caution = segmenter.meta.caution()  # shown on every run of a demo, synthetic-only or untrained model
     if caution:
         summary["notes"] = [caution, *summary["notes"]]

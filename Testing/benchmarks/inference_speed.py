@@ -195,7 +195,7 @@ def main() -> int:
     import torch
 
     from brainsegfounder.checkpoints import load_checkpoint, resolve_meta
-    from brainsegfounder.inference import InferenceSettings, fast_settings
+    from brainsegfounder.inference import InferenceSettings
     from brainsegfounder.segment import Segmenter
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -214,7 +214,7 @@ def main() -> int:
     roi = REFERENCE["roi"] if tuple(meta.roi_size) != REFERENCE["roi"] else None
 
     def make(overrides):
-        settings = fast_settings() if overrides == "fast" else InferenceSettings(roi_size=roi, **overrides)
+        settings = InferenceSettings(fast=True) if overrides == "fast" else InferenceSettings(roi_size=roi, **overrides)
         return Segmenter(args.checkpoint, task="brats", device=args.device, settings=settings)
 
     rows = [

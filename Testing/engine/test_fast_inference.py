@@ -121,13 +121,10 @@ def test_cpu_and_memory_grants_from_cgroup_files(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_fast_and_low_memory_modes(tmp_path, capsys, brats_model, brats_inputs):
+def test_cli_low_memory_mode(tmp_path, capsys, brats_model, brats_inputs):
+    """(Fast mode is each model's measured setting: test_fast_mode_and_spacing.py.)"""
     inputs, _ = brats_inputs
-    for extra, roi, overlap in (
-        (["--fast"], 96, 0.25),
-        (["--fast", "--overlap", "0.5"], 96, 0.5),
-        (["--memory", "low", "--threads", "1"], 64, 0.5),
-    ):
+    for extra, roi, overlap in ((["--memory", "low", "--threads", "1"], 64, 0.5),):
         summary_path = tmp_path / "summary.json"
         code, _, err = run_cli(
             segment_args(brats_model, inputs, tmp_path / "l.nii.gz", "--summary", summary_path, *extra), capsys

@@ -87,6 +87,11 @@ def test_shipped_registry_lists_the_released_and_demo_models(home, tmp_path):
     assert "Import from file" in atlas.status()
     with pytest.raises(UserError, match="no published SHA-256"):
         manager.download("brainsegfounder-atlas")
+    # the panel's Fast mode box: on with its measured cost for the demo, off for an unmeasured model
+    assert demo.fast
+    assert demo.fast_summary.startswith(f"{demo.fast['speedup']:.1f}x faster")
+    assert not atlas.fast
+    assert "no measured fast mode" in atlas.fast_summary
 
 
 def test_download_keeps_only_a_file_whose_checksum_matches(home, tmp_path, server):

@@ -154,3 +154,4 @@ def test_finetune_from_an_inflated_one_channel_checkpoint_end_to_end(tmp_path, t
     assert meta.provenance["base"] == str(path)
     assert meta.modalities == ("flair", "t1ce", "t1", "t2")
     assert meta.network.merge_order == "monai0.9"  # written down with the weights
+    assert meta.spacing_mm == (3.0, 3.0, 3.0)  # the training cases' voxel size, which inference resamples to

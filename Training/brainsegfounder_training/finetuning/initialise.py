@@ -48,7 +48,13 @@ class TaskSpec:
     base_meta: Optional[ModelMeta] = None
 
     def meta(
-        self, name: str, version: str, provenance: Dict[str, str], description: str = "", trained_on: str = "real"
+        self,
+        name: str,
+        version: str,
+        provenance: Dict[str, str],
+        description: str = "",
+        trained_on: str = "real",
+        spacing_mm: Optional[Tuple[float, float, float]] = None,
     ) -> ModelMeta:
         return ModelMeta(
             network=self.network,
@@ -62,6 +68,7 @@ class TaskSpec:
             provenance=provenance,
             description=description,
             trained_on=trained_on,
+            spacing_mm=spacing_mm,
         )
 
 

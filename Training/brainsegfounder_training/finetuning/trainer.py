@@ -23,7 +23,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -359,6 +359,7 @@ class Trainer(RunLoop):
             provenance,
             description=f"fine-tuned with brainsegfounder ({recipe['task']})",
             trained_on="synthetic" if synthetic else "real",
+            spacing_mm=training_spacing([*split.train, *split.replay], spec.orientation),
         )
         dtype = torch.float16 if recipe["model"]["save_dtype"] == "float16" else None
         self.save_best(run.model, meta, dtype=dtype)
@@ -380,3 +381,13 @@ class Trainer(RunLoop):
             "time_s": round(time.perf_counter() - t_start, 1),
         }
         return self.finish(summary, learning_curves, "learning_curves.png")
+
+
+def training_spacing(cases, orientation: str) -> Tuple[float, float, float]:
+    """The voxel size the model was trained at (the median over the training cases, along the
+    network's axes): inference resamples inputs to it. Cases are used at their own voxel size."""
+    from brainsegfounder.geometry import oriented_spacing
+
+    spacings = np.array([oriented_spacing(c.image_list()[0], orientation) for c in cases])
+    return tuple(round(float(v), 4) for v in np.median(spacings, axis=0))
+
