@@ -390,4 +390,3 @@ def training_spacing(cases, orientation: str) -> Tuple[float, float, float]:
 
     spacings = np.array([oriented_spacing(c.image_list()[0], orientation) for c in cases])
     return tuple(round(float(v), 4) for v in np.median(spacings, axis=0))
-
