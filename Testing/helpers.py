@@ -20,6 +20,34 @@ import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Tiny training runs shared by the training and GPU tests: the tiny model, 64^3, one step.
+FINETUNE_QUICK = [
+    "model.size=tiny",
+    "model.roi=[64,64,64]",
+    "train.epochs=1",
+    "train.steps_per_epoch=1",
+    "train.warmup_epochs=0",
+    "train.batch_size=1",
+    "data.folds=2",
+    "data.workers=0",
+    "data.cache=none",
+    "train.val_every=1",
+    "validation.overlap=0",
+    "model.gradient_checkpointing=false",
+]
+# Pretraining: 2 volumes x 1 crop per step, so the crops of one step come from different
+# subjects and the contrastive task has real negatives.
+PRETRAIN_QUICK = [
+    "model.size=tiny",
+    "model.roi=[64,64,64]",
+    "train.batch_size=2",
+    "train.crops_per_volume=1",
+    "train.warmup_steps=0",
+    "data.workers=0",
+    "model.gradient_checkpointing=false",
+    "train.log_every=1",
+]
+
 
 def wait_until(condition, timeout, what, interval=0.05, on_timeout=None):
     """Call ``condition()`` every ``interval`` s until it returns something true, and return that.

@@ -6,7 +6,7 @@ NCCL cannot put two processes on one GPU, so on a one-GPU machine DDP over NCCL 
 reached by forcing it: this process joins the process group itself and hands the run a
 ``Dist`` that says DDP is on. Everything after that is the harness's own code.
 
-    python ddp_worker.py finetune|pretrain DATA RUN_FOLDER cuda|cpu
+    python ddp_worker.py finetune|pretrain DATA RUN_FOLDER cuda|cpu [RECIPE_OVERRIDE ...]
 
 Prints one JSON line: the wrapper the model got, the backend, the steps and the device.
 """
@@ -22,32 +22,6 @@ import torch.distributed as dist
 from brainsegfounder_training.harness import distributed, run_loop
 from brainsegfounder_training.harness.run_folder import RunFolder
 
-FINETUNE = [
-    "model.size=tiny",
-    "model.roi=[64,64,64]",
-    "train.epochs=1",
-    "train.steps_per_epoch=1",
-    "train.warmup_epochs=0",
-    "train.batch_size=1",
-    "data.folds=2",
-    "data.workers=0",
-    "validation.overlap=0",
-    "data.max_val_cases=1",
-    "model.gradient_checkpointing=false",
-]
-PRETRAIN = [
-    "model.size=tiny",
-    "model.roi=[64,64,64]",
-    "train.batch_size=2",
-    "train.crops_per_volume=1",
-    "train.warmup_steps=0",
-    "data.workers=0",
-    "model.gradient_checkpointing=false",
-    "train.steps=1",
-    "train.val_every=1",
-    "train.save_every=1",
-]
-
 
 class WorldOfOne(distributed.Dist):
     @property
@@ -55,7 +29,8 @@ class WorldOfOne(distributed.Dist):
         return True
 
 
-def main(kind: str, data: str, out: str, device_type: str) -> int:
+def main(kind: str, data: str, out: str, device_type: str, *overrides: str) -> int:
+    """``overrides``: the recipe settings of the run (test_gpu.py passes its quick ones)."""
     cuda = device_type == "cuda"
     if cuda:
         torch.cuda.set_device(0)
@@ -76,13 +51,13 @@ def main(kind: str, data: str, out: str, device_type: str) -> int:
         from brainsegfounder_training.finetuning.trainer import Trainer
 
         summary = Trainer(
-            load_recipe("brats", [f"data.path={data}", *FINETUNE]), RunFolder(out), False, device_type
+            load_recipe("brats", [f"data.path={data}", *overrides]), RunFolder(out), False, device_type
         ).fit()
     else:
         from brainsegfounder_training.pretraining.loop import Pretrainer
         from brainsegfounder_training.pretraining.recipe import load_pretrain_recipe
 
-        recipe = load_pretrain_recipe("stage1-ukb", [f"data.path={data}", *PRETRAIN])
+        recipe = load_pretrain_recipe("stage1-ukb", [f"data.path={data}", *overrides])
         summary = Pretrainer(recipe, RunFolder(out), False, device_type).fit()
     if dist.is_initialized():  # the run leaves the group itself at its end
         dist.destroy_process_group()
@@ -91,4 +66,4 @@ def main(kind: str, data: str, out: str, device_type: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:5]))
+    sys.exit(main(*sys.argv[1:]))

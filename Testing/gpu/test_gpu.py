@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+import helpers
 from helpers import ROOT
 
 CUDA = torch.cuda.is_available()
@@ -38,35 +39,9 @@ SAMPLE = ROOT / "Resources" / "SampleData"
 SAMPLE_INPUTS = (("flair", "t2f"), ("t1ce", "t1c"), ("t1", "t1n"), ("t2", "t2w"))
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "BrainSegFounderSlicer"), str(ROOT / "Training")])}
 
-# The training tests' quick recipes (Testing/training/quick.py, test_pretraining.py): tiny model, 64^3, one step.
-FINETUNE_QUICK = [
-    "model.size=tiny",
-    "model.roi=[64,64,64]",
-    "train.epochs=1",
-    "train.steps_per_epoch=1",
-    "train.warmup_epochs=0",
-    "train.batch_size=1",
-    "data.folds=2",
-    "data.workers=0",
-    "data.cache=none",
-    "train.val_every=1",
-    "validation.overlap=0",
-    "data.max_val_cases=1",
-    "model.gradient_checkpointing=false",
-]
-PRETRAIN_QUICK = [
-    "model.size=tiny",
-    "model.roi=[64,64,64]",
-    "train.batch_size=2",
-    "train.crops_per_volume=1",
-    "train.warmup_steps=0",
-    "data.workers=0",
-    "model.gradient_checkpointing=false",
-    "train.log_every=1",
-    "train.steps=1",
-    "train.val_every=1",
-    "train.save_every=1",
-]
+# The training tests' quick recipes (helpers.py): tiny model, 64^3, one step.
+FINETUNE_QUICK = [*helpers.FINETUNE_QUICK, "data.max_val_cases=1"]
+PRETRAIN_QUICK = [*helpers.PRETRAIN_QUICK, "train.steps=1", "train.val_every=1", "train.save_every=1"]
 
 
 def needs_cuda(what: str):
@@ -229,7 +204,8 @@ def test_ddp_over_nccl_in_a_world_of_one(tmp_path, request, kind):
     env["MASTER_PORT"] = str(free_port())
     worker = Path(__file__).with_name("ddp_worker.py")
     proc = subprocess.run(
-        [sys.executable, str(worker), kind, str(data), str(tmp_path / "run"), DEVICE.type],
+        [sys.executable, str(worker), kind, str(data), str(tmp_path / "run"), DEVICE.type]
+        + (FINETUNE_QUICK if kind == "finetune" else PRETRAIN_QUICK),
         env=env,
         capture_output=True,
         text=True,

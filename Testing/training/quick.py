@@ -9,25 +9,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from helpers import ROOT, wait_until
+from helpers import FINETUNE_QUICK, ROOT, wait_until
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "BrainSegFounderSlicer"), str(ROOT / "Training")])}
 
 # A run of one 64^3 step per epoch with the tiny model: seconds on a 2-core CPU.
-QUICK = [
-    "model.size=tiny",
-    "model.roi=[64,64,64]",
-    "train.epochs=1",
-    "train.steps_per_epoch=1",
-    "train.warmup_epochs=0",
-    "train.batch_size=1",
-    "data.folds=2",
-    "data.workers=0",
-    "data.cache=none",
-    "train.val_every=1",
-    "validation.overlap=0",
-    "model.gradient_checkpointing=false",
-]
+QUICK = FINETUNE_QUICK
 
 
 # What every command a test runs adds: no progress output, the CPU.

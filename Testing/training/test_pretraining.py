@@ -12,23 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import PRETRAIN_QUICK, run_cli
 from quick import CPU, QUICK, cli, kill_after_first_state, torchrun_cpu
 
 pytestmark = pytest.mark.slow  # every test here is a pretraining run
 
-# Tiny model, 64^3 crops (at 3 mm the whole brain), 2 volumes x 1 crop per step: the crops of one
-# step come from different subjects, so the contrastive task has real negatives.
-PT_QUICK = [
-    "model.size=tiny",
-    "model.roi=[64,64,64]",
-    "train.batch_size=2",
-    "train.crops_per_volume=1",
-    "train.warmup_steps=0",
-    "data.workers=0",
-    "model.gradient_checkpointing=false",
-    "train.log_every=1",
-]
+PT_QUICK = PRETRAIN_QUICK  # at 3 mm a 64^3 crop is the whole brain
 
 
 def _records(run, kind):
