@@ -450,14 +450,19 @@ def resolve_meta(ckpt: LoadedCheckpoint, task: Optional[str] = None) -> ModelMet
 
 
 def checkpoint_payload(model, meta: ModelMeta, dtype: Optional["torch.dtype"] = None) -> dict:
-    """Our self-describing checkpoint as saved. ``dtype`` (e.g. float16) makes a compact file:
-    floating-point weights in that type (loading copies them back into the float32 network) and
-    no derived buffers (the loader rebuilds them from the config)."""
+    """Our self-describing checkpoint of ``model`` as saved (see :func:`state_payload`)."""
+    return state_payload(model.state_dict(), meta, dtype)
+
+
+def state_payload(state: Dict[str, "torch.Tensor"], meta: ModelMeta, dtype: Optional["torch.dtype"] = None) -> dict:
+    """Our self-describing checkpoint of a state dict as saved. ``dtype`` (e.g. float16) makes a
+    compact file: floating-point weights in that type (loading copies them back into the float32
+    network) and no derived buffers (the loader rebuilds them from the config)."""
     provenance = dict(meta.provenance)
     provenance.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     provenance.setdefault("brainsegfounder", __version__)
     meta = replace(meta, provenance=provenance)  # a copy: the caller's meta stays as it was
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta.to_dict(), "state_dict": state}
     if dtype is not None:
         payload["state_dict"] = {

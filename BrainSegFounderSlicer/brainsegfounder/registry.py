@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .atomic import atomic_path
-from .checkpoints import load_checkpoint, resolve_meta
+from .checkpoints import load_checkpoint, resolve_meta, state_payload
 from .errors import UserError
 from .names import plain_name
 
@@ -145,36 +145,21 @@ def free_name(name: str) -> str:
     return candidate
 
 
-def describe(path: os.PathLike, task: Optional[str] = None, merge_order: Optional[str] = None) -> dict:
+def describe(path: os.PathLike, task: Optional[str] = None) -> dict:
     """What a panel needs to offer a model without loading torch: name, version, task, inputs in
     channel order, label schema, ROI, description and provenance (from the checkpoint's metadata)."""
-    ckpt = load_checkpoint(path, merge_order)
+    return _description(load_checkpoint(path), task)
+
+
+def _description(ckpt, task: Optional[str]) -> dict:
     if ckpt.is_encoder_only:
         raise UserError(
-            f"{Path(path).name} is a self-supervised encoder without a segmentation head; it can be "
+            f"{ckpt.path.name} is a self-supervised encoder without a segmentation head; it can be "
             "fine-tuned (finetune --base) but cannot segment"
         )
     meta = resolve_meta(ckpt, task).to_dict()
     meta.pop("network")
     return meta
-
-
-def _save_described(source: os.PathLike, task: Optional[str], merge_order: str, target: Path) -> None:
-    """A checkpoint without metadata, written in our format with the metadata it resolves to."""
-    import torch
-
-    from .checkpoints import FORMAT, FORMAT_VERSION
-
-    ckpt = load_checkpoint(source, merge_order)
-    meta = resolve_meta(ckpt, task)
-    meta.provenance["merge_order"] = f"{merge_order}, as given when the model was registered"
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "meta": meta.to_dict(),
-        "state_dict": ckpt.state_dict,
-    }
-    torch.save(payload, target)
 
 
 def description_path(model: os.PathLike) -> Path:
@@ -192,7 +177,8 @@ def register_model(
     With ``merge_order`` (for a file without metadata trained with MONAI >= 1.5) the copy is
     written in our format with its metadata, so the order travels with the weights."""
     plain_name(name, "model name")
-    description = describe(source, task, merge_order)
+    ckpt = load_checkpoint(source, merge_order)
+    description = _description(ckpt, task)
     folder = models_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -207,8 +193,12 @@ def register_model(
         atomic_path(target, suffix=".tmp") as tmp,
         atomic_path(description_path(target), suffix=".tmp") as tmp_description,
     ):
-        if merge_order:
-            _save_described(source, task, merge_order, tmp)
+        if merge_order:  # written in our format, so the order travels with the weights
+            import torch
+
+            meta = resolve_meta(ckpt, task)
+            meta.provenance["merge_order"] = f"{merge_order}, as given when the model was registered"
+            torch.save(state_payload(ckpt.state_dict, meta), tmp)
         else:
             shutil.copyfile(source, tmp)
         tmp_description.write_text(json.dumps(description, indent=1) + "\n")
