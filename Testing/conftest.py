@@ -32,17 +32,19 @@ def brats_inputs(brats_root):
     return [(m, str(brats_root / p)) for m, p in images.items()], brats_root / label
 
 
-def balanced_model(path, task, seed, inputs):
-    """A random tiny model whose output bias is set so about half the brain is labelled on
-    ``inputs``: random weights alone may label nothing, which would let label tests pass vacuously."""
+def balanced_model(path, task, seed, inputs, architecture="SwinUNETR"):
+    """A random tiny model (of ``architecture``) whose output bias is set so about half the brain
+    is labelled on ``inputs``: random weights alone may label nothing, which would let label tests
+    pass vacuously."""
     import torch
 
     from brainsegfounder.checkpoints import init_model, load_checkpoint, network_from_checkpoint, save_checkpoint
     from brainsegfounder.imageio import read_volume
+    from brainsegfounder.networks import output_bias
     from brainsegfounder.preprocess import BrainBox, normalize
     from brainsegfounder.segment import to_network_array
 
-    init_model(path, "tiny", task, seed=seed, roi=TEST_ROI)
+    init_model(path, "tiny", task, seed=seed, roi=TEST_ROI, architecture=architecture)
     ckpt = load_checkpoint(path)
     model = network_from_checkpoint(ckpt).eval()
     volume = to_network_array([read_volume(p) for _, p in inputs], ckpt.meta.orientation)
@@ -52,7 +54,7 @@ def balanced_model(path, task, seed, inputs):
     with torch.inference_mode():
         logits = model(torch.from_numpy(np.pad(x, pad))[None])[0]
         median = logits.flatten(1).median(dim=1).values
-        model.out.conv.conv.bias -= median
+        output_bias(model, ckpt.network).sub_(median)
     return save_checkpoint(path, model, ckpt.meta)
 
 

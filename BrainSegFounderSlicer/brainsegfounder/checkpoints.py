@@ -34,7 +34,14 @@ from . import __version__
 from .atomic import atomic_path
 from .errors import UserError
 from .labels import schema
-from .networks import PRESETS, PUBLISHED_MERGE_ORDER, NetworkConfig, build_network, network_config
+from .networks import (
+    PRESETS,
+    PUBLISHED_MERGE_ORDER,
+    ArchitectureConfig,
+    SwinUNETRConfig,
+    build_network,
+    network_config,
+)
 from .output_files import OutputFiles
 from .paths import check_path
 
@@ -63,7 +70,7 @@ TRAINED_ON = {
 class ModelMeta:
     """What a checkpoint says about itself (the ``meta`` block of our format)."""
 
-    network: NetworkConfig
+    network: ArchitectureConfig  # SwinUNETR, ResEncUNet or PCTNet (networks.ARCHITECTURES)
     modalities: Tuple[str, ...]
     label_schema: str
     name: str = "unnamed"
@@ -110,7 +117,7 @@ class ModelMeta:
     def from_dict(cls, data: dict) -> "ModelMeta":
         try:
             return cls(
-                network=NetworkConfig.from_dict(data["network"]),
+                network=ArchitectureConfig.from_dict(data["network"]),
                 modalities=tuple(data["modalities"]),
                 label_schema=data["label_schema"],
                 name=data.get("name", "unnamed"),
@@ -131,7 +138,7 @@ class ModelMeta:
             ) from None
 
     @classmethod
-    def for_preset(cls, preset: str, network: NetworkConfig, **kwargs) -> "ModelMeta":
+    def for_preset(cls, preset: str, network: ArchitectureConfig, **kwargs) -> "ModelMeta":
         task = PRESETS[preset]
         return cls(
             network=network,
@@ -152,7 +159,7 @@ class LoadedCheckpoint:
     kind: str  # "brainsegfounder", "finetuned", "ssl", "monai"
     state_dict: Dict[str, "torch.Tensor"]
     meta: Optional[ModelMeta]
-    network: NetworkConfig
+    network: ArchitectureConfig
 
     @property
     def is_encoder_only(self) -> bool:
@@ -277,7 +284,7 @@ def _strip_module_prefix(state: Dict[str, "torch.Tensor"]) -> Dict[str, "torch.T
     return dict(state)
 
 
-def infer_network(state: Dict[str, "torch.Tensor"], merge_order: Optional[str] = None) -> NetworkConfig:
+def infer_network(state: Dict[str, "torch.Tensor"], merge_order: Optional[str] = None) -> SwinUNETRConfig:
     """Architecture from SwinUNETR keys: depths from block indices, heads from the relative
     position tables, feature size / in-channels / patch from the patch embedding, out-channels
     from the output conv (encoder-only files get out_channels=0). The merge order cannot be
@@ -304,7 +311,7 @@ def infer_network(state: Dict[str, "torch.Tensor"], merge_order: Optional[str] =
         side = round(table.shape[0] ** (1 / 3))
         window = (side + 1) // 2
     out = state.get("out.conv.conv.weight")
-    return NetworkConfig(
+    return SwinUNETRConfig(
         in_channels=in_channels,
         out_channels=int(out.shape[0]) if out is not None else 0,
         depths=tuple(depths),
@@ -393,7 +400,7 @@ def load_strict(module, state: Dict[str, "torch.Tensor"], what: str) -> None:
 
 
 def network_from_checkpoint(ckpt: LoadedCheckpoint, **build_kwargs):
-    """A SwinUNETR with all the checkpoint's weights, loaded strictly. Encoder-only (SSL)
+    """The checkpoint's network (of its architecture) with all its weights, loaded strictly. Encoder-only (SSL)
     checkpoints are refused here: they have no decoder to segment with."""
     if ckpt.is_encoder_only:
         raise UserError(
@@ -401,7 +408,7 @@ def network_from_checkpoint(ckpt: LoadedCheckpoint, **build_kwargs):
             "decoder; fine-tune it first (brainsegfounder finetune) and segment with the result"
         )
     if ckpt.network.out_channels < 1:
-        raise UserError(f"{ckpt.path} has no output layer ('out.conv.conv.weight'); it cannot segment")
+        raise UserError(f"{ckpt.path} has no output layer ('{ckpt.network.output_layer}.weight'); it cannot segment")
     model = build_network(ckpt.network, **build_kwargs)
     load_strict(model, ckpt.state_dict, f"checkpoint {ckpt.path.name}")
     return model
@@ -465,8 +472,18 @@ def state_payload(state: Dict[str, "torch.Tensor"], meta: ModelMeta, dtype: Opti
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta.to_dict(), "state_dict": state}
     if dtype is not None:
+        # One converted copy per tensor: ResEncUNet names each layer twice (and its decoder holds
+        # the encoder), so converting per key would store its weights three times.
+        converted: Dict[tuple, "torch.Tensor"] = {}
+
+        def compact(v):
+            view = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+            if view not in converted:
+                converted[view] = v.to(dtype)
+            return converted[view]
+
         payload["state_dict"] = {
-            k: v.to(dtype) if v.is_floating_point() else v
+            k: compact(v) if v.is_floating_point() else v
             for k, v in state.items()
             if not k.endswith(DERIVED_BUFFER_SUFFIX)
         }
@@ -486,12 +503,20 @@ def save_checkpoint(path: os.PathLike, model, meta: ModelMeta, dtype: Optional["
 
 
 def init_model(
-    output, size: str, task: str, seed: int = 0, name: Optional[str] = None, roi=None, overwrite: bool = False
+    output,
+    size: str,
+    task: str,
+    seed: int = 0,
+    name: Optional[str] = None,
+    roi=None,
+    overwrite: bool = False,
+    architecture: str = SwinUNETRConfig.NAME,
 ) -> Path:
     """A randomly initialised, self-describing checkpoint (deterministic by seed)."""
     import torch
 
-    config = network_config(size, task)
+    config = network_config(size, task, architecture)
+    config.check_roi(roi or PRESETS[task].roi_size)
     name = name or Path(output).name.split(".")[0]
     files = OutputFiles({"--output": output}, overwrite=overwrite).check()
     torch.manual_seed(seed)

@@ -25,7 +25,7 @@ from .demo import run_demo
 from .errors import Cancelled, UserError
 from .fast_mode import MAX_DICE_COST
 from .inference import InferenceSettings
-from .networks import MERGE_ORDER_NAMES, PRESETS, SIZES, build_network, count_parameters
+from .networks import ARCHITECTURE_SIZES, MERGE_ORDER_NAMES, PRESETS, architecture_name, build_network, count_parameters
 from .progress import CancelToken, JsonLinesReporter, TextReporter
 from .registry import local_model_task, local_models, models_dir, register_model, registry_models, resolve_model
 from .resources import compute_devices
@@ -155,21 +155,25 @@ def cmd_models(args, report, cancel) -> dict:
         for name, path in local_models().items():
             # --model NAME finds the registry's model first: this one only by its path
             hidden = "  (a registry model has its name: give the path)" if name in ids else ""
-            rows.append((name, local_model_task(path), "local", f"{path}{hidden}"))
+            architecture = local_model_task(path, "architecture")
+            source = f"local {architecture}" if architecture else "local"
+            rows.append((name, local_model_task(path), source, f"{path}{hidden}"))
         width = max([len(row[0]) for row in rows] + [4])
         lines = ["models (segment --model NAME):"]
-        lines += [f"  {'name':{width}s}  {'task':6s} {'source':15s} file"]
-        lines += [f"  {n:{width}s}  {t or '?':6s} {s:15s} {w}" for n, t, s, w in rows]
+        lines += [f"  {'name':{width}s}  {'task':6s} {'source':16s} file"]
+        lines += [f"  {n:{width}s}  {t or '?':6s} {s:16s} {w}" for n, t, s, w in rows]
         lines += [f"local models are kept in {models_dir()} (add one: models register FILE --name NAME)"]
         lines += ["task presets (models init --task, --task for checkpoints without metadata):"]
         lines += [f"  {p.name:8s} inputs {','.join(p.modalities)} -> {p.description}" for p in PRESETS.values()]
-        lines += ["sizes (models init --size): " + ", ".join(SIZES)]
+        lines += ["architectures and their sizes (models init --architecture A --size S):"]
+        lines += [f"  {a:10s} {', '.join(sizes)}" for a, sizes in ARCHITECTURE_SIZES.items()]
         return {"message": "\n".join(lines)}
     if args.models_command == "inspect":
         ckpt = load_checkpoint(resolve_model(args.checkpoint))
         info = {
             "path": str(ckpt.path),
             "format": ckpt.kind,
+            "architecture": ckpt.network.summary(),
             "network": ckpt.network.to_dict(),
             "tensors": len(ckpt.state_dict),
         }
@@ -187,7 +191,18 @@ def cmd_models(args, report, cancel) -> dict:
             "message": f"registered {args.checkpoint} as {path.stem} ({path}); segment with --model {path.stem}",
         }
     return {
-        "output": str(init_model(args.output, args.size, args.task, args.seed, args.name, args.roi, args.overwrite)),
+        "output": str(
+            init_model(
+                args.output,
+                args.size,
+                args.task,
+                args.seed,
+                args.name,
+                args.roi,
+                args.overwrite,
+                architecture_name(args.architecture),
+            )
+        ),
         "message": f"wrote {args.output}",
     }
 
@@ -337,7 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(reg)
     ini = mod_sub.add_parser("init", help="write a randomly initialised, self-describing model")
-    ini.add_argument("--size", default="tiny", help="62M, 64M, 70M, 277M, small or tiny")
+    ini.add_argument(
+        "--architecture", default="swinunetr", help="swinunetr (default), resenc or pctnet (sizes: models list)"
+    )
+    ini.add_argument(
+        "--size",
+        default="tiny",
+        help="swinunetr: 62M, 64M, 70M, 277M, small, tiny; resenc: L, M, tiny; pctnet: 45M, tiny",
+    )
     ini.add_argument("--task", default="brats", help="brats or atlas")
     ini.add_argument("--output", required=True)
     ini.add_argument("--seed", type=int, default=0)

@@ -268,9 +268,12 @@ def fallback_plan(device, sw_batch_size: int):
 
 
 def _feature_size(model) -> Optional[int]:
-    """Channels of the first 3D convolution: SwinUNETR's patch embedding, i.e. its feature size."""
+    """Channels of the first 3D convolution: SwinUNETR's patch embedding, i.e. its feature size.
+    None for other networks (ResEncUNet, PCTNet): the peak estimate was measured on SwinUNETR."""
     import torch
 
+    if not hasattr(getattr(model, "net", model), "swinViT"):
+        return None
     return next((m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv3d)), None)
 
 

@@ -99,14 +99,14 @@ def local_models() -> Dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()}
 
 
-def local_model_task(path: os.PathLike) -> str:
-    """A local model's task from the description written beside it ("" if it has none), read
-    without loading torch."""
+def local_model_task(path: os.PathLike, field: str = "task") -> str:
+    """A local model's task (or another ``field`` such as "architecture") from the description
+    written beside it ("" if it has none), read without loading torch."""
     try:
-        task = json.loads(description_path(path).read_text()).get("task", "")
+        value = json.loads(description_path(path).read_text()).get(field, "")
     except (OSError, ValueError, AttributeError):
         return ""
-    return task if isinstance(task, str) else ""
+    return value if isinstance(value, str) else ""
 
 
 def resolve_model(name_or_path: str) -> Path:
@@ -159,6 +159,7 @@ def _description(ckpt, task: Optional[str]) -> dict:
         )
     meta = resolve_meta(ckpt, task).to_dict()
     meta.pop("network")
+    meta["architecture"] = ckpt.network.NAME  # what the model list shows beside the task
     return meta
 
 

@@ -115,10 +115,12 @@ class Segmenter:
         # 3.7 vs 4.5 GiB peak; the low-memory forward takes the peak to 3.2 GiB (low_memory_swin.py).
         from .low_memory_swin import LowMemorySwinUNETR  # torch: imported once the inputs have passed their checks
 
-        self.network = LowMemorySwinUNETR(network_from_checkpoint(self.checkpoint, use_flash_attention=True))
+        network = network_from_checkpoint(self.checkpoint, use_flash_attention=True).eval()
+        self.network = LowMemorySwinUNETR(network) if self.checkpoint.network.NAME == "SwinUNETR" else network
         self.meta: ModelMeta = resolve_meta(self.checkpoint, task)
         if self.settings.fast:
             self.settings = fast_mode.apply(self.settings, self.meta)
+        self.checkpoint.network.check_roi(self.roi, "window")
         self.schema = schema(self.meta.label_schema)
         if self.schema.num_channels != self.checkpoint.network.out_channels:
             raise UserError(
