@@ -184,3 +184,43 @@ def test_a_backbone_segments_through_the_cli(tmp_path, capsys, brats_inputs, arc
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["regions"]["ED"]["volume_ml"] > 0  # the balanced model labels about half the brain
     assert summary["inference"]["roi_size"] == [64, 64, 64]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("alias", "architecture"), [("resenc", "ResEncUNet"), ("pctnet", "PCTNet")])
+def test_a_backbone_fine_tuned_from_scratch_segments_as_swinunetr_does(
+    tmp_path, capsys, train_root, brats_inputs, alias, architecture
+):
+    """model.architecture picks the backbone; two steps, then best.pt goes to `segment`."""
+    from helpers import FINETUNE_QUICK
+
+    out = tmp_path / "run"
+    quick = [*FINETUNE_QUICK, "train.steps_per_epoch=2", f"model.architecture={alias}"]
+    args = ["finetune", "--config", "brats", "--data", train_root, "--out", out, "--device", "cpu", *quick]
+    code, _, err = run_cli([*args, "--progress", "none"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "init.json").read_text())["kind"] == "scratch"
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt.network == network_config("tiny", "brats", architecture)
+    assert ckpt.meta.roi_size == (64, 64, 64)
+    inputs, _ = brats_inputs
+    seg = ["segment", "--model", out / "best.pt", "--output", tmp_path / "seg.nii.gz", "--device", "cpu"]
+    code, _, err = run_cli([*seg, *(f"--input={m}={p}" for m, p in inputs), "--summary", tmp_path / "s.json"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "s.json").read_text())["model"]["name"] == "run"
+
+
+def test_a_recipe_naming_another_architecture_than_its_base_is_refused(tmp_path, train_root, brats_model):
+    from brainsegfounder_training.finetuning.initialise import resolve_task
+    from brainsegfounder_training.finetuning.recipe import load_recipe
+
+    from helpers import FINETUNE_QUICK
+
+    overrides = [f"data.path={train_root}", *FINETUNE_QUICK, f"init.checkpoint={brats_model}"]
+    other = r"the init checkpoint is a SwinUNETR but the recipe's model\.architecture is ResEncUNet"
+    with pytest.raises(UserError, match=other):
+        resolve_task(load_recipe("brats", [*overrides, "model.architecture=resenc"]))
+    with pytest.raises(UserError, match="unknown architecture 'unet'; choose swinunetr, resenc or pctnet"):
+        load_recipe("brats", [*overrides, "model.architecture=unet"])
+    with pytest.raises(UserError, match=r"unknown model.size '62M' for PCTNet; choose 45M, tiny or auto"):
+        resolve_task(load_recipe("brats", [f"data.path={train_root}", "model.architecture=pctnet"]))

@@ -7,31 +7,33 @@ over the source channels, and all are scaled by ``C_source / C_new`` so that the
 response to equal inputs keeps its magnitude. A different number of outputs re-initialises
 only the output layer. Every other mismatch (depths, heads, feature size) is an error naming
 the keys. What was loaded, inflated and re-initialised is returned and written to the run.
+
+Every architecture (SwinUNETR, ResEncUNet, PCTNet: ``model.architecture``) is trained the same
+way; its config names its input kernels, encoder and output layer.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
-from brainsegfounder.checkpoints import ENCODER_PREFIX, LoadedCheckpoint, ModelMeta, load_checkpoint, load_strict
+from brainsegfounder.checkpoints import LoadedCheckpoint, ModelMeta, load_checkpoint, load_strict
 from brainsegfounder.errors import UserError
 from brainsegfounder.labels import MULTILABEL_PREFIX, schema
 from brainsegfounder.modalities import canonical
-from brainsegfounder.networks import PRESETS, SIZES, NetworkConfig, build_network
+from brainsegfounder.networks import (
+    ARCHITECTURE_SIZES,
+    PRESETS,
+    ArchitectureConfig,
+    architecture_name,
+    build_network,
+    output_bias,
+    sized_config,
+)
 from brainsegfounder.registry import resolve_model
 
 from ..harness.initial_weights import InitReport, inflate
-
-# SwinUNETR tensors whose second axis is the input channels: the patch embedding and the
-# first residual block on the raw image (its 3x3x3 conv and 1x1x1 shortcut).
-INPUT_KERNELS = (
-    "swinViT.patch_embed.proj.weight",
-    "encoder1.layer.conv1.conv.weight",
-    "encoder1.layer.conv3.conv.weight",
-)
-OUTPUT_PREFIX = "out."
 
 
 @dataclass
@@ -42,7 +44,7 @@ class TaskSpec:
     modalities: Tuple[str, ...]
     label_schema: str
     orientation: str
-    network: NetworkConfig
+    network: ArchitectureConfig
     roi: Tuple[int, int, int]
     base: Optional[LoadedCheckpoint] = None
     base_meta: Optional[ModelMeta] = None
@@ -109,39 +111,56 @@ def resolve_task(recipe: dict) -> TaskSpec:
             f"base model {base_meta.name} takes {', '.join(base_meta.modalities)} but the recipe's "
             f"task needs {', '.join(modalities)}; choose a base model for these inputs"
         )
-    size = recipe["model"]["size"]
-    if size == "auto":
-        if base is None:
-            raise UserError("model.size auto needs an init checkpoint to take the architecture from")
-        arch = dict(
-            depths=base.network.depths, num_heads=base.network.num_heads, feature_size=base.network.feature_size
-        )
-    elif size in SIZES:
-        arch = SIZES[size]
-    else:
-        raise UserError(f"unknown model.size {size!r}; choose {', '.join(SIZES)} or auto")
-    # A model keeps the merge order its initial weights were trained with (BrainSegFounder's
-    # releases: MONAI 0.9's); one from scratch gets the order of new models.
-    order = {"merge_order": base.network.merge_order} if base is not None else {}
-    network = NetworkConfig(in_channels=len(modalities), out_channels=out_channels, **arch, **order)
-    if base is not None:
-        mine = (network.depths, network.num_heads, network.feature_size)
-        theirs = (base.network.depths, base.network.num_heads, base.network.feature_size)
-        if mine != theirs:
-            raise UserError(
-                f"the init checkpoint is depths {list(theirs[0])}, heads {list(theirs[1])}, feature "
-                f"size {theirs[2]}, but model.size {size} is {list(mine[0])}, {list(mine[1])}, "
-                f"{mine[2]}; set model.size=auto or the matching size"
-            )
+    network = _network(recipe, base, len(modalities), out_channels)
     roi_setting = recipe["model"]["roi"]
     if roi_setting == "auto":
         roi_setting = base_meta.roi_size if base_meta is not None else (128, 128, 128)
     roi = tuple(int(r) for r in roi_setting)
+    network.check_roi(roi, "recipe model.roi")
     return TaskSpec(task, tuple(modalities), label_schema, orientation, network, roi, base, base_meta)
 
 
+def _network(recipe: dict, base: Optional[LoadedCheckpoint], in_channels: int, out_channels: int):
+    """The recipe's architecture and size (``auto``: the base model's), checked against the base."""
+    size, architecture = recipe["model"]["size"], recipe["model"]["architecture"]
+    if architecture == "auto":
+        architecture = base.network.NAME if base is not None else "SwinUNETR"
+    architecture = architecture_name(architecture)
+    if base is not None and architecture != base.network.NAME:
+        raise UserError(
+            f"the init checkpoint is a {base.network.NAME} but the recipe's model.architecture is {architecture}; "
+            "set model.architecture=auto or give a base model of that architecture"
+        )
+    if size == "auto":
+        if base is None:
+            raise UserError("model.size auto needs an init checkpoint to take the architecture from")
+        return replace(base.network, in_channels=in_channels, out_channels=out_channels)
+    if size not in ARCHITECTURE_SIZES[architecture]:
+        raise UserError(
+            f"unknown model.size {size!r} for {architecture}; choose {', '.join(ARCHITECTURE_SIZES[architecture])} "
+            "or auto"
+        )
+    # A SwinUNETR keeps the merge order its initial weights were trained with (BrainSegFounder's
+    # releases: MONAI 0.9's); one from scratch gets the order of new models.
+    order = {"merge_order": base.network.merge_order} if base is not None and architecture == "SwinUNETR" else {}
+    network = sized_config(architecture, size, in_channels, out_channels, **order)
+    if base is not None:
+        mine, theirs = _shape(network), _shape(base.network)
+        if mine != theirs:
+            raise UserError(
+                f"the init checkpoint is {base.network.summary()}, but model.size {size} is "
+                f"{network.summary()}; set model.size=auto or the matching size"
+            )
+    return network
+
+
+def _shape(config: ArchitectureConfig) -> dict:
+    """A config without what may differ from its base model's: the channels in and out."""
+    return {k: v for k, v in config.to_dict().items() if k not in ("in_channels", "out_channels")}
+
+
 def initialise(model, spec: TaskSpec, recipe: dict) -> InitReport:
-    """Load the recipe's init checkpoint into ``model`` (a SwinUNETR built from ``spec``)."""
+    """Load the recipe's init checkpoint into ``model`` (the network built from ``spec``)."""
     report = InitReport()
     base = spec.base
     if base is None:
@@ -150,15 +169,20 @@ def initialise(model, spec: TaskSpec, recipe: dict) -> InitReport:
     source_modalities = base.meta.modalities if base.meta is not None else recipe["init"]["modalities"]
     target = model.state_dict()
     encoder_only = base.is_encoder_only or recipe["init"]["encoder_only"]
-    wanted = {k: v for k, v in base.state_dict.items() if not encoder_only or k.startswith(ENCODER_PREFIX)}
+    encoder = spec.network.ENCODER_PREFIXES
+    wanted = {k: v for k, v in base.state_dict.items() if not encoder_only or k.startswith(encoder)}
     report.ignored = sorted(set(base.state_dict) - set(wanted))
     state = dict(target)  # anything not in the checkpoint keeps its fresh initialisation
     for key, value in wanted.items():
         if key not in target:
             continue  # reported by load_strict below through the strict comparison
-        if key in INPUT_KERNELS and value.shape[1] != target[key].shape[1] and value.shape[2:] == target[key].shape[2:]:
+        if (
+            key in spec.network.INPUT_KERNELS
+            and value.shape[1] != target[key].shape[1]
+            and value.shape[2:] == target[key].shape[2:]
+        ):
             state[key], report.inflated[key] = inflate(value.float(), source_modalities, spec.modalities)
-        elif key.startswith(OUTPUT_PREFIX) and value.shape != target[key].shape:
+        elif key.startswith(spec.network.output_layer + ".") and value.shape != target[key].shape:
             report.reinitialised.append(key)
             continue
         else:
@@ -171,7 +195,7 @@ def initialise(model, spec: TaskSpec, recipe: dict) -> InitReport:
             f"({', '.join(unexpected[:3])}); it is a different architecture"
         )
     if encoder_only:
-        missing = sorted(k for k in target if k.startswith(ENCODER_PREFIX) and k not in wanted)
+        missing = sorted(k for k in target if k.startswith(encoder) and k not in wanted)
     else:
         missing = sorted(k for k in target if k not in wanted)
     if missing:
@@ -199,5 +223,5 @@ def build_model(spec: TaskSpec, recipe: dict):
     if report.kind in ("scratch", "ssl") or report.reinitialised or recipe["init"]["encoder_only"]:
         prior = float(recipe["init"]["output_prior"])
         with torch.no_grad():
-            model.out.conv.conv.bias.fill_(math.log(prior / (1 - prior)))
+            output_bias(model, spec.network).fill_(math.log(prior / (1 - prior)))
     return model, report

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, Optional
 
 from brainsegfounder.errors import UserError
 from brainsegfounder.names import plain_name
+from brainsegfounder.networks import architecture_name
 
 from ..harness.recipe import (
     CONFIG_DIR,
@@ -32,7 +33,11 @@ DEFAULTS: Dict[str, Any] = {
     "labels": None,  # generic: label names for values 1..N, e.g. [lesion, edema]
     "orientation": "RAS",  # generic: index-axis orientation the network sees
     "model": {
-        "size": "62M",  # 62M, 64M, 70M, 277M, small, tiny, or auto (the init checkpoint's)
+        # swinunetr, resenc or pctnet; auto: the init checkpoint's (SwinUNETR from scratch)
+        "architecture": "auto",
+        # swinunetr: 62M, 64M, 70M, 277M, small, tiny; resenc: L, M, tiny; pctnet: 45M, tiny;
+        # or auto (the init checkpoint's)
+        "size": "62M",
         "roi": [128, 128, 128],  # or auto: the init checkpoint's training ROI
         "gradient_checkpointing": False,
         "name": None,  # model name written into the checkpoint (default: the run folder)
@@ -93,6 +98,8 @@ def check_recipe(recipe: dict) -> None:
     """Every setting, before any data is read or model loaded: a bad value is one line at
     second one, not a crash after the first epoch."""
     check_choices(recipe, CHOICES)
+    if recipe["model"]["architecture"] != "auto":
+        architecture_name(recipe["model"]["architecture"])  # one line naming the choices if unknown
     check_whole_numbers(
         recipe, ("train.epochs", "train.batch_size", "train.val_every", "data.folds", "train.log_every")
     )
