@@ -106,6 +106,7 @@ class ModelChoice:
     entry: Optional[ModelEntry] = None
     description: str = ""
     fast: Optional[dict] = None  # its measured fast mode, None: it offers none
+    architecture: str = ""  # SwinUNETR, ResEncUNet, PCTNet ("" where not known before it is loaded)
 
     @property
     def fast_summary(self) -> str:
@@ -182,10 +183,11 @@ class ModelManager:
             if info is None:
                 continue  # not described: re-import it with Import from file
             provenance = info.get("provenance") or {}
+            architecture = str(info.get("architecture", ""))
             found.append(
                 ModelChoice(
                     key=f"local:{name}",
-                    title=f"{name} (local)",
+                    title=f"{name} (local, {architecture})" if architecture else f"{name} (local)",
                     version=str(info.get("version", "?")),
                     license=str(provenance.get("license", "as its base model")),
                     task=info.get("task", ""),
@@ -195,6 +197,7 @@ class ModelManager:
                     description=info.get("description", "")
                     + (f"; base {provenance['base']}" if provenance.get("base") else ""),
                     fast=info.get("fast"),
+                    architecture=architecture,
                 )
             )
         return found
