@@ -23,4 +23,5 @@ fi
 extras="[training]"
 [ "${1:-}" = "--test" ] && extras="[training,test]"
 "$py" -m pip install --quiet -e ".${extras}"
+"$py" -m pip install --quiet --no-deps -r BrainSegFounderSlicer/brainsegfounder/requirements-nodeps.txt
 "$py" -c "import torch, monai, brainsegfounder; print(f'brainsegfounder {brainsegfounder.__version__}: torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}), MONAI {monai.__version__}')"

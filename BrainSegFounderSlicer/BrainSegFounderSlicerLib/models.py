@@ -10,7 +10,6 @@ SHA-256 matches. Locally fine-tuned and imported models live in the engine's mod
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,20 +24,13 @@ from brainsegfounder import fast_mode, registry
 from brainsegfounder.atomic import atomic_path
 from brainsegfounder.errors import Cancelled, UserError
 from brainsegfounder.names import plain_name
+from brainsegfounder.paths import sha256_of
 
 from .runner import engine_command
 
 REGISTRY_FILE = registry.REGISTRY_FILE  # extension resources (source tree and install)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
-
-
-def sha256_of(path: os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

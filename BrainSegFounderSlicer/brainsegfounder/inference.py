@@ -25,6 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import resources
+from .cpu_runtimes import RUNTIMES
 from .errors import UserError
 from .progress import CancelToken, ProgressCallback, null_progress
 
@@ -47,6 +48,7 @@ class InferenceSettings:
     memory: str = "auto"  # auto: low when the device's free memory would not hold the default
     threads: Optional[int] = None  # CPU threads; None: the CPUs this process may use (resources.py)
     spacing: str = "model"  # model: run at the model's training voxel size; input: at the input's
+    runtime: str = "auto"  # auto: OpenVINO on the CPU where installed, else PyTorch (cpu_runtimes.py)
     fast: bool = False  # the model's measured fast setting (fast_mode.py) for what is not in `explicit`
     explicit: Tuple[str, ...] = ()  # settings given explicitly, which the fast setting leaves alone
 
@@ -67,6 +69,8 @@ class InferenceSettings:
             raise UserError(f"--threads must be at least 1, got {self.threads}")
         if self.spacing not in SPACINGS:
             raise UserError(f"spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
+        if self.runtime not in RUNTIMES:
+            raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if not 0 < self.threshold < 1:
             raise UserError(f"threshold must be between 0 and 1, got {self.threshold}")
 
@@ -120,6 +124,7 @@ class InferenceReport:
     model_s: float = 0.0
     notes: List[str] = field(default_factory=list)
     spacing_mm: Tuple[float, ...] = ()  # the voxel size the network ran at
+    runtime: str = "torch"  # what ran the network: torch, openvino or onnxruntime
 
 
 def cpu_has_native_bf16() -> bool:
@@ -285,11 +290,14 @@ def predict_probabilities(
     device,
     progress: ProgressCallback = null_progress,
     cancel: Optional[CancelToken] = None,
+    cpu_runtime=None,
 ) -> Tuple[np.ndarray, InferenceReport]:
     """Sigmoid probabilities (C_out, ...) for a normalised volume (C_in, ...).
 
     Plans memory first (:func:`plan_memory`); on out-of-memory retries as
-    :func:`fallback_plan` says, reporting each step.
+    :func:`fallback_plan` says, reporting each step. ``cpu_runtime`` (a
+    :class:`~brainsegfounder.cpu_runtimes.CpuRuntime`) runs the windows on the CPU through an
+    exported graph instead of ``model``, which stays the fallback.
     """
     import torch
 
@@ -305,11 +313,17 @@ def predict_probabilities(
     for i, (dev, batch) in enumerate(attempts):
         precision = auto_precision(dev, settings.precision)
         output_device = torch.device("cpu") if plan.output_on_host else dev
+        runner, runtime = model, "torch"
+        if cpu_runtime is not None and dev.type == "cpu":
+            exported, why_not = cpu_runtime.network_for(plan.roi, precision, progress)
+            notes.extend(why_not)
+            if exported is not None:
+                runner, runtime, precision = exported, exported.runtime, exported.precision
         try:
             t0 = time.perf_counter()
             with resources.thread_limit(settings.threads) as threads:
                 probs, windows = _sliding_probabilities(
-                    model,
+                    runner,
                     volume,
                     plan.roi,
                     settings,
@@ -334,6 +348,7 @@ def predict_probabilities(
                 threads=threads,
                 model_s=time.perf_counter() - t0,
                 notes=notes,
+                runtime=runtime,
             )
         except torch.OutOfMemoryError:
             if i + 1 == len(attempts):

@@ -7,6 +7,7 @@ as a folder), a device or pipe (reading would block forever), no permission, an 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -58,3 +59,12 @@ def check_path(path: os.PathLike, label: str, kind: str = "any", hint: str = "ch
     if is_file and info.st_size == 0:
         raise UserError(f"{label}: {path} is empty (0 bytes); copy or export it again")
     return info
+
+
+def sha256_of(path: os.PathLike) -> str:
+    """The SHA-256 of a file's content (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

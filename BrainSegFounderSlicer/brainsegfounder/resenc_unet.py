@@ -18,7 +18,7 @@ def build_resenc_unet(config: ResEncUNetConfig):
     except ImportError:
         raise UserError(
             "ResEncUNet models need the package dynamic-network-architectures; "
-            "install it with: pip install 'dynamic-network-architectures>=0.4,<0.5'"
+            "install it with: pip install --no-deps 'dynamic-network-architectures>=0.4,<0.5'"
         ) from None
     from torch import nn
 

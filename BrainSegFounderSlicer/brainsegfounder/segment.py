@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from . import fast_mode
+from . import fast_mode, resources
 from .checkpoints import (
     LoadedCheckpoint,
     ModelMeta,
@@ -24,6 +24,7 @@ from .checkpoints import (
     network_from_checkpoint,
     resolve_meta,
 )
+from .cpu_runtimes import CpuRuntime, resolve_runtime
 from .errors import UserError
 from .geometry import (
     WARN_COVERAGE,
@@ -121,6 +122,17 @@ class Segmenter:
         if self.settings.fast:
             self.settings = fast_mode.apply(self.settings, self.meta)
         self.checkpoint.network.check_roi(self.roi, "window")
+        runtime = resolve_runtime(self.settings.runtime, self.device)
+        self.cpu_runtime = None
+        if runtime != "torch":
+            self.cpu_runtime = CpuRuntime(
+                lambda: network_from_checkpoint(self.checkpoint, use_flash_attention=True).eval(),
+                self.checkpoint.path,
+                self.checkpoint.network.in_channels,
+                runtime,
+                threads=self.settings.threads or resources.usable_cpus(),
+                network_config=self.checkpoint.network.to_dict(),
+            )
         self.schema = schema(self.meta.label_schema)
         if self.schema.num_channels != self.checkpoint.network.out_channels:
             raise UserError(
@@ -148,7 +160,7 @@ class Segmenter:
         box = BrainBox.of(volume)
         cropped = normalize(box.crop(volume), self.meta.normalization)
         probs, report = predict_probabilities(
-            self.network, cropped, self.roi, self.settings, self.device, progress, cancel
+            self.network, cropped, self.roi, self.settings, self.device, progress, cancel, self.cpu_runtime
         )
         return box.paste(probs), box, report
 
@@ -262,6 +274,7 @@ def segment_files(
             "brain_box_fraction": round(box.fraction, 3),
             "model_spacing_mm": list(segmenter.meta.spacing_mm) if segmenter.meta.spacing_mm else None,
             "run_at_spacing_mm": list(report.spacing_mm),
+            "runtime": report.runtime,
         },
         "notes": notes + report.notes,
         "timings_s": timings,

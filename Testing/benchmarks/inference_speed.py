@@ -6,10 +6,18 @@ no model saw) and the same 62M weights for every row:
 * reference: MONAI's sliding window as BrainSegFounder's test ran it: whole volume, 128^3
   windows, overlap 0.6, constant blending, fp32, explicit attention, sigmoid > 0.5; one
   window per batch (the kindest setting for the reference's memory);
-* ours: ``brainsegfounder segment`` with its defaults (the engine's Segmenter);
-* ours, fast mode (``--fast``), and ours with test-time augmentation (``--tta``) with ``--tta``.
+* today's default: ``brainsegfounder segment --runtime torch`` (the PyTorch forward, fp32, as
+  the default ran before the exported CPU runtimes);
+* the new default: ``brainsegfounder segment`` (on the CPU: OpenVINO in fp32 where installed);
+* the exported runtimes' other rows: ONNX Runtime (``--runtime onnxruntime``, where installed),
+  OpenVINO and PyTorch in bf16 (``--precision bf16``, on CPUs with native bf16);
+* ours, fast mode (``--fast``), low memory, and with test-time augmentation (``--tta``) with ``--tta``.
 
-For each row: windows, model seconds (the sliding window alone), files-in to files-out
+The one-time cost of an exported runtime (export, check against PyTorch, first compile) is
+paid before the rows and printed on its own: the rows show what every later run costs.
+
+For each row: windows, model seconds (the sliding window alone), achieved GFLOP/s of the
+network (PyTorch's FLOP counter on one window, times windows, over model seconds), files-in to files-out
 seconds (read, preprocess, infer, write the label map), peak host memory (RSS, sampled)
 and peak GPU memory while the row ran, the speed ratio to the reference (files-in to
 files-out) and the Dice of each region against the reference's label map (MONAI Dice).
@@ -162,16 +170,72 @@ def warm_up(segmenter):
     sync(segmenter.device)
 
 
+class WindowFlops:
+    """FLOPs of one window of the model per window size (PyTorch's counter on one forward of a
+    network built for it, let go afterwards so that no row's memory holds it)."""
+
+    def __init__(self, checkpoint, device):
+        self.checkpoint, self.device, self.known = checkpoint, device, {}
+
+    def __call__(self, roi) -> float:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from brainsegfounder.checkpoints import network_from_checkpoint
+
+        roi = tuple(roi)
+        if roi not in self.known:
+            network = network_from_checkpoint(self.checkpoint, use_flash_attention=True).eval().to(self.device)
+            x = torch.zeros(1, self.checkpoint.network.in_channels, *roi, device=self.device)
+            with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+                network(x)
+            self.known[roi] = counter.get_total_flops()
+        return self.known[roi]
+
+
+def prepare_exports(make, device, roi, precisions):
+    """Export, check and compile each exported runtime once (what a model's first CPU run pays);
+    returns {runtime: seconds}. ``make(overrides)`` makes a Segmenter."""
+    from brainsegfounder.cpu_runtimes import installed
+
+    seconds = {}
+    if device.type != "cpu":
+        return seconds
+    for runtime in ("openvino", "onnxruntime"):
+        segmenter = make({"runtime": runtime}) if installed(runtime) else None
+        if segmenter is None or segmenter.cpu_runtime is None:
+            continue
+        t0 = time.perf_counter()
+        for precision in precisions if runtime == "openvino" else ("fp32",):
+            network, notes = segmenter.cpu_runtime.network_for(roi, precision)
+            if network is None:
+                print(f"  {runtime}: {notes[0]}", flush=True)
+        seconds[runtime] = time.perf_counter() - t0
+        del segmenter
+        gc.collect()
+    return seconds
+
+
 def rows_to_run(args, device):
     """(row name, InferenceSettings overrides) in the order they run."""
+    from brainsegfounder.cpu_runtimes import installed, resolve_runtime
     from brainsegfounder.inference import cpu_has_native_bf16
 
-    rows = [("ours (default)", {})]
-    if device.type == "cpu" and cpu_has_native_bf16():
-        rows.append(("ours, bf16 (--precision bf16)", {"precision": "bf16"}))
-    if not args.no_fast:
+    cpu = device.type == "cpu"
+    new_default = resolve_runtime("auto", device)
+    rows = [("today's default (PyTorch fp32)", {"runtime": "torch"})] if new_default != "torch" else []
+    rows.append((f"new default ({new_default}, {'fp32' if cpu else 'autocast'})", {}))
+    if cpu and installed("onnxruntime"):
+        rows.append(("ONNX Runtime fp32 (--runtime onnxruntime)", {"runtime": "onnxruntime"}))
+    if cpu and cpu_has_native_bf16():
+        if new_default != "torch":
+            rows.append((f"{new_default} bf16 (--precision bf16)", {"precision": "bf16"}))
+        if "torch-bf16" in args.rows:
+            rows.append(("PyTorch bf16 (--runtime torch --precision bf16)", {"precision": "bf16", "runtime": "torch"}))
+    if "fast" in args.rows:
         rows.append(("ours, fast mode (--fast)", "fast"))
-    rows.append(("ours, low memory (--memory low)", {"memory": "low"}))
+    if "low-memory" in args.rows:
+        rows.append(("ours, low memory (--memory low)", {"memory": "low"}))
     if args.tta:
         rows.append(("ours + TTA (--tta)", {"tta": True}))
     return rows
@@ -182,6 +246,12 @@ def main() -> int:
     parser.add_argument("--checkpoint", required=True, help="a trained 62M BraTS model")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--tta", action="store_true", help="also time ours with 8-flip test-time augmentation")
+    parser.add_argument(
+        "--rows",
+        type=lambda text: set(text.split(",")),
+        default={"fast", "low-memory", "torch-bf16"},
+        help="optional rows to run, comma-separated (default fast,low-memory,torch-bf16)",
+    )
     parser.add_argument("--no-fast", action="store_true", help="leave out the fast-mode row")
     parser.add_argument("--seed", type=int, default=4242, help="seed of the synthetic case")
     parser.add_argument("--keep", help="keep the case and the label maps in this folder")
@@ -191,11 +261,13 @@ def main() -> int:
     parser.add_argument("--roi", type=int, default=128, help="window side of every row (128: the released weights')")
     args = parser.parse_args()
     REFERENCE["roi"] = (args.roi,) * 3
+    if args.no_fast:
+        args.rows.discard("fast")
 
     import torch
 
     from brainsegfounder.checkpoints import load_checkpoint, resolve_meta
-    from brainsegfounder.inference import InferenceSettings
+    from brainsegfounder.inference import InferenceSettings, cpu_has_native_bf16
     from brainsegfounder.segment import Segmenter
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -240,6 +312,11 @@ def main() -> int:
         flush=True,
     )
     warm_up(first)
+    window_flops = WindowFlops(checkpoint, device)
+    window_flops(REFERENCE["roi"])
+    bf16 = ("bf16",) if cpu_has_native_bf16() else ()
+    for runtime, seconds in prepare_exports(make, device, first.roi, ("fp32", *bf16)).items():
+        print(f"  {runtime}: export, check against PyTorch and first compile (once per model and ROI): {seconds:.1f} s")
 
     results = {}
     for i, (name, seg) in enumerate(rows):
@@ -274,7 +351,8 @@ def main() -> int:
     print(f"  ran the reference: {total_s:.1f} s", flush=True)
 
     print(
-        f"\n{'path':34} {'windows':>7} {'model s':>8} {'files s':>8} {'host GiB':>9} {'GPU GiB':>8} {'speed x':>8}"
+        f"\n{'path':44} {'windows':>7} {'model s':>8} {'GFLOP/s':>8} {'files s':>8} {'host GiB':>9} {'GPU GiB':>8}"
+        f" {'speed x':>8} {'vs today':>8}"
         f"  {'Dice vs reference TC/WT/ET':28} Dice vs truth TC/WT/ET"
     )
 
@@ -282,13 +360,20 @@ def main() -> int:
         d = agreement(labels, other)
         return f"{d['TC']:.4f}/{d['WT']:.4f}/{d['ET']:.4f}"
 
+    today = next(iter(results.values()))
     for name, r in [("reference (BrainSegFounder test)", ref), *list(results.items())]:
         gpu = f"{r['gpu']:.2f}" if r["gpu"] is not None else "-"
         vs_ref = "-" if r is ref else dice_text(r["labels"], ref["labels"])
+        roi, passes = (REFERENCE["roi"], 1) if r is ref else (r["info"]["roi_size"], 8 if r["info"]["tta"] else 1)
+        rate = window_flops(roi) * r["windows"] * passes / r["model_s"] / 1e9
         print(
-            f"{name:34} {r['windows']:7d} {r['model_s']:8.2f} {r['total_s']:8.2f} {r['host']:9.2f} {gpu:>8} "
-            f"{ref['total_s'] / r['total_s']:8.2f}  {vs_ref:28} {dice_text(r['labels'], truth)}"
+            f"{name:44} {r['windows']:7d} {r['model_s']:8.2f} {rate:8.1f} {r['total_s']:8.2f} {r['host']:9.2f} "
+            f"{gpu:>8} {ref['total_s'] / r['total_s']:8.2f} {today['total_s'] / r['total_s']:8.2f}"
+            f"  {vs_ref:28} {dice_text(r['labels'], truth)}"
         )
+    print("\nDice against today's default's label map (TC/WT/ET):")
+    for name, r in list(results.items())[1:]:
+        print(f"  {name}: {dice_text(r['labels'], today['labels'])}")
     print("\nreference: whole volume, 128^3, overlap 0.6, constant blending, fp32, explicit attention, 1 window/batch")
     for name, r in results.items():
         info = r["info"]

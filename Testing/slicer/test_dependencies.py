@@ -27,6 +27,7 @@ def test_plan_for_a_fresh_slicer_python():
     assert result.torch == "torch>=2.8,<3"
     assert "monai>=1.6,<1.7" in result.pip
     assert "slicerio>=1.4" in result.pip
+    assert "openvino>=2024.4,<2027" in result.pip  # the CPU runtime: 2.5x PyTorch's forward
     assert not any(r.startswith(("numpy", "SimpleITK", "scipy")) for r in result.pip)  # Slicer's stay
     assert result.constraints == shipped
     assert "numpy==1.26.4\n" in result.constraints_text()
@@ -51,6 +52,8 @@ def test_an_old_loaded_package_means_restart():
         "nibabel": "5.3.0",
         "scipy": "1.14.0",
         "slicerio": "1.4.0",
+        "onnx": "1.17.0",
+        "openvino": "2025.1.0",
     }
     result = plan(version_of=versions.get, loaded=["torch"])
     assert result.torch == "torch>=2.8,<3"
@@ -67,6 +70,8 @@ def test_a_requirement_that_would_replace_a_shipped_package_is_refused():
         "nibabel": "5.3.0",
         "scipy": "1.5.0",
         "slicerio": "1.4.0",
+        "onnx": "1.17.0",
+        "openvino": "2025.1.0",
     }
     with pytest.raises(UserError, match="newer scipy than this Slicer ships"):
         plan(version_of=versions.get)
