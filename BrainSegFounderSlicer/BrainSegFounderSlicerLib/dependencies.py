@@ -160,3 +160,9 @@ def plan(
 def pip_command(python: str, requirements: Sequence[str], constraints_file: Path) -> List[str]:
     """``python -m pip install`` that cannot touch the pinned packages."""
     return [python, "-m", "pip", "install", "--constraint", str(constraints_file), *requirements]
+
+
+def pytorch_utils_requirement(torch_requirement: str) -> str:
+    """The version range PyTorch Utils' ``installTorch(torchVersionRequirement=...)`` takes
+    (``torch>=2.8,<3`` -> ``>=2.8,<3``)."""
+    return torch_requirement[len(_distribution(torch_requirement)) :].strip()

@@ -28,7 +28,7 @@ def sample_data_source() -> Dict[str, object]:
         "fileNames": [f["file"] for f in images],
         "nodeNames": [f["node"] for f in images],
         "checksums": [f"SHA256:{f['sha256']}" for f in images],
-        "loadFileType": ["VolumeFile"] * len(images),
+        "loadFileTypes": ["VolumeFile"] * len(images),
     }
 
 
