@@ -18,13 +18,19 @@ from .errors import UserError
 LABEL_CONVENTIONS = ("brats2021", "brats2023")
 
 _MORPH = ["SCT", "49755003", "Morphologically Altered Structure"]
+_TISSUE_CATEGORY = ["SCT", "85756007", "Tissue"]
 _BRAIN = ["SCT", "12738006", "Brain"]
+GENERAL_ANATOMY = "Segmentation category and type - 3D Slicer General Anatomy list"
+# Slicer's lists lack "Neoplasm, Primary" (86049000) and "Infarct" (55641003): the Slicer module
+# ships and loads a terminology of this name for them (Resources/*-BrainSegFounder.term.json).
+TERMINOLOGY_CONTEXT = "Segmentation category and type - BrainSegFounder"
+OWN_TERMINOLOGY_CODES = ("86049000", "55641003")
 
 
 def _terminology(code: List[str]) -> dict:
     return {
-        "contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
-        "category": _MORPH,
+        "contextName": TERMINOLOGY_CONTEXT if code[1] in OWN_TERMINOLOGY_CODES else GENERAL_ANATOMY,
+        "category": _TISSUE_CATEGORY if code[1] == _TISSUE_CATEGORY[1] else _MORPH,
         "type": code,
         "anatomicContextName": "Anatomic codes - DICOM master list",
         "anatomicRegion": _BRAIN,
