@@ -53,8 +53,9 @@ def register(subparsers, add_common) -> dict:
 
     pt = subparsers.add_parser(
         "pretrain",
-        help="self-supervised pretraining (BrainSegFounder's stage 1 or 2)",
-        description="Rotation + contrastive + inpainting pretraining of the Swin encoder. Single process: "
+        help="self-supervised pretraining (BrainSegFounder, MAE, Volume Fusion; stage 1 or 2)",
+        description="Self-supervised pretraining: BrainSegFounder's rotation + contrastive + inpainting, masked "
+        "autoencoding (mae; swin-mae for the Swin encoder), Volume Fusion, or a combination (--task). Single process: "
         "brainsegfounder pretrain ...; several GPUs or nodes: torchrun --nproc_per_node=N -m "
         "brainsegfounder pretrain ... (same arguments). The run's best.pt is what stage 2 (--init) "
         "and finetune (--base) take.",
@@ -63,6 +64,10 @@ def register(subparsers, add_common) -> dict:
     pt.add_argument("--data", help="datalist.json, or a folder: BIDS, UK Biobank-style, BraTS, one folder per subject")
     pt.add_argument("--init", help="stage 2: the stage-1 model to start from (sets init.checkpoint)")
     pt.add_argument("--steps", type=int, help="sets train.steps")
+    pt.add_argument(
+        "--task",
+        help="sets task: brainsegfounder, swin-mae, mae, volume-fusion, brainsegfounder+swin-mae, volume-fusion+mae",
+    )
     add_common(pt)
 
     ev = subparsers.add_parser("evaluate", help="Dice, HD95, volume error and lesion-wise metrics")
@@ -221,13 +226,18 @@ def cmd_pretrain(args, report, cancel) -> dict:
     from .pretraining.recipe import PRETRAIN_RESUMABLE, keep_started_rotation_plane, load_pretrain_recipe
 
     check_device(args.device)
-    overrides = _overrides(args, (("data", "data.path"), ("init", "init.checkpoint"), ("steps", "train.steps")))
+    overrides = _overrides(
+        args, (("data", "data.path"), ("init", "init.checkpoint"), ("steps", "train.steps"), ("task", "task"))
+    )
     if args.resume:
         recipe, run, resuming = resume_run(args.resume, overrides, load_pretrain_recipe, PRETRAIN_RESUMABLE, "pretrain")
         recipe = keep_started_rotation_plane(recipe, run.path / "recipe.yaml")
     else:
         if not args.config:
-            raise UserError("give a recipe with --config (stage1-ukb, stage2-brats, stage2-atlas or a YAML file)")
+            raise UserError(
+                "give a recipe with --config (stage1-ukb, stage2-brats, stage2-atlas, mae-resenc-l, swin-mae, "
+                "volume-fusion, ... or a YAML file)"
+            )
         recipe = load_pretrain_recipe(args.config, overrides)
         run, resuming = new_run(recipe, args.out), False
     if not resuming:
@@ -247,8 +257,8 @@ def cmd_pretrain(args, report, cancel) -> dict:
         return {"message": ""}
     best = summary["best"]
     message = (
-        f"stage {summary['stage']}: best validation reconstruction L1 {best['val_reconstruction']:.4f} at step "
-        f"{best['step']} of {summary['steps']}; model {summary['best_model']}"
+        f"stage {summary['stage']} ({summary['task']}): best validation {summary['selection_label']} "
+        f"{best[summary['selection']]:.4f} at step {best['step']} of {summary['steps']}; model {summary['best_model']}"
     )
     if summary["skipped"]:
         message += f"\n{summary['skipped']} unreadable subjects skipped (listed in {run.path}/skipped.jsonl)"

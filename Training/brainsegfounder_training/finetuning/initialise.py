@@ -33,7 +33,7 @@ from brainsegfounder.networks import (
 )
 from brainsegfounder.registry import resolve_model
 
-from ..harness.initial_weights import InitReport, inflate
+from ..harness.initial_weights import InitReport, inflate, pretext_kind, same_tensors
 
 
 @dataclass
@@ -78,7 +78,7 @@ def resolve_task(recipe: dict) -> TaskSpec:
     """Inputs, outputs and network of the run from the recipe (and its base model)."""
     base = None
     if recipe["init"]["checkpoint"]:
-        base = load_checkpoint(resolve_model(str(recipe["init"]["checkpoint"])))
+        base = pretext_kind(load_checkpoint(resolve_model(str(recipe["init"]["checkpoint"]))))
     task = recipe["task"]
     base_meta = base.meta if base is not None else None
     if task == "from_base":
@@ -173,14 +173,11 @@ def initialise(model, spec: TaskSpec, recipe: dict) -> InitReport:
     wanted = {k: v for k, v in base.state_dict.items() if not encoder_only or k.startswith(encoder)}
     report.ignored = sorted(set(base.state_dict) - set(wanted))
     state = dict(target)  # anything not in the checkpoint keeps its fresh initialisation
+    input_kernels = same_tensors(target, spec.network.INPUT_KERNELS)
     for key, value in wanted.items():
         if key not in target:
             continue  # reported by load_strict below through the strict comparison
-        if (
-            key in spec.network.INPUT_KERNELS
-            and value.shape[1] != target[key].shape[1]
-            and value.shape[2:] == target[key].shape[2:]
-        ):
+        if key in input_kernels and value.shape[1] != target[key].shape[1] and value.shape[2:] == target[key].shape[2:]:
             state[key], report.inflated[key] = inflate(value.float(), source_modalities, spec.modalities)
         elif key.startswith(spec.network.output_layer + ".") and value.shape != target[key].shape:
             report.reinitialised.append(key)
@@ -204,6 +201,9 @@ def initialise(model, spec: TaskSpec, recipe: dict) -> InitReport:
             f"({', '.join(missing[:3])}); it is a different architecture"
         )
     load_strict(model, state, f"initialisation from {base.path.name}")
+    if encoder_only:  # the decoder starts fresh: say which tensors (those sharing a loaded one's storage are loaded)
+        loaded = same_tensors(target, report.loaded)
+        report.reinitialised = [k for k in target if k not in loaded]
     report.loaded.sort()
     report.reinitialised.sort()
     return report

@@ -42,8 +42,25 @@ class InitReport:
         if self.inflated:
             text += f"; inflated {len(self.inflated)} input kernels"
         if self.reinitialised:
-            text += f"; re-initialised {len(self.reinitialised)} output tensors"
+            text += f"; re-initialised {len(self.reinitialised)} tensors"
         return text
+
+
+def same_tensors(state, names) -> set:
+    """``names`` and every other name of the same tensors in ``state`` (a module's state dict):
+    ResEncUNet names its layers twice (``convs.0.conv`` is ``convs.0.all_modules.0``) and its
+    decoder holds the encoder, so a tensor loaded or inflated under one name is under all."""
+    pointers = {state[k].data_ptr() for k in names if k in state}
+    return {k for k, v in state.items() if v.data_ptr() in pointers}
+
+
+def pretext_kind(ckpt):
+    """A pretraining run's model (``meta.task`` "ssl") is an encoder to fine-tune, whatever its keys:
+    a Volume Fusion or MAE model has a decoder, but no segmentation decoder to keep. The engine
+    marks only checkpoints with BrainSegFounder's SSL head keys as kind "ssl"; this marks the rest."""
+    if ckpt.meta is not None and ckpt.meta.task == "ssl":
+        ckpt.kind = "ssl"
+    return ckpt
 
 
 def inflate(

@@ -61,7 +61,7 @@ def box_plots(rows: Sequence[dict], metrics: Sequence[str], out: Path) -> Path:
     return _save(plt, fig, out)
 
 
-PRETEXT_LOSSES = ("loss", "rotation", "contrastive", "reconstruction")
+PRETEXT_LOSSES = ("loss", "rotation", "contrastive", "reconstruction", "mae", "fusion")
 
 
 def pretraining_curves(metrics_path: Path, out: Path) -> Path:
@@ -71,7 +71,7 @@ def pretraining_curves(metrics_path: Path, out: Path) -> Path:
     steps = [r for r in records if r.get("type") == "step"]
     vals = [r for r in records if r.get("type") == "validation"]
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in PRETEXT_LOSSES:
+    for name in (n for n in PRETEXT_LOSSES if steps and n in steps[0]):  # the run's task's losses
         ax_train.plot([r["step"] for r in steps], [r[name] for r in steps], lw=0.8, label=name)
         if vals:
             ax_val.plot([r["step"] for r in vals], [r[f"val_{name}"] for r in vals], marker="o", ms=3, label=name)

@@ -32,6 +32,7 @@ from ..harness.initial_weights import InitReport, inflate
 ROTATIONS = 4
 CONTRASTIVE_DIM = 512
 RECONSTRUCTION_OUT = "conv.20."  # the 1^3 conv whose outputs are the input channels
+MASK_TOKEN = "mask_token"  # brainsegfounder+swin-mae's (see tasks.SSLHeadWithMaskToken)
 
 
 def reconstruction_decoder(dim: int, out_channels: int) -> nn.Sequential:
@@ -129,7 +130,7 @@ def load_into_head(head: SSLHead, ckpt, target_modalities, source_modalities=Non
     target = head.state_dict()
     state = dict(target)
     for key, value in ckpt.state_dict.items():
-        if not key.startswith((ENCODER_PREFIX, *SSL_HEAD_PREFIXES)):
+        if not key.startswith((ENCODER_PREFIX, *SSL_HEAD_PREFIXES)) and not (key == MASK_TOKEN and key in target):
             report.ignored.append(key)  # a fine-tuned model's decoder
             continue
         if key not in target:

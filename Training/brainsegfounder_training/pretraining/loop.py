@@ -5,8 +5,10 @@ Run folder::
     recipe.yaml     the resolved recipe          subjects.json  train / validation subjects, left out
     init.json       which weights were loaded    metrics.jsonl  losses per logged step, validation
     state.pt        the last saved step (model, optimiser, schedule, scaler, best so far)
-    best.pt         self-describing SSL model with the lowest validation reconstruction L1;
-                    ``finetune --base`` and stage 2 (``init.checkpoint``) take it directly
+    best.pt         self-describing SSL model with the lowest validation loss of the task's
+                    choice (BrainSegFounder: reconstruction L1; MAE: masked MSE; Volume Fusion:
+                    its Dice + CE; a combination: the weighted sum); ``finetune --base`` and
+                    stage 2 (``init.checkpoint``) take it directly
     skipped.jsonl   subjects that could not be read, with the reason
     summary.json, pretraining_curves.png, tensorboard/
 
@@ -28,21 +30,22 @@ import numpy as np
 from brainsegfounder.checkpoints import ModelMeta, load_checkpoint
 from brainsegfounder.errors import Cancelled, UserError
 from brainsegfounder.modalities import canonical
-from brainsegfounder.networks import NetworkConfig
+from brainsegfounder.networks import ArchitectureConfig
 from brainsegfounder.progress import read_jsonl
 from brainsegfounder.registry import resolve_model
 
 from ..harness import distributed
 from ..harness.host import peak_memory_gib, seed_everything
-from ..harness.initial_weights import InitReport
+from ..harness.initial_weights import InitReport, pretext_kind
 from ..harness.metrics_log import MetricsLog
 from ..harness.optimisation import Optimisation
 from ..harness.plots import pretraining_curves
 from ..harness.run_loop import RunLoop
 from .data import CropStream, batches, item_seed, stream_loader
-from .head import SSLHead, load_into_head, ssl_config_of_recipe
-from .pretext import PretextSettings, make_views, pretext_losses
+from .head import SSLHead, load_into_head
+from .start_weights import backbone_config, load_start
 from .subjects import Cohort, find_cohort
+from .tasks import pretext_task
 
 STATE_FORMAT = "brainsegfounder-pretrain-state"
 VALIDATION_STREAM = 1_000_003  # seeds of the fixed validation crops, apart from the training stream
@@ -53,7 +56,7 @@ class PretrainRun:
     """A started pretraining run: its model, data streams and how far it got."""
 
     cohort: Cohort
-    model: SSLHead  # the network (its state is what is saved)
+    model: Any  # the task's network (its state is what is saved)
     net: Any  # what steps: the network, or its DDP wrapper
     config: Any  # the encoder's NetworkConfig
     init_ckpt: Any  # the checkpoint it started from, if any
@@ -77,7 +80,8 @@ class Pretrainer(RunLoop):
         """Args: those of :class:`RunLoop`."""
         super().__init__(*args, **kwargs)
         self.modalities = [canonical(m) or m.lower() for m in self.recipe["modalities"]]
-        self.settings = PretextSettings.from_recipe(self.recipe["ssl"])
+        self.task = pretext_task(self.recipe)
+        self.selection = f"val_{self.task.selection}"  # the validation loss best.pt minimises
         self.pending_skips: List[dict] = []  # unreadable subjects met since the last save
 
     def fit(self) -> dict:
@@ -103,24 +107,22 @@ class Pretrainer(RunLoop):
     def _model(self, state: Optional[dict]):
         model_cfg = self.recipe["model"]
         if state is not None:
-            config = NetworkConfig.from_dict(state["network"])
+            config = ArchitectureConfig.from_dict(state["network"])
             init_ckpt = None
         else:
             init_ckpt = (
-                load_checkpoint(resolve_model(str(self.recipe["init"]["checkpoint"])))
+                pretext_kind(load_checkpoint(resolve_model(str(self.recipe["init"]["checkpoint"]))))
                 if self.recipe["init"]["checkpoint"]
                 else None
             )
-            config = ssl_config_of_recipe(self.recipe, init_ckpt)
+            config = backbone_config(self.recipe, self.task, init_ckpt)
         seed_everything(self.seed)
-        model = SSLHead(
-            config,
-            use_checkpoint=bool(model_cfg["gradient_checkpointing"]),
-            use_flash_attention=bool(model_cfg["flash_attention"]),
-        )
+        model = self.task.build(config, bool(model_cfg["gradient_checkpointing"]), bool(model_cfg["flash_attention"]))
         report = None
-        if init_ckpt is not None:
+        if init_ckpt is not None and isinstance(model, SSLHead):  # BrainSegFounder's head: its own loader
             report = load_into_head(model, init_ckpt, self.modalities, self.recipe["init"]["modalities"])
+        elif init_ckpt is not None:
+            report = load_start(model, config, self.task, init_ckpt, self.modalities, self.recipe["init"]["modalities"])
         return model, config, report, init_ckpt
 
     def _start(self) -> PretrainRun:
@@ -206,18 +208,15 @@ class Pretrainer(RunLoop):
         self.pending_skips += batch["skipped"]
         rng = np.random.default_rng([self.seed, run.step, d.rank])
         generator = torch.Generator(d.device).manual_seed(item_seed(self.seed + d.rank, run.step))
-        inputs, targets, rotations = make_views(x, rng, generator, self.settings)
         run.opt.optimizer.zero_grad(set_to_none=True)
-        with run.opt.autocast():
-            outputs = run.net(inputs)
-        losses = pretext_losses(outputs, targets, rotations, self.settings)
+        losses = self.task.losses(run.net, x, batch["ids"], rng, generator, run.opt.autocast)
         self.check_finite(losses.total, run.step + 1)
         run.opt.step(losses.total, run.model.parameters(), train["grad_clip"])
         run.step += 1
         run.crops_since += x.shape[0] * d.world
         last = run.step == run.total
         if run.step % int(train["log_every"]) == 0 or last:
-            parts = distributed.gather(losses.values(), d)
+            parts = distributed.gather(losses.values, d)
             values = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
             elapsed = time.perf_counter() - run.t_log
             run.log.write(
@@ -233,7 +232,7 @@ class Pretrainer(RunLoop):
             self.progress("pretrain", run.step, run.total, f"step {run.step}/{run.total} loss {values['loss']:.4f}")
         if run.step % int(train["val_every"]) == 0 or last:
             result = self.validate(run)
-            if run.best is None or result["val_reconstruction"] < run.best["val_reconstruction"]:
+            if run.best is None or result[self.selection] < run.best[self.selection]:
                 run.best = {"step": run.step, **result}
                 self._save_best(run)
             run.log.write(
@@ -241,7 +240,7 @@ class Pretrainer(RunLoop):
                     "type": "validation",
                     "step": run.step,
                     **result,
-                    "best_val_reconstruction": run.best["val_reconstruction"],
+                    f"best_{self.selection}": run.best[self.selection],
                     **peak_memory_gib(d.device),
                 }
             )
@@ -250,8 +249,9 @@ class Pretrainer(RunLoop):
 
     # -- validation ---------------------------------------------------------------------
     def validate(self, run: PretrainRun) -> dict:
-        """The three losses on fixed crops and corruptions of this process's validation subjects
-        (the same every time), averaged over all processes; negatives within each batch only."""
+        """The task's losses on fixed crops, corruptions, masks and fusions of this process's
+        validation subjects (the same every time), averaged over all processes; contrastive
+        negatives within each batch only."""
         import torch
 
         model, val_stream = run.model, run.val_stream
@@ -270,10 +270,8 @@ class Pretrainer(RunLoop):
                 x = torch.cat([it["image"] for it in items]).to(self.d.device)
                 rng = np.random.default_rng([self.seed, VALIDATION_STREAM, first])
                 generator = torch.Generator(self.d.device).manual_seed(item_seed(self.seed + VALIDATION_STREAM, first))
-                inputs, targets, rotations = make_views(x, rng, generator, self.settings)
-                with run.opt.autocast():
-                    outputs = model(inputs)
-                values = pretext_losses(outputs, targets, rotations, self.settings, gather=False).values()
+                ids = [it["id"] for it in items]
+                values = self.task.losses(model, x, ids, rng, generator, run.opt.autocast, gather=False).values
                 for key, value in values.items():
                     sums[key] = sums.get(key, 0.0) + value * x.shape[0]
                 count += x.shape[0]
@@ -332,15 +330,16 @@ class Pretrainer(RunLoop):
             "data": str(recipe["data"]["path"]),
             "run": str(self.run.path.resolve()),
             "step": best["step"],
-            "val_reconstruction_l1": round(best["val_reconstruction"], 5),
+            "task": self.task.name,
+            f"{self.selection}": round(best[self.selection], 5),
             "train_subjects": len(run.cohort.train),
             "validation_subjects": len(run.cohort.validation),
             "seed": self.seed,
-            "pretext": "rotation + contrastive (NT-Xent) + inpainting (L1), "
-            f"weights {self.settings.rotation_weight:g}:{self.settings.contrastive_weight:g}:"
-            f"{self.settings.reconstruction_weight:g}",
-            "rotation_plane": self.settings.rotation_plane,
+            "pretext": self.task.description,
         }
+        if self.task.name.startswith("brainsegfounder"):
+            provenance["val_reconstruction_l1"] = round(best["val_reconstruction"], 5)
+            provenance["rotation_plane"] = self.recipe["ssl"]["rotation_plane"]
         name = recipe["model"]["name"] or self.run.path.name
         meta = ModelMeta(
             network=run.config,
@@ -352,8 +351,8 @@ class Pretrainer(RunLoop):
             roi_size=tuple(recipe["model"]["roi"]),
             orientation=recipe["orientation"],
             provenance=provenance,
-            description=f"self-supervised stage {recipe['stage']} encoder and heads (brainsegfounder "
-            "pretrain); fine-tune it with brainsegfounder finetune --base",
+            description=f"self-supervised stage {recipe['stage']} {self.task.name} model (brainsegfounder "
+            "pretrain); fine-tune its encoder with brainsegfounder finetune --base",
         )
         self.save_best(run.model, meta)
 
@@ -365,6 +364,9 @@ class Pretrainer(RunLoop):
             "best": run.best,
             "steps": run.step,
             "stage": self.recipe["stage"],
+            "task": self.task.name,
+            "selection": self.selection,
+            "selection_label": self.task.selection_label,
             "train_subjects": len(cohort.train),
             "validation_subjects": len(cohort.validation),
             "left_out": len(cohort.left_out),

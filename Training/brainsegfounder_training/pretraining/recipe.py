@@ -1,4 +1,5 @@
-"""Pretraining recipes: BrainSegFounder's self-supervised recipe, in the fine-tuning recipes' format.
+"""Pretraining recipes: BrainSegFounder's self-supervised recipe and the other seeds' pretext
+tasks (``task``: see :mod:`.tasks`), in the fine-tuning recipes' format.
 
 Stage 1 trains on a healthy cohort (e.g. UK Biobank T1 + T2-FLAIR), stage 2 on the target
 data set's own images, starting from stage 1 (``init.checkpoint``) with the input kernels
@@ -13,6 +14,7 @@ from typing import Iterable, Optional
 from brainsegfounder.errors import UserError
 from brainsegfounder.modalities import canonical
 
+from ..harness.optimisation import OPTIMIZERS, SCHEDULES
 from ..harness.recipe import (
     CONFIG_DIR,
     check_choices,
@@ -23,15 +25,22 @@ from ..harness.recipe import (
     check_whole_numbers,
     read_recipe,
 )
+from .task_checks import TASK_NAMES, check_backbone, masked_block_count
 
 PRETRAIN_CONFIG_DIR = CONFIG_DIR / "pretrain"
 
 PRETRAIN_DEFAULTS = {
+    # brainsegfounder, swin-mae, mae, volume-fusion, brainsegfounder+swin-mae, volume-fusion+mae
+    "task": "brainsegfounder",
     "stage": 1,  # 1: healthy cohort from scratch; 2: target cohort from a stage-1 checkpoint
     "modalities": ["t1", "flair"],  # input names in channel order
     "orientation": "RAS",  # index-axis orientation the network sees (the fine-tuning task's, for stage 2)
     "model": {
-        "size": "62M",  # 62M, 64M, 70M, 277M, small, tiny, or auto (the init checkpoint's)
+        # swinunetr, resenc or pctnet; auto: the init checkpoint's (SwinUNETR from scratch)
+        "architecture": "auto",
+        # swinunetr: 62M, 64M, 70M, 277M, small, tiny; resenc: L, M, tiny; pctnet: 45M, tiny;
+        # or auto (the init checkpoint's)
+        "size": "62M",
         "roi": [96, 96, 96],
         "gradient_checkpointing": True,
         "flash_attention": True,  # PyTorch scaled-dot-product attention inside the Swin windows
@@ -64,6 +73,17 @@ PRETRAIN_DEFAULTS = {
         # axial: the first two. The released SSL weights' rotation head knows the original plane.
         "rotation_plane": "original",
     },
+    "mae": {  # mae, swin-mae and the combinations with them
+        "weight": 1.0,  # in a combination: the MAE loss's weight
+        "mask_ratio": 0.75,  # share of the blocks hidden
+        "block": 16,  # side of a hidden block (voxels); swin-mae: a multiple of 16
+    },
+    "volume_fusion": {  # volume-fusion and volume-fusion+mae (MIS-FM)
+        "weight": 1.0,  # in a combination: the fusion loss's weight
+        "classes": 4,  # K: coefficients c / K for c in 1..K; the network segments K + 1 classes
+        "boxes": [10, 40],  # fewest and most boxes per crop
+        "box_size": [0.0625, 0.625],  # a box side's smallest and largest share of the crop side
+    },
     "train": {
         "steps": 100000,
         "warmup_steps": 500,
@@ -71,6 +91,10 @@ PRETRAIN_DEFAULTS = {
         "crops_per_volume": 2,  # 96^3 crops per volume (2 x 2 per GPU, as BrainSegFounder)
         "lr": 4.0e-4,
         "weight_decay": 0.1,
+        "optimizer": "adamw",  # adamw, adam, or sgd (Nesterov, train.momentum)
+        "betas": [0.9, 0.999],  # adam / adamw
+        "momentum": 0.99,  # sgd
+        "schedule": "cosine",  # after the warm-up: cosine, or poly (nnU-Net's (1 - t)^0.9)
         "amp": True,  # CUDA only: bf16 where supported, else fp16 with loss scaling
         "seed": 0,
         "val_every": 500,
@@ -82,7 +106,13 @@ PRETRAIN_DEFAULTS = {
     "output": {"dir": "runs/pretrain"},
 }
 
-PRETRAIN_CHOICES = {"data.cache": ("none", "disk"), "ssl.rotation_plane": ("original", "axial")}
+PRETRAIN_CHOICES = {
+    "data.cache": ("none", "disk"),
+    "ssl.rotation_plane": ("original", "axial"),
+    "task": TASK_NAMES,
+    "train.optimizer": OPTIMIZERS,
+    "train.schedule": tuple(SCHEDULES),
+}
 PRETRAIN_RESUMABLE = ("train.steps", "train.val_every", "train.save_every", "train.log_every", "data.workers")
 
 
@@ -127,23 +157,41 @@ def check_pretrain(recipe: dict) -> None:
             "ssl.reconstruction_weight": "[0, inf)",
         },
     )
-    if recipe["train"]["batch_size"] * recipe["train"]["crops_per_volume"] < 2:
-        raise UserError(
-            "contrastive coding needs at least 2 crops per step: raise train.batch_size or train.crops_per_volume"
-        )
     check_open_fraction(recipe, "data.val_fraction")
-    weights = [float(recipe["ssl"][k]) for k in ("rotation_weight", "contrastive_weight", "reconstruction_weight")]
-    if sum(weights) == 0:
-        raise UserError("recipe ssl weights must not all be 0")
+    check_numbers(recipe, {"train.momentum": "[0, 1)", "mae.weight": "[0, inf)", "volume_fusion.weight": "[0, inf)"})
+    _check_betas(recipe)
     modalities = recipe["modalities"]
     if not (isinstance(modalities, list) and modalities and all(isinstance(m, str) for m in modalities)):
         raise UserError("recipe modalities must list the input names in channel order, e.g. [t1, flair]")
     names = [canonical(m) or m.lower() for m in modalities]
     if len(set(names)) != len(names):
         raise UserError(f"recipe modalities {modalities} name a contrast twice")
-    roi = recipe["model"]["roi"]
-    check_roi(roi)
-    plane = recipe["ssl"]["rotation_plane"]
+    _check_task(recipe)
+    if recipe["stage"] not in (1, 2):
+        raise UserError("recipe stage must be 1 or 2")
+    if recipe["stage"] == 2 and not recipe["init"]["checkpoint"]:
+        raise UserError("stage 2 starts from a stage-1 model: give --init STAGE1_RUN/best.pt (init.checkpoint)")
+    if recipe["model"]["size"] == "auto" and not recipe["init"]["checkpoint"]:
+        raise UserError("model.size auto takes the architecture of the init checkpoint; give one or set model.size")
+
+
+def _check_betas(recipe: dict) -> None:
+    betas = recipe["train"]["betas"]
+    numbers = isinstance(betas, list) and all(isinstance(b, (int, float)) for b in betas)
+    if not (numbers and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+        raise UserError(f"recipe train.betas {betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+
+
+def _check_brainsegfounder(recipe: dict) -> None:
+    """BrainSegFounder's three tasks: two crops for the contrastive task, square rotation planes."""
+    if recipe["train"]["batch_size"] * recipe["train"]["crops_per_volume"] < 2:
+        raise UserError(
+            "contrastive coding needs at least 2 crops per step: raise train.batch_size or train.crops_per_volume"
+        )
+    weights = [float(recipe["ssl"][k]) for k in ("rotation_weight", "contrastive_weight", "reconstruction_weight")]
+    if sum(weights) == 0:
+        raise UserError("recipe ssl weights must not all be 0")
+    roi, plane = recipe["model"]["roi"], recipe["ssl"]["rotation_plane"]
     a, b = (1, 2) if plane == "original" else (0, 1)
     if roi[a] != roi[b]:
         which = "last" if plane == "original" else "first"
@@ -151,12 +199,62 @@ def check_pretrain(recipe: dict) -> None:
             f"recipe model.roi {roi!r}: the {which} two sides must be equal (crops are rotated in that "
             f"plane, ssl.rotation_plane {plane})"
         )
-    if recipe["stage"] not in (1, 2):
-        raise UserError("recipe stage must be 1 or 2")
-    if recipe["stage"] == 2 and not recipe["init"]["checkpoint"]:
-        raise UserError("stage 2 starts from a stage-1 model: give --init STAGE1_RUN/best.pt (init.checkpoint)")
-    if recipe["model"]["size"] == "auto" and not recipe["init"]["checkpoint"]:
-        raise UserError("model.size auto takes the architecture of the init checkpoint; give one or set model.size")
+
+
+def _check_task(recipe: dict) -> None:
+    """The task against the backbone, the crop and its own settings: one line each, before any data."""
+    from brainsegfounder.networks import ARCHITECTURE_SIZES, architecture_name, sized_config
+
+    task, roi = recipe["task"], recipe["model"]["roi"]
+    architecture = recipe["model"]["architecture"]
+    architecture = None if architecture == "auto" else architecture_name(architecture)
+    check_backbone(task, architecture)
+    if architecture in (None, "SwinUNETR"):
+        check_roi(roi)
+    elif not (isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) and r > 0 for r in roi)):
+        raise UserError(f"recipe model.roi {roi!r} must be three whole numbers of voxels, e.g. [128, 128, 128]")
+    size = recipe["model"]["size"]
+    if architecture and size != "auto":
+        if size not in ARCHITECTURE_SIZES[architecture]:
+            raise UserError(
+                f"unknown model.size {size!r} for {architecture}; choose "
+                f"{', '.join(ARCHITECTURE_SIZES[architecture])} or auto"
+            )
+        sized_config(architecture, size, 1, 1).check_roi(roi, "recipe model.roi")
+    if task.startswith("brainsegfounder"):
+        _check_brainsegfounder(recipe)
+    if "mae" in task:
+        check_whole_numbers(recipe, ("mae.block",))
+        check_numbers(recipe, {"mae.mask_ratio": "(0, 1)"})
+        block = int(recipe["mae"]["block"])
+        if "swin-mae" in task and block % 16:
+            raise UserError(f"mae.block {block} must be a multiple of 16 for {task} (the stride-16 stage's voxels)")
+        masked_block_count(roi, block, float(recipe["mae"]["mask_ratio"]))
+    if task.startswith("volume-fusion"):
+        vf = recipe["volume_fusion"]
+        check_whole_numbers(recipe, ("volume_fusion.classes",))
+        boxes, sizes = vf["boxes"], vf["box_size"]
+        if not (
+            isinstance(boxes, list)
+            and len(boxes) == 2
+            and all(isinstance(b, int) for b in boxes)
+            and 1 <= boxes[0] <= boxes[1]
+        ):
+            raise UserError(f"recipe volume_fusion.boxes {boxes!r} must be [fewest, most] boxes, e.g. [10, 40]")
+        if not (
+            isinstance(sizes, list)
+            and len(sizes) == 2
+            and all(isinstance(b, (int, float)) for b in sizes)
+            and 0 < sizes[0] <= sizes[1] <= 1
+        ):
+            raise UserError(
+                f"recipe volume_fusion.box_size {sizes!r} must be [smallest, largest] shares of the crop side in "
+                "(0, 1], e.g. [0.0625, 0.625]"
+            )
+        if int(recipe["train"]["batch_size"]) < 2:
+            raise UserError(
+                f"task {task} fuses crops of two subjects: set train.batch_size (volumes per step) to 2 or more"
+            )
 
 
 def load_pretrain_recipe(name_or_path: Optional[str], overrides: Iterable[str] = ()) -> dict:
