@@ -70,11 +70,37 @@ def _reporter(mode: str):
     return None
 
 
+def _series_pair(text: str) -> Tuple[str, str]:
+    name, sep, key = text.partition("=")
+    if not sep or not name or not key:
+        raise argparse.ArgumentTypeError(f"expected MODALITY=SERIES_UID or MODALITY=SERIES_NUMBER, got {text!r}")
+    return name, key
+
+
+def _study_inputs(args, settings, report):
+    """--study: the study's headers and the outputs checked before the model loads, the series
+    chosen for the model's inputs after (the model says which it needs)."""
+    from .dicom_study import read_study, study_inputs
+    from .outputs import output_files
+    from .segment import Segmenter
+
+    if not args.study:
+        raise UserError("--series chooses a series of a --study; add --study DICOM_FOLDER")
+    study = read_study(args.study, report)
+    given = [("study", args.study), *args.inputs]
+    output_files(args.output, args.seg_nrrd, args.summary, args.preview, args.overwrite, given, args.dicom_seg)
+    segmenter = Segmenter(args.model, task=args.task, device=args.device, settings=settings)
+    inputs, chosen = study_inputs(study, segmenter.meta.modalities, args.series, args.inputs, report)
+    return inputs, segmenter, {"study": chosen}
+
+
 def cmd_segment(args, report, cancel) -> dict:
     from .segment import segment_files
 
-    if not args.inputs:
-        raise UserError("no inputs given; add one --input MODALITY=PATH per modality the model needs")
+    if not args.inputs and not args.study:
+        raise UserError(
+            "no inputs given; add one --input MODALITY=PATH per modality the model needs, or --study DICOM_FOLDER"
+        )
     chosen = dict(
         blend=args.blend,
         sw_batch_size=args.sw_batch_size,
@@ -96,9 +122,12 @@ def cmd_segment(args, report, cancel) -> dict:
     settings = InferenceSettings(
         **chosen, **explicit, spacing=args.spacing, fast=args.fast, explicit=tuple(sorted(explicit))
     )
+    inputs, segmenter, extra = args.inputs, None, None
+    if args.study or args.series:
+        inputs, segmenter, extra = _study_inputs(args, settings, report)
     summary = segment_files(
         args.model,
-        args.inputs,
+        inputs,
         args.output,
         seg_nrrd=args.seg_nrrd,
         summary_path=args.summary,
@@ -110,10 +139,40 @@ def cmd_segment(args, report, cancel) -> dict:
         settings=settings,
         progress=report,
         cancel=cancel,
+        segmenter=segmenter,
+        dicom_seg=args.dicom_seg,
+        extra_summary=extra,
     )
-    written = ", ".join(str(p) for p in (args.output, args.seg_nrrd, args.summary, args.preview) if p)
+    written = ", ".join(str(p) for p in (args.output, args.seg_nrrd, args.summary, args.preview, args.dicom_seg) if p)
     notes = "".join(f"\nnote: {note}" for note in summary["notes"])
     return {"output": str(args.output), "message": f"wrote {written}\n{volume_table(summary['regions'])}{notes}"}
+
+
+def cmd_segment_batch(args, report, cancel) -> dict:
+    from .batch import run_batch
+
+    settings = InferenceSettings(fast=args.fast, runtime=args.runtime, threads=args.threads)
+    return run_batch(
+        args.cases,
+        args.out,
+        args.model,
+        resume=args.resume,
+        labels=args.labels,
+        device=args.device,
+        task=args.task,
+        settings=settings,
+        dicom_seg=args.dicom_seg,
+        progress=report,
+        cancel=cancel,
+    )
+
+
+def cmd_study(args, report, cancel) -> dict:
+    from .dicom_study import read_study
+
+    study = read_study(args.folder, report)
+    lines = [f"{len(study.series)} series in {study.folder}:", *(f"  {line}" for line in study.table())]
+    return {"message": "\n".join(lines)}
 
 
 def cmd_synth(args, report, cancel) -> dict:
@@ -232,7 +291,15 @@ def cmd_devices(args, report, cancel) -> dict:
 
 
 # The built-in subcommands' handlers; other packages add theirs (see _plugin_registrars).
-COMMANDS = {"segment": cmd_segment, "devices": cmd_devices, "synth": cmd_synth, "models": cmd_models, "demo": cmd_demo}
+COMMANDS = {
+    "segment": cmd_segment,
+    "segment-batch": cmd_segment_batch,
+    "study": cmd_study,
+    "devices": cmd_devices,
+    "synth": cmd_synth,
+    "models": cmd_models,
+    "demo": cmd_demo,
+}
 
 
 PLUGIN_GROUP = "brainsegfounder.commands"
@@ -273,10 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODALITY=PATH",
         help="an input image (file or DICOM folder), named by modality",
     )
+    seg.add_argument(
+        "--study",
+        help="a DICOM study folder: FLAIR, T1, T1 post-contrast and T2 are found from the series' headers "
+        "(the choice and the reason are shown; `brainsegfounder study FOLDER` lists every series)",
+    )
+    seg.add_argument(
+        "--series",
+        action="append",
+        type=_series_pair,
+        default=[],
+        metavar="MODALITY=UID",
+        help="with --study: use this series (SeriesInstanceUID or series number) for that modality",
+    )
     seg.add_argument("--output", required=True, help="label map (.nii.gz, .nii, .nrrd, .mha)")
     seg.add_argument("--seg-nrrd", help="also write a Slicer segmentation (.seg.nrrd)")
     seg.add_argument("--summary", help="also write a JSON summary (volumes, model, timings)")
     seg.add_argument("--preview", help="also write a PNG of a few slices with the labels overlaid")
+    seg.add_argument(
+        "--dicom-seg",
+        help="also write a DICOM Segmentation (.dcm) referencing the reference input's DICOM series",
+    )
     seg.add_argument(
         "--overwrite",
         action="store_true",
@@ -333,6 +417,29 @@ def build_parser() -> argparse.ArgumentParser:
         "(default); input: run at the input's voxel size",
     )
     _add_common(seg)
+
+    bat = sub.add_parser("segment-batch", help="segment many cases with one model load (resumable)")
+    bat.add_argument("--model", required=True, help="checkpoint path or local model name")
+    bat.add_argument(
+        "--cases",
+        required=True,
+        help="a folder of BraTS case folders, a BIDS data set, DICOM study folders, or a CSV "
+        "(case_id and one column per modality, or a study column)",
+    )
+    bat.add_argument("--out", required=True, help="output folder: CASE/ per case, results.csv, results.json, batch.log")
+    bat.add_argument("--resume", action="store_true", help="continue a batch in --out; finished cases are kept")
+    bat.add_argument("--dicom-seg", action="store_true", help="also write CASE/segmentation.dcm for DICOM cases")
+    bat.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    bat.add_argument("--labels", default="brats2021", choices=("brats2021", "brats2023"))
+    bat.add_argument("--task", help="task preset for checkpoints without metadata (brats, atlas)")
+    bat.add_argument("--fast", action="store_true", help="the model's own measured fast mode (see segment --fast)")
+    bat.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
+    bat.add_argument("--runtime", default="auto", choices=RUNTIMES, help="see segment --runtime")
+    _add_common(bat)
+
+    stu = sub.add_parser("study", help="list a DICOM study's series and what each was identified as")
+    stu.add_argument("folder")
+    _add_common(stu)
 
     syn = sub.add_parser("synth", help="write a synthetic cohort on real anatomy")
     syn.add_argument("--out", required=True, help="data set folder")

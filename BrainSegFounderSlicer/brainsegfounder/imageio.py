@@ -395,9 +395,12 @@ def check_image(path: os.PathLike, label: str = "input") -> Tuple[int, ...]:
     """Check an input from its headers alone (no voxels read, no torch): the path, the format,
     the claimed size against :data:`MAX_VOXELS` and the bytes on disk, a DICOM series' slices.
     Returns the size; raises :class:`UserError` with one line otherwise."""
+    files = getattr(path, "dicom_files", None)  # one series of a study (dicom_study.SeriesSource)
     path = Path(path)
     info = check_path(path, label, hint="give an image file or a DICOM series folder")
     with quiet_itk():
+        if files:
+            return _check_dicom_series(path, files, label)
         if stat.S_ISDIR(info.st_mode):
             return _check_dicom_series(path, _dicom_series_files(path, label), label)
         return _check_file(path, label)
@@ -411,13 +414,14 @@ def check_images(inputs: Iterable[Tuple[str, os.PathLike]]) -> None:
 
 def read_volume(path: os.PathLike, label: str = "input") -> sitk.Image:
     """Read and check one 3D scalar volume as float32; ``label`` names it in errors."""
-    path = Path(path)
+    files = getattr(path, "dicom_files", None)  # one series of a study (dicom_study.SeriesSource)
     check_image(path, label)
+    path = Path(path)
     with quiet_itk():
         try:
             if path.is_dir():
                 reader = sitk.ImageSeriesReader()
-                reader.SetFileNames(_dicom_series_files(path, label))
+                reader.SetFileNames(files or _dicom_series_files(path, label))
                 image = reader.Execute()
             else:
                 image = sitk.ReadImage(str(path))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -31,6 +31,7 @@ def output_files(
     preview: Optional[os.PathLike] = None,
     overwrite: bool = False,
     inputs: Sequence[Tuple[str, os.PathLike]] = (),
+    dicom_seg: Optional[os.PathLike] = None,
 ) -> OutputFiles:
     """The outputs of one segmentation, checked before any work (formats, inputs, existing files)."""
     if not Path(output).name.lower().endswith(LABEL_SUFFIXES):
@@ -39,10 +40,17 @@ def output_files(
         ("--seg-nrrd", seg_nrrd, ".seg.nrrd"),
         ("--summary", summary, ".json"),
         ("--preview", preview, ".png"),
+        ("--dicom-seg", dicom_seg, ".dcm"),
     ):
         if path is not None and not str(path).lower().endswith(suffix):
             raise UserError(f"{what} {path} must end in {suffix}")
-    targets = {"output": output, "--seg-nrrd": seg_nrrd, "--summary": summary, "--preview": preview}
+    targets = {
+        "output": output,
+        "--seg-nrrd": seg_nrrd,
+        "--summary": summary,
+        "--preview": preview,
+        "--dicom-seg": dicom_seg,
+    }
     return OutputFiles(targets, overwrite=overwrite, inputs=inputs).check()
 
 
@@ -84,9 +92,10 @@ def write_outputs(
     segments: Dict[int, Segment],
     summary: Optional[dict] = None,
     images: Optional[Dict[str, sitk.Image]] = None,
+    dicom_seg: Optional[Callable[[Path], None]] = None,
 ) -> None:
     """Write every output of ``files`` (see :func:`output_files`), all or nothing; the preview
-    shows ``images`` with the labels overlaid."""
+    shows ``images`` with the labels overlaid; ``dicom_seg(path)`` writes the DICOM SEG."""
     with files.write() as tmp:
         write_image(labels, tmp["output"])
         if "--seg-nrrd" in tmp:
@@ -97,3 +106,5 @@ def write_outputs(
             from .preview import draw_preview
 
             draw_preview(images or {}, tmp["--preview"], labels)
+        if "--dicom-seg" in tmp:
+            dicom_seg(tmp["--dicom-seg"])

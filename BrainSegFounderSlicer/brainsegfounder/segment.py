@@ -15,6 +15,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from . import dicom_seg as dicom_seg_request
 from . import fast_mode, resources
 from .checkpoints import (
     LoadedCheckpoint,
@@ -213,15 +214,20 @@ def segment_files(
     segmenter: Optional[Segmenter] = None,
     preview_path: Optional[os.PathLike] = None,
     overwrite: bool = False,
+    dicom_seg: Optional[os.PathLike] = None,
+    extra_summary: Optional[dict] = None,
 ) -> dict:
     """Segment one case from files; returns the summary (also written to ``summary_path``).
-    Arguments and outputs are checked before the model loads; all outputs are written together."""
+    Arguments and outputs are checked before the model loads; all outputs are written together.
+    ``dicom_seg`` writes a DICOM SEG on the reference input's series (see dicom_seg.py);
+    ``extra_summary`` adds entries to the summary (e.g. the series a study gave)."""
     cancel = cancel or CancelToken()
     timings = {}
     start = t0 = time.perf_counter()
     et_label(labels)  # validates the convention before any work
     (settings or InferenceSettings()).validate()
-    files = output_files(output, seg_nrrd, summary_path, preview_path, overwrite, inputs)
+    files = output_files(output, seg_nrrd, summary_path, preview_path, overwrite, inputs, dicom_seg)
+    dicom_seg_request.check_request(dicom_seg, inputs)
     check_images(inputs)  # headers only: a bad input costs no model load and no voxel allocation
     if segmenter is None:
         check_checkpoint_file(resolve_model(model))  # likewise, before torch is imported
@@ -235,6 +241,11 @@ def segment_files(
     t0 = time.perf_counter()
     images, resampled, notes = load_inputs(paths, progress)
     timings["read_inputs_s"] = time.perf_counter() - t0
+    seg_sources = None
+    if dicom_seg is not None:  # the SEG references the reference input's series, on its grid
+        reference_name = next(iter(paths))
+        seg_sources = dicom_seg_request.source_files(paths[reference_name], f"the reference input {reference_name}")
+        dicom_seg_request.check_grid(seg_sources, images[0])
     cancel.check()
 
     t0 = time.perf_counter()
@@ -278,6 +289,7 @@ def segment_files(
         },
         "notes": notes + report.notes,
         "timings_s": timings,
+        **(extra_summary or {}),
     }
     if segmenter.settings.fast:
         summary["notes"].append(f"fast mode: {fast_mode.describe(segmenter.meta.fast)}")
@@ -289,8 +301,19 @@ def segment_files(
     timings.update({k: round(v, 3) for k, v in timings.items()})
     progress("write", 0, 1, f"writing {output}")
     t0 = time.perf_counter()
+    segments = segmenter.schema.label_values(labels)
     write_outputs(
-        files, label_image, segmenter.schema.label_values(labels), summary, dict(zip(paths, images, strict=True))
+        files,
+        label_image,
+        segments,
+        summary,
+        dict(zip(paths, images, strict=True)),
+        dicom_seg=seg_sources
+        and (
+            lambda path: dicom_seg_request.write_dicom_seg(
+                label_image, segments, seg_sources, path, segmenter.meta.name, str(segmenter.meta.version)
+            )
+        ),
     )
     timings["write_s"] = round(time.perf_counter() - t0, 3)
     progress("write", 1, 1)
