@@ -1,9 +1,11 @@
 """The panel's workflow on an explicit scene: the module's Logic is this class bound to
-``slicer.mrmlScene``; tests bind it to a plain ``vtkMRMLScene`` from slicer-core.
+``slicer.mrmlScene``; tests bind it to a plain ``vtkMRMLScene`` from slicer-core, and a web
+front end to its own scene.
 
-Long work runs in background processes (:mod:`.runner`); the objects returned by
-``start_*`` are polled by a GUI timer (or waited on by tests) and finish their work in the
-scene when the process is done.
+Every long piece of work is a job (:mod:`.jobs`: start, poll, cancel, progress, result, error,
+details) started by a ``start_*`` method and followed in ``logic.jobs``; a front end polls
+``logic.jobs`` from its timer and listens to its signals. Jobs finish their work in the scene
+inside ``poll()``, on the front end's thread.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from brainsegfounder import registry
 from brainsegfounder.cases import is_case_root
@@ -23,105 +25,33 @@ from brainsegfounder.errors import UserError
 from brainsegfounder.labels import schema
 from brainsegfounder.names import plain_name
 
+from . import dependencies
 from .assignment import check_assignment, guess_assignment, scalar_volumes
+from .jobs import Jobs, ProcessJob, Progress  # noqa: F401  (Progress: for front ends)
 from .models import ModelChoice, ModelManager
 from .results import fill_volume_table, label_image, load_segmentation, region_rows, show_in_3d
 from .runner import BackgroundProcess, engine_command
-from .training import default_cases_root, finetune_command, save_training_case, update_metrics_plot
+from .setup_jobs import DevicesJob, DownloadJob, ImportJob, InstallJob
+from .training import case_id_from, default_cases_root, finetune_command, save_training_case, update_metrics_plot
 from .volumes import same_parent_transform, write_volume
 
 
-@dataclass
-class Progress:
-    """What the panel shows while a job runs."""
+@dataclass(frozen=True)
+class Segmented:
+    """A segmentation job's result: what it put in the scene."""
 
-    stage: str = ""
-    done: int = 0
-    total: int = 0
-    eta_s: Optional[float] = None
-    message: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return min(self.done / self.total, 1.0) if self.total else 0.0
-
-    def text(self) -> str:
-        eta = f", about {self.eta_s:.0f} s left" if self.eta_s else ""
-        return f"{self.stage} {self.done}/{self.total}{eta}" + (f": {self.message}" if self.message else "")
+    segmentation: object  # vtkMRMLSegmentationNode, on the reference input's grid
+    table: object  # vtkMRMLTableNode of region volumes
+    reference: object  # the reference (first) input volume
+    notes: tuple  # the engine's notes of this run (a demo model, a partial input, ...)
 
 
-class Job:
-    """A background engine process with the panel's view of its progress."""
+class SegmentationJob(ProcessJob):
+    """``brainsegfounder segment`` on the exported inputs; the result (:class:`Segmented`) is
+    loaded into the scene when the process is done, replacing ``segmentation`` if given."""
 
-    def __init__(self, process: BackgroundProcess, workdir: Optional[Path] = None) -> None:
-        self.process = process
-        self.workdir = workdir
-        self.progress = Progress()
-        self.error: Optional[str] = None
-        self._done = False
+    kind = "segment"
 
-    def poll(self) -> bool:
-        """Read new progress; True once the job is over (then see ``status`` and ``error``)."""
-        if self._done:
-            return True
-        for event in self.process.poll():
-            if "stage" in event:
-                self.progress = Progress(
-                    event["stage"],
-                    int(event.get("done", 0)),
-                    int(event.get("total", 0)),
-                    event.get("eta_s"),
-                    event.get("message", ""),
-                )
-        self.on_progress()
-        if not self.process.finished:
-            return False
-        self.process.poll()  # the last lines and the reaping of the process group
-        self._done = True
-        try:
-            if self.process.status == "ok":
-                self.on_success()
-            elif self.process.status == "error":
-                self.error = self.process.error_line()
-        except UserError as error:
-            self.error = str(error)
-        finally:
-            self.cleanup()
-        return True
-
-    @property
-    def status(self) -> Optional[str]:
-        if not self._done:
-            return None
-        return "error" if self.error else self.process.status
-
-    def details(self) -> str:
-        return self.process.details()
-
-    def cancel(self) -> None:
-        self.process.cancel()
-
-    def wait(self, timeout: Optional[float] = None) -> Optional[str]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                raise TimeoutError(f"job still running after {timeout} s; cancelled")
-            time.sleep(0.1)
-        return self.status
-
-    def on_progress(self) -> None:
-        """Hook: new progress has been read."""
-
-    def on_success(self) -> None:
-        """Hook: the process finished with status ok."""
-
-    def cleanup(self) -> None:
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-class SegmentationJob(Job):
     def __init__(
         self,
         logic: "WorkflowLogic",
@@ -133,17 +63,17 @@ class SegmentationJob(Job):
         segmentation=None,
         table=None,
     ) -> None:
-        super().__init__(process, workdir)
+        super().__init__(process)
+        self.workdir = workdir
         self.logic, self.reference, self.choice, self.convention = logic, reference, choice, convention
         self.segmentation, self.table = segmentation, table
-        self.notes: List[str] = []  # the engine's notes of this run (a demo model, a partial input, ...)
+        self.notes: List[str] = []
 
-    def on_success(self) -> None:
-        scene = self.logic.scene
+    def _succeeded(self) -> Segmented:
         self.notes = list(json.loads((self.workdir / "summary.json").read_text()).get("notes", []))
         name = f"{self.reference.GetName()} {self.choice.title.split(':')[0]} segmentation"
         self.segmentation = load_segmentation(
-            scene, self.workdir / "labels.seg.nrrd", self.reference, name, node=self.segmentation
+            self.logic.scene, self.workdir / "labels.seg.nrrd", self.reference, name, node=self.segmentation
         )
         self.segmentation.SetAttribute("BrainSegFounder.Model", self.choice.key)
         self.segmentation.SetAttribute("BrainSegFounder.ModelVersion", self.choice.version)
@@ -154,27 +84,47 @@ class SegmentationJob(Job):
         self.table = self.logic.update_volume_table(
             self.segmentation, self.reference, self.choice, self.convention, self.table
         )
+        return Segmented(self.segmentation, self.table, self.reference, tuple(self.notes))
+
+    def _done_message(self) -> str:
+        return f"Done: {self.segmentation.GetName()}." + "".join(f"\nNote: {note}" for note in self.notes)
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-class FinetuneJob(Job):
+class FinetuneJob(ProcessJob):
+    """``brainsegfounder finetune`` in the background; ``chart`` (a plot chart node of loss and
+    held-out Dice) follows its ``metrics.jsonl``; the result is the new model's key."""
+
+    kind = "finetune"
+
     def __init__(self, logic: "WorkflowLogic", process: BackgroundProcess, run: Path, name: str) -> None:
         super().__init__(process)
         self.logic, self.run, self.name = logic, run, name
         self.chart = None
-        self.registered: Optional[str] = None
+        self.registered: Optional[str] = None  # the new model file
         self._seen: Optional[int] = None
 
-    def on_progress(self) -> None:
+    def _on_progress(self) -> bool:
         metrics = self.run / "metrics.jsonl"
         stamp = metrics.stat().st_mtime_ns if metrics.is_file() else None
-        if stamp is not None and stamp != self._seen:  # redraw only when the run wrote something
-            self._seen = stamp
-            self.chart = update_metrics_plot(self.logic.scene, self.run)
-
-    def on_success(self) -> None:
+        if stamp is None or stamp == self._seen:  # redraw only when the run wrote something
+            return False
+        self._seen = stamp
         self.chart = update_metrics_plot(self.logic.scene, self.run)
-        final = self.process.final or {}
-        self.registered = (final.get("summary") or {}).get("registered")
+        return True
+
+    def _succeeded(self) -> Optional[str]:
+        self.chart = update_metrics_plot(self.logic.scene, self.run)
+        self.registered = ((self.process.final or {}).get("summary") or {}).get("registered")
+        return f"local:{Path(self.registered).stem}" if self.registered else None
+
+    def _done_message(self) -> str:
+        return (self.process.final or {}).get("message", "Done.")
+
+    def _cancelled_message(self) -> str:
+        return f"Stopped; resume with: brainsegfounder finetune --resume {self.run}"
 
 
 class WorkflowLogic:
@@ -183,7 +133,8 @@ class WorkflowLogic:
     def __init__(self, scene, models: Optional[ModelManager] = None) -> None:
         self.scene = scene
         self.models = models or ModelManager()
-        self.show_3d = True
+        self.show_3d = True  # closed surfaces for the 3D view when a segmentation arrives
+        self.jobs = Jobs()  # the running jobs: a front end polls them and listens to their signals
 
     # -- inputs and models -------------------------------------------------------------------
     def model_choices(self) -> List[ModelChoice]:
@@ -191,6 +142,42 @@ class WorkflowLogic:
 
     def guess_inputs(self, choice: ModelChoice, keep: Optional[Mapping[str, object]] = None) -> Dict[str, object]:
         return guess_assignment(scalar_volumes(self.scene), choice.inputs, keep)
+
+    def fill_inputs(self, choice: ModelChoice, current: Mapping[str, object]) -> Dict[str, object]:
+        """The inputs of ``choice`` that are empty in ``current`` and can be guessed from volume
+        names (the user's choices are kept), plus ``"case_id"`` from the reference volume's name."""
+        keep = {m: current.get(m) for m in choice.inputs}
+        guessed = self.guess_inputs(choice, keep)
+        filled: Dict[str, object] = {m: n for m, n in guessed.items() if n is not None and keep.get(m) is None}
+        reference = keep.get(choice.inputs[0]) or filled.get(choice.inputs[0])
+        if reference is not None:
+            filled["case_id"] = case_id_from(reference.GetName())
+        return filled
+
+    def package_check(self, training: bool = False) -> Tuple[Optional[dependencies.InstallPlan], str]:
+        """(what to install, or None; the one line a front end shows, "" when all is there).
+        A requirement that would replace a package the application ships gives no plan."""
+        try:
+            plan = self.packages_needed(training)
+        except UserError as error:
+            return None, str(error)
+        return (None, "") if plan.empty else (plan, plan.summary() + " They are installed on first use.")
+
+    def segment_editor_node(self, tag: str = "BrainSegFounder"):
+        """The panel's own segment editor node (a singleton, so it survives re-opening the panel)."""
+        import slicer
+
+        node = self.scene.GetSingletonNode(tag, "vtkMRMLSegmentEditorNode")
+        if node is None:  # made directly: a bare scene has not registered the class (slicer-core)
+            node = slicer.vtkMRMLSegmentEditorNode()
+            node.SetSingletonTag(tag)
+            node = self.scene.AddNode(node)
+        return node
+
+    def packages_needed(self, training: bool = False) -> dependencies.InstallPlan:
+        """What must be installed before segmenting (or fine-tuning); raises UserError where that
+        would replace a package the application ships."""
+        return dependencies.plan(training=training)
 
     # -- segmentation ------------------------------------------------------------------------
     def start_segmentation(
@@ -229,13 +216,20 @@ class WorkflowLogic:
                 args.append("--fast")
             for modality, node in inputs.items():
                 args += ["--input", f"{modality}={write_volume(node, workdir / f'{modality}.nrrd')}"]
-            process = BackgroundProcess(engine_command(*args)).start()
+            job = SegmentationJob(
+                self,
+                BackgroundProcess(engine_command(*args)),
+                workdir,
+                inputs[choice.inputs[0]],
+                choice,
+                convention,
+                segmentation,
+                table,
+            )
+            return self.jobs.run(job)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        return SegmentationJob(
-            self, process, workdir, inputs[choice.inputs[0]], choice, convention, segmentation, table
-        )
 
     def update_volume_table(
         self, segmentation, reference, choice: ModelChoice, convention: str = "brats2021", table=None
@@ -300,7 +294,22 @@ class WorkflowLogic:
         name = plain_name(name or f"{base.key.split(':', 1)[1]}-ft", "model name")
         run = Path(run) if run else registry.home() / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         process = BackgroundProcess(finetune_command(base.path, data, run, name, epochs, replay, device, overrides))
-        return FinetuneJob(self, process.start(), run, name)
+        return self.jobs.run(FinetuneJob(self, process, run, name))
 
-    def devices_command(self) -> List[str]:
-        return engine_command("devices")
+    # -- getting ready: packages, models, devices --------------------------------------------
+    def start_install(self, plan: dependencies.InstallPlan, torch_installer=None) -> InstallJob:
+        """Install what ``plan`` lists (see :class:`.setup_jobs.InstallJob`)."""
+        return self.jobs.run(InstallJob(plan, torch_installer))
+
+    def start_download(self, choice: ModelChoice) -> DownloadJob:
+        if not choice.can_download or choice.entry is None:
+            raise UserError(f"{choice.title} cannot be downloaded: {choice.status()}")
+        return self.jobs.run(DownloadJob(self.models, choice.entry.id))
+
+    def start_import(self, source: os.PathLike, name: Optional[str] = None) -> ImportJob:
+        if not Path(source).is_file():
+            raise UserError(f"{source} is not a file; choose a model file (.pt, .pth)")
+        return self.jobs.run(ImportJob(self.models, source, name))
+
+    def start_device_query(self) -> DevicesJob:
+        return self.jobs.run(DevicesJob())

@@ -115,6 +115,17 @@ class ModelChoice:
     def can_download(self) -> bool:
         return self.entry is not None and bool(self.entry.url) and bool(self.entry.sha256) and not self.available
 
+    def panel_text(self, panel_inputs) -> str:
+        """What a front end shows under the model selector: version, licence, status, description,
+        and the inputs this front end has no selector for."""
+        text = f"version {self.version}; licence: {self.license}; {self.status()}"
+        text += f"\n{self.description}" if self.description else ""
+        missing = [m for m in self.inputs if m not in panel_inputs]
+        if missing:
+            text += f"\nThis panel has no selector for {', '.join(missing)}; "
+            text += "use the brainsegfounder command for this model."
+        return text
+
     def status(self) -> str:
         if self.available:
             return "ready"

@@ -125,6 +125,9 @@ def test_modality_assignment_from_volume_names(brats_inputs):
 def test_segmentation_comes_back_named_coloured_coded_on_the_reference_grid(segmented, tmp_path):
     job, scene, nodes = segmented["job"], segmented["scene"], segmented["nodes"]
     assert job.status == "ok", job.error
+    assert job.result.segmentation is job.segmentation  # the jobs' interface: result and message
+    assert job.result.table is job.table
+    assert job.message.startswith(f"Done: {job.segmentation.GetName()}.")
     assert "inference" in segmented["stages"]
     assert not job.workdir.exists()  # the exported inputs and engine outputs are cleaned up
     seg = job.segmentation
