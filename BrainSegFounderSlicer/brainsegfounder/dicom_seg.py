@@ -11,6 +11,7 @@ description, so a reader gets the label map back exactly (:func:`read_dicom_seg`
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -50,6 +51,8 @@ def check_request(path: Optional[os.PathLike], inputs: Sequence[Tuple[str, os.Pa
         return
     if not str(path).lower().endswith(SUFFIX):
         raise UserError(f"--dicom-seg {path} must end in {SUFFIX}")
+    if importlib.util.find_spec("highdicom") is None:
+        raise UserError("--dicom-seg needs the Python package highdicom: pip install 'highdicom>=0.28,<0.30'")
     if not any(getattr(p, "dicom_files", None) or Path(p).is_dir() for _, p in inputs):
         raise UserError(
             "--dicom-seg needs the scans from DICOM (--study FOLDER or --input NAME=DICOM_SERIES_FOLDER); "

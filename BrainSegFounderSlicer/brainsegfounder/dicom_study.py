@@ -463,8 +463,11 @@ def _text(ds, keyword: str) -> str:
 def read_study(folder: os.PathLike, progress: ProgressCallback = null_progress) -> Study:
     """Read every DICOM file's header under ``folder`` (recursively; files that are not DICOM
     are ignored) and identify each series. A damaged DICOM file is one :class:`UserError`."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError:
+        raise UserError("reading a DICOM study needs the Python package pydicom: pip install pydicom") from None
 
     folder = Path(folder)
     check_path(folder, "--study", kind="folder", hint="give the folder of a DICOM study")
