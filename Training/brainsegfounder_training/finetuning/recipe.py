@@ -13,8 +13,10 @@ from brainsegfounder.errors import UserError
 from brainsegfounder.names import plain_name
 from brainsegfounder.networks import architecture_name
 
+from ..harness.optimisation import OPTIMIZERS, SCHEDULES
 from ..harness.recipe import (
     CONFIG_DIR,
+    check_betas,
     check_choices,
     check_flags,
     check_numbers,
@@ -68,7 +70,11 @@ DEFAULTS: Dict[str, Any] = {
         "batch_size": 2,
         "lr": 1.0e-4,
         "weight_decay": 1.0e-5,
-        "warmup_epochs": 50,
+        "warmup_epochs": 50,  # linear warm-up (the 3D MAE's fine-tuning: 50, with sgd and poly)
+        "optimizer": "adamw",  # adamw, adam, or sgd (Nesterov, train.momentum): the 3D MAE fine-tunes with sgd
+        "betas": [0.9, 0.999],  # adam / adamw
+        "momentum": 0.99,  # sgd
+        "schedule": "cosine",  # after the warm-up: cosine, or poly (nnU-Net's (1 - t)^0.9)
         "loss": "dice",  # dice (BrainSegFounder), dice_ce
         "amp": True,  # CUDA only: bf16 where supported, else fp16 with loss scaling
         "seed": 0,
@@ -91,6 +97,8 @@ CHOICES = {
     "train.loss": ("dice", "dice_ce"),
     "train.crop": ("random", "posneg"),
     "model.save_dtype": ("float32", "float16"),
+    "train.optimizer": OPTIMIZERS,
+    "train.schedule": tuple(SCHEDULES),
 }
 
 
@@ -113,6 +121,7 @@ def check_recipe(recipe: dict) -> None:
             "init.output_prior": "(0, 1)",
             "train.lr": "(0, inf)",
             "train.weight_decay": "[0, inf)",
+            "train.momentum": "[0, 1)",
             "train.pos_fraction": "[0, 1]",
             "validation.overlap": "[0, 1)",
             "validation.threshold": "(0, 1)",
@@ -125,6 +134,7 @@ def check_recipe(recipe: dict) -> None:
     )
     check_flags(recipe, ("model.gradient_checkpointing", "init.encoder_only", "train.amp"))
     check_open_fraction(recipe, "data.val_fraction")
+    check_betas(recipe)
     if not int(recipe["data"]["fold"]) < int(recipe["data"]["folds"]):
         raise UserError(f"recipe data.fold {recipe['data']['fold']} must be in 0..{recipe['data']['folds'] - 1}")
     if recipe["model"]["roi"] == "auto":

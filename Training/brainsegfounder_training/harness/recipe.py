@@ -137,6 +137,14 @@ def check_numbers(recipe: dict, ranges: Dict[str, str], off_allowed: bool = Fals
             raise UserError(f"recipe {key} must be a number in {interval}, got {value!r}")
 
 
+def check_betas(recipe: dict) -> None:
+    """``train.betas``: Adam's two moment decays."""
+    betas = recipe["train"]["betas"]
+    numbers = isinstance(betas, list) and all(isinstance(b, (int, float)) for b in betas)
+    if not (numbers and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+        raise UserError(f"recipe train.betas {betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+
+
 def check_flags(recipe: dict, keys: Iterable[str]) -> None:
     for key in keys:
         value = get(recipe, key)

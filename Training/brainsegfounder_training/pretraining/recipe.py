@@ -17,6 +17,7 @@ from brainsegfounder.modalities import canonical
 from ..harness.optimisation import OPTIMIZERS, SCHEDULES
 from ..harness.recipe import (
     CONFIG_DIR,
+    check_betas,
     check_choices,
     check_flags,
     check_numbers,
@@ -159,7 +160,7 @@ def check_pretrain(recipe: dict) -> None:
     )
     check_open_fraction(recipe, "data.val_fraction")
     check_numbers(recipe, {"train.momentum": "[0, 1)", "mae.weight": "[0, inf)", "volume_fusion.weight": "[0, inf)"})
-    _check_betas(recipe)
+    check_betas(recipe)
     modalities = recipe["modalities"]
     if not (isinstance(modalities, list) and modalities and all(isinstance(m, str) for m in modalities)):
         raise UserError("recipe modalities must list the input names in channel order, e.g. [t1, flair]")
@@ -173,13 +174,6 @@ def check_pretrain(recipe: dict) -> None:
         raise UserError("stage 2 starts from a stage-1 model: give --init STAGE1_RUN/best.pt (init.checkpoint)")
     if recipe["model"]["size"] == "auto" and not recipe["init"]["checkpoint"]:
         raise UserError("model.size auto takes the architecture of the init checkpoint; give one or set model.size")
-
-
-def _check_betas(recipe: dict) -> None:
-    betas = recipe["train"]["betas"]
-    numbers = isinstance(betas, list) and all(isinstance(b, (int, float)) for b in betas)
-    if not (numbers and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
-        raise UserError(f"recipe train.betas {betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
 
 
 def _check_brainsegfounder(recipe: dict) -> None:
