@@ -11,10 +11,10 @@ one window), beside the model in ``.brainsegfounder/exports/`` (or in the user's
 ``~/.brainsegfounder/exports/`` where the model's folder is read-only), atomically. Before an
 export is used the first time, a check window runs through it and through PyTorch: a
 probability that differs by more than :data:`TOLERANCE` rejects it, and so does any failure
-to export, load or compile, each time with a note, and the run continues in PyTorch. The check
-is recorded beside the export (its size and modification time): a file changed since is
-checked again. OpenVINO caches its compiled model in the same folder (compiling the 62M graph
-takes about 45 s the first time, 3 s from the cache).
+to export, load or compile, each time with a note, and the run continues in PyTorch. Each
+runtime's check is recorded beside the export with the file's size and modification time: a
+file changed since is exported and checked again. OpenVINO caches its compiled model in the
+same folder (compiling the 62M graph takes about 45 s the first time, 3 s from the cache).
 """
 
 from __future__ import annotations
@@ -134,28 +134,34 @@ class CpuRuntime:
         folder = export_folder(self.model_path)
         name = f"{self.model_path.stem}-{self._digest[:16]}-{'x'.join(map(str, roi))}-f{EXPORT_FORMAT}"
         onnx_path, record_path = folder / f"{name}.onnx", folder / f"{name}.json"
-        if _record_matches(record_path, onnx_path):
+        record = _record_of(record_path, onnx_path)  # {} where the export is missing or changed since
+        if self.runtime in record.get("checked", {}):
             return onnx_path
-        folder.mkdir(parents=True, exist_ok=True)
-        progress("export", 0, 1, f"exporting the network for {self.runtime} (once per model and window size)")
         import torch
 
         source = self.build_source()
-        example = torch.zeros(1, self.in_channels, *roi)
-        with atomic_path(onnx_path) as tmp, torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python branches
-            torch.onnx.export(
-                source, (example,), str(tmp), input_names=["image"], output_names=["logits"], opset_version=18,
-                dynamo=False,
-            )  # fmt: skip
+        exported_now = not record
+        if exported_now:
+            folder.mkdir(parents=True, exist_ok=True)
+            progress("export", 0, 1, f"exporting the network for {self.runtime} (once per model and window size)")
+            example = torch.zeros(1, self.in_channels, *roi)
+            with atomic_path(onnx_path) as tmp, torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python branches
+                torch.onnx.export(
+                    source, (example,), str(tmp), input_names=["image"], output_names=["logits"],
+                    opset_version=18, dynamo=False,
+                )  # fmt: skip
+        # Each runtime is checked on its own: the same graph could run differently in another.
         difference = self._check(source, onnx_path, roi)
         del source
         if difference > TOLERANCE:
-            with contextlib.suppress(OSError):
-                onnx_path.unlink()
+            if exported_now:
+                with contextlib.suppress(OSError):
+                    onnx_path.unlink()
             raise _Rejected(f"its export differs from PyTorch by {difference:.1e} in probability")
         stat = onnx_path.stat()
-        record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "max_probability_difference": difference}
+        record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "checked": record.get("checked", {})}
+        record["checked"][self.runtime] = {"max_probability_difference": difference}
         with atomic_path(record_path) as tmp:
             tmp.write_text(json.dumps(record, indent=1))
         progress("export", 1, 1)
@@ -185,13 +191,16 @@ def _exp(array):
     return np.exp(np.clip(array, -80, 80))
 
 
-def _record_matches(record_path: Path, onnx_path: Path) -> bool:
+def _record_of(record_path: Path, onnx_path: Path) -> dict:
+    """The export's record if it describes the file as it is now (size, modification time), else {}."""
     try:
         record = json.loads(record_path.read_text())
         stat = onnx_path.stat()
     except (OSError, ValueError):
-        return False
-    return record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns
+        return {}
+    if not isinstance(record, dict) or (record.get("size"), record.get("mtime_ns")) != (stat.st_size, stat.st_mtime_ns):
+        return {}
+    return record
 
 
 def _compile(runtime: str, onnx_path: Path, precision: str, threads: int) -> Tuple[Callable, str]:
@@ -212,5 +221,6 @@ def _compile(runtime: str, onnx_path: Path, precision: str, threads: int) -> Tup
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = int(threads)
+    options.log_severity_level = 3  # errors only: its notes on constant folding are not the user's concern
     session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     return (lambda array: session.run(None, {"image": array})[0]), "fp32"  # no bf16 kernels on the CPU

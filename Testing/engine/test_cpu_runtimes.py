@@ -49,7 +49,7 @@ def test_an_exported_runtime_labels_every_voxel_as_pytorch_does(tmp_path, model,
     # Its outputs sit near the threshold by design, so float round-off may flip a voxel or two.
     assert (got != expected).sum() <= 1e-3 * labelled, (got != expected).sum()
     record = json.loads(next(export_folder(model).glob("*.json")).read_text())
-    assert record["max_probability_difference"] <= cpu_runtimes.TOLERANCE
+    assert record["checked"][runtime]["max_probability_difference"] <= cpu_runtimes.TOLERANCE
 
 
 @pytest.mark.skipif(not installed("openvino"), reason="OpenVINO is not installed")
@@ -144,3 +144,15 @@ def test_a_runtime_that_cannot_run_is_one_line(asked, device, message, monkeypat
     monkeypatch.setattr(cpu_runtimes, "installed", lambda runtime: False)
     with pytest.raises(UserError, match=message):
         resolve_runtime(asked, device)
+
+
+@pytest.mark.skipif(not installed("openvino"), reason="OpenVINO is not installed")
+def test_short_of_memory_the_run_stays_in_pytorch_and_says_so(tmp_path, model, brats_inputs, monkeypatch):
+    from brainsegfounder import resources
+
+    inputs, _ = brats_inputs
+    monkeypatch.setattr(resources, "available_host_bytes", lambda: 64 * 2**20)  # a 64 MiB machine
+    _, summary = segment(model, inputs, tmp_path / "x.nii.gz", "auto")
+    assert summary["inference"]["runtime"] == "torch"
+    assert any("the exported CPU runtime needs about" in note for note in summary["notes"])
+    assert exports(model) == []  # nothing exported that will not run
