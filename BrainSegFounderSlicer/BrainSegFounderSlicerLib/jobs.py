@@ -275,7 +275,8 @@ class ThreadJob(Job):
     def _outcome(self) -> Optional[str]:
         if self._thread is None or self._thread.is_alive():
             return None
-        self._read()
+        if self._read():  # the last report, made after poll() read the progress: front ends see it too
+            self.progress_changed.emit(self)
         if isinstance(self._raised, Cancelled) or (self._raised is None and self.cancel_token.cancelled):
             return CANCELLED
         return ERROR if self._raised is not None else OK

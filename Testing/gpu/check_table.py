@@ -44,10 +44,12 @@ GOALS = {
     "pretrain_speed": Goal(">= 1.5x reference", lambda v: v >= 1.5),
 }
 
-# inference_speed.py's table: path, windows, model s, files s, host GiB, GPU GiB, speed x, then the Dice columns
+# inference_speed.py's table: path, windows, model s, GFLOP/s, files s, host GiB, GPU GiB, speed x (vs the
+# reference), vs today's default, then the Dice columns
 INFERENCE_ROW = re.compile(
-    r"^(?P<name>\S.*?)\s+(?P<windows>\d+)\s+(?P<model_s>[\d.]+)\s+(?P<files_s>[\d.]+)\s+(?P<host>[\d.]+)\s+"
-    r"(?P<gpu>[\d.]+|-)\s+(?P<speed>[\d.]+)\s+(?P<vs_ref>[\d./]+|-)\s+(?P<vs_truth>[\d./]+)\s*$"
+    r"^(?P<name>\S.*?)\s+(?P<windows>\d+)\s+(?P<model_s>[\d.]+)\s+(?P<gflops>[\d.]+|nan)\s+(?P<files_s>[\d.]+)\s+"
+    r"(?P<host>[\d.]+)\s+(?P<gpu>[\d.]+|-)\s+(?P<speed>[\d.]+)\s+(?P<vs_today>[\d.]+)\s+(?P<vs_ref>[\d./]+|-)\s+"
+    r"(?P<vs_truth>[\d./]+)\s*$"
 )
 # pretrain_throughput.py's table: size, configuration, crops/s, s/step, host GiB, GPU GiB, speed x, GPU mem x
 PRETRAIN_ROW = re.compile(
@@ -110,7 +112,7 @@ def inference_rows(table: Table, log: str) -> bool:
         if m:
             rows[m["name"].strip()] = m.groupdict()
     ref = next((r for n, r in rows.items() if n.startswith("reference")), None)
-    default = next((r for n, r in rows.items() if n.startswith("ours (default)")), None)
+    default = next((r for n, r in rows.items() if n.startswith("new default")), None)
     if ref is None or default is None:
         return False
 
