@@ -312,6 +312,31 @@ def test_published_recipes_of_the_new_tasks():
     assert (swin["train"]["lr"], swin["train"]["weight_decay"], swin["train"]["schedule"]) == (1e-3, 0.05, "cosine")
 
 
+@pytest.mark.parametrize(("step", "factor"), [(0, 0.5), (1, 1.0), (2, 1.0), (6, 0.5**0.9), (10, 0.0), (12, 0.0)])
+def test_poly_decay_after_a_linear_warm_up(step, factor):
+    """nnU-Net's (1 - t)^0.9 after 2 warm-up steps of a 10-step run (t: the share of the decay done)."""
+    from brainsegfounder_training.harness.optimisation import warmup_poly
+
+    assert warmup_poly(step, 2, 10) == pytest.approx(factor)
+
+
+def test_the_3d_mae_optimiser_is_sgd_with_nesterov_momentum():
+    from brainsegfounder_training.harness.optimisation import Optimisation
+
+    net = torch.nn.Linear(2, 2)
+    train = {"lr": 1e-2, "weight_decay": 3e-5, "amp": True, "optimizer": "sgd", "momentum": 0.99, "schedule": "poly"}
+    opt = Optimisation(net, train, torch.device("cpu"), warmup=0, total=4)
+    group = opt.optimizer.param_groups[0]
+    assert isinstance(opt.optimizer, torch.optim.SGD)
+    assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.99, True, 3e-5)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.lr)
+        opt.step(net(torch.ones(1, 2)).sum(), net.parameters(), 12)
+    assert lrs[0] == pytest.approx(1e-2)
+    assert lrs == sorted(lrs, reverse=True)
+
+
 # -- slow: learning, fine-tuning, two stages, resume ----------------------------------------------
 
 TASK_BACKBONES = [
@@ -397,7 +422,8 @@ def test_each_task_feeds_finetune_and_segment(tmp_path, healthy_root, train_root
     proc = cli(["pretrain", "--config", "stage1-ukb", "--task", task, "--data", healthy_root, "--out", run, *args])
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
-    assert f"stage 1 ({task}): best validation" in out
+    assert "stage 1: best validation" in out
+    assert f"(task {task})" in out
     ckpt = load_checkpoint(run / "best.pt")
     assert (ckpt.meta.task, ckpt.meta.provenance["task"]) == ("ssl", task)
 
@@ -434,7 +460,7 @@ def test_each_task_feeds_finetune_and_segment(tmp_path, healthy_root, train_root
     assert model.network.out_channels == 3
 
     seg = tmp_path / "seg.nii.gz"
-    proc = cli(segment_args(ft / "best.pt", brats_inputs, seg, "--device", "cpu"))
+    proc = cli(segment_args(ft / "best.pt", brats_inputs[0], seg, "--device", "cpu"))
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
     assert seg.is_file()
@@ -451,8 +477,8 @@ def test_stage_two_of_an_mae_inflates_its_inputs_and_maps_its_outputs(
 
     quick = [*PRETRAIN_QUICK, "train.steps=1", "train.val_every=1", *CPU]
     s1, s2 = tmp_path / "s1", tmp_path / "s2"
-    stage1 = ["pretrain", "--config", "stage1-ukb", "--task", task, f"model.architecture={architecture}"]
-    proc = cli([*stage1, "--data", healthy_root, "--out", s1, *quick])
+    stage1 = ["pretrain", "--config", "stage1-ukb", "--task", task, "--data", healthy_root, "--out", s1]
+    proc = cli([*stage1, f"model.architecture={architecture}", *quick])
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
     proc = cli(

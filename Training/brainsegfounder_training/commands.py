@@ -257,8 +257,8 @@ def cmd_pretrain(args, report, cancel) -> dict:
         return {"message": ""}
     best = summary["best"]
     message = (
-        f"stage {summary['stage']} ({summary['task']}): best validation {summary['selection_label']} "
-        f"{best[summary['selection']]:.4f} at step {best['step']} of {summary['steps']}; model {summary['best_model']}"
+        f"stage {summary['stage']}: best validation {summary['selection_label']} {best[summary['selection']]:.4f} "
+        f"at step {best['step']} of {summary['steps']} (task {summary['task']}); model {summary['best_model']}"
     )
     if summary["skipped"]:
         message += f"\n{summary['skipped']} unreadable subjects skipped (listed in {run.path}/skipped.jsonl)"
