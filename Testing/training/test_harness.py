@@ -106,13 +106,15 @@ def test_peak_memory_reads_getrusage_in_the_unit_of_the_platform(monkeypatch, pl
 
 
 def test_mixed_precision_is_decided_in_one_place():
-    """Training steps and validation (fine-tuning and pretraining) enter ``Optimisation.autocast``;
-    no other module of the training package opens an autocast of its own."""
+    """Training steps and validation (fine-tuning and pretraining, through its pretext tasks) enter
+    ``Optimisation.autocast``; no other module of the training package opens an autocast of its own."""
     package = ROOT / "Training" / "brainsegfounder_training"
     offenders = [p.name for p in package.rglob("*.py") if "torch.autocast(" in p.read_text()]
     assert offenders == ["optimisation.py"]
-    loops = [package / "finetuning" / "trainer.py", package / "pretraining" / "loop.py"]
-    assert all(p.read_text().count("opt.autocast()") >= (2 if p.name == "loop.py" else 1) for p in loops)
+    assert (package / "finetuning" / "trainer.py").read_text().count("opt.autocast()") >= 1
+    # pretraining hands Optimisation.autocast to each pretext task, for its step and its validation
+    assert (package / "pretraining" / "loop.py").read_text().count("run.opt.autocast") >= 2
+    assert "autocast" in (package / "pretraining" / "tasks.py").read_text()
 
 
 def test_the_engine_builds_its_commands_without_the_training_extras():
