@@ -215,7 +215,8 @@ def _compile(runtime: str, onnx_path: Path, precision: str, threads: int) -> Tup
         compiled = core.compile_model(
             str(onnx_path), "CPU", {"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": hint}
         )
-        ran = "bf16" if str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "bf16" else "fp32"
+        # What it chose (a CPU without bf16 runs f32 whatever the hint): a Type, e.g. <Type: 'bfloat16'>
+        ran = "bf16" if compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.bf16 else "fp32"
         return (lambda array: compiled(array)[0]), ran
     import onnxruntime
 

@@ -156,3 +156,13 @@ def test_short_of_memory_the_run_stays_in_pytorch_and_says_so(tmp_path, model, b
     assert summary["inference"]["runtime"] == "torch"
     assert any("the exported CPU runtime needs about" in note for note in summary["notes"])
     assert exports(model) == []  # nothing exported that will not run
+
+
+@pytest.mark.skipif(not installed("openvino"), reason="OpenVINO is not installed")
+def test_the_precision_reported_is_the_one_openvino_ran(tmp_path, model, brats_inputs):
+    from brainsegfounder.inference import cpu_has_native_bf16
+
+    inputs, _ = brats_inputs
+    _, summary = segment(model, inputs, tmp_path / "x.nii.gz", "openvino", precision="bf16")
+    assert summary["inference"]["runtime"] == "openvino"
+    assert summary["inference"]["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
