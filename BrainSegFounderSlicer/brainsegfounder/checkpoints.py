@@ -165,6 +165,12 @@ class LoadedCheckpoint:
     def is_encoder_only(self) -> bool:
         return self.kind == "ssl"
 
+    @property
+    def is_pretext(self) -> bool:
+        """Trained on a pretext task (BrainSegFounder's SSL, Volume Fusion, MAE): its outputs are no
+        segmentation even where the network has a full decoder, so it is fine-tuned, never segmented with."""
+        return self.is_encoder_only or (self.meta is not None and self.meta.task == "ssl")
+
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 # The older format is a pickle stream whose first object is this number; its pickle protocol is
@@ -400,12 +406,12 @@ def load_strict(module, state: Dict[str, "torch.Tensor"], what: str) -> None:
 
 
 def network_from_checkpoint(ckpt: LoadedCheckpoint, **build_kwargs):
-    """The checkpoint's network (of its architecture) with all its weights, loaded strictly. Encoder-only (SSL)
-    checkpoints are refused here: they have no decoder to segment with."""
-    if ckpt.is_encoder_only:
+    """The checkpoint's network (of its architecture) with all its weights, loaded strictly. Pretext-task
+    checkpoints are refused here: they have no segmentation decoder, or one that predicts their pretext task."""
+    if ckpt.is_pretext:
         raise UserError(
-            f"{ckpt.path} is a self-supervised encoder checkpoint without a segmentation "
-            "decoder; fine-tune it first (brainsegfounder finetune) and segment with the result"
+            f"{ckpt.path} is a self-supervised (pretext-task) checkpoint without a segmentation "
+            "decoder; fine-tune it first (brainsegfounder finetune --base) and segment with the result"
         )
     if ckpt.network.out_channels < 1:
         raise UserError(f"{ckpt.path} has no output layer ('{ckpt.network.output_layer}.weight'); it cannot segment")

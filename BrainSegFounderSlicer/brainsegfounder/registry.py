@@ -152,9 +152,9 @@ def describe(path: os.PathLike, task: Optional[str] = None) -> dict:
 
 
 def _description(ckpt, task: Optional[str]) -> dict:
-    if ckpt.is_encoder_only:
+    if ckpt.is_pretext:
         raise UserError(
-            f"{ckpt.path.name} is a self-supervised encoder without a segmentation head; it can be "
+            f"{ckpt.path.name} is a self-supervised (pretext-task) model without a segmentation head; it can be "
             "fine-tuned (finetune --base) but cannot segment"
         )
     meta = resolve_meta(ckpt, task).to_dict()

@@ -191,7 +191,23 @@ def test_ssl_checkpoint_cannot_segment(capsys, case):
     inputs, _, tmp, _ = case
     ssl_checkpoint(tmp / "ssl.pt", in_ch=4)
     args = segment_args(tmp / "ssl.pt", inputs, tmp / "out.nii.gz")
-    expect_clean_failure(capsys, args, tmp, r"self-supervised encoder checkpoint .*fine-tune it first")
+    expect_clean_failure(capsys, args, tmp, r"self-supervised \(pretext-task\) checkpoint .*fine-tune it first")
+
+
+def test_pretext_model_with_a_full_decoder_cannot_segment(capsys, case):
+    """A Volume Fusion or MAE model has a whole decoder, but it predicts its pretext task, not tumour."""
+    inputs, _, tmp, _ = case
+    from brainsegfounder.checkpoints import ModelMeta, save_checkpoint
+    from brainsegfounder.networks import build_network, network_config
+
+    config = network_config("tiny", "brats", "ResEncUNet")
+    meta = ModelMeta(network=config, modalities=("flair", "t1ce", "t1", "t2"), label_schema="", task="ssl")
+    save_checkpoint(tmp / "vf.pt", build_network(config), meta)
+    args = segment_args(tmp / "vf.pt", inputs, tmp / "out.nii.gz")
+    expect_clean_failure(capsys, args, tmp, r"self-supervised \(pretext-task\) checkpoint .*finetune --base")
+    code, _, err = run_cli(["models", "register", tmp / "vf.pt", "--name", "vf"], capsys)
+    assert code == 2
+    assert "cannot segment" in err
 
 
 def test_output_folder_that_cannot_be_written(capsys, case):

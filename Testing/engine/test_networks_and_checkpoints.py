@@ -105,7 +105,7 @@ def test_ssl_checkpoint_loads_encoder_only(tmp_path):
     load_strict(model.swinViT, state, "encoder")
     for key, value in encoder.items():
         assert torch.equal(model.swinViT.state_dict()[key], value)
-    with pytest.raises(UserError, match="self-supervised encoder checkpoint"):
+    with pytest.raises(UserError, match=r"self-supervised \(pretext-task\) checkpoint"):
         network_from_checkpoint(ckpt)
 
 
