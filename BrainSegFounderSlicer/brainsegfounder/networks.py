@@ -72,12 +72,14 @@ class ArchitectureConfig:
         raise NotImplementedError
 
     def check_roi(self, roi, what: str = "ROI") -> None:
-        """A window must be divisible by the network's total stride (else its skips misalign)."""
+        """A window must be divisible by the network's total stride (else its skips misalign) and at least
+        twice it: at one voxel the deepest stage's instance norm fails in training and outputs zeros in use."""
         stride = self.total_stride
-        if any(int(r) % stride or int(r) < stride for r in roi):
+        if any(int(r) % stride or int(r) < 2 * stride for r in roi):
             raise UserError(
                 f"{what} {'x'.join(str(int(r)) for r in roi)} does not fit {self.NAME}: each side must be a "
-                f"multiple of its total stride {stride}; choose e.g. {max(2, 128 // stride) * stride}"
+                f"multiple of its total stride {stride}, at least {2 * stride}; choose e.g. "
+                f"{max(2, 128 // stride) * stride}"
             )
 
     def to_dict(self) -> dict:

@@ -272,8 +272,14 @@ def main() -> int:
 
     checkpoint = load_checkpoint(args.checkpoint)
     meta = resolve_meta(checkpoint, "brats")
-    if meta.task != "brats" or (checkpoint.network.feature_size != 48 and not args.any_size):
-        print(f"{args.checkpoint} is not a 62M-class BraTS model (feature size 48, 4 inputs)", file=sys.stderr)
+    # The reference is BrainSegFounder's own SwinUNETR test, so the model must be a SwinUNETR (any size with --any-size).
+    swin = checkpoint.network.NAME == "SwinUNETR"
+    if meta.task != "brats" or not swin or (checkpoint.network.feature_size != 48 and not args.any_size):
+        print(
+            f"{args.checkpoint} is not a 62M-class BraTS SwinUNETR (feature size 48, 4 inputs); it is a "
+            f"{checkpoint.network.NAME} for task {meta.task}",
+            file=sys.stderr,
+        )
         return 2
     if meta.version.endswith("untrained"):
         print(

@@ -135,7 +135,9 @@ def test_a_window_not_divisible_by_the_total_stride_is_refused(architecture, roi
     assert config.total_stride == stride
     with pytest.raises(UserError, match=rf"multiple of its total stride {stride}"):
         config.check_roi(roi)
-    config.check_roi((stride * 4,) * 3)
+    with pytest.raises(UserError, match=rf"at least {2 * stride}"):  # one voxel deep down: instance norm fails
+        config.check_roi((stride,) * 3)
+    config.check_roi((stride * 2,) * 3)
 
 
 def test_architecture_names_people_type():

@@ -205,7 +205,7 @@ def _resenc_ssl_checkpoint(path):
         ),
         (
             ["task=volume-fusion", "model.architecture=pctnet", "model.roi=[40,48,48]"],
-            r"model.roi 40x48x48 does not fit PCTNet: each side must be a multiple of its total stride 16",
+            r"model.roi 40x48x48 does not fit PCTNet: each side must be a multiple of its total stride 16, at least 32",
         ),
         (["task=mae", "model.roi=[96,96,80]"], r"model.roi \[96, 96, 80\] must be three multiples of 32"),
         (
