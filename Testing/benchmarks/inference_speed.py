@@ -272,7 +272,7 @@ def main() -> int:
 
     checkpoint = load_checkpoint(args.checkpoint)
     meta = resolve_meta(checkpoint, "brats")
-    # The reference is BrainSegFounder's own SwinUNETR test, so the model must be a SwinUNETR (any size with --any-size).
+    # The reference is BrainSegFounder's own SwinUNETR test: the model must be a SwinUNETR (any size: --any-size).
     swin = checkpoint.network.NAME == "SwinUNETR"
     if meta.task != "brats" or not swin or (checkpoint.network.feature_size != 48 and not args.any_size):
         print(
