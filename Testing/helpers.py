@@ -145,6 +145,14 @@ def zip_bomb(path, inflated_mib=300):
     return path
 
 
+def refused_pretrain(capsys, out, pattern, *args):
+    """``brainsegfounder pretrain ARGS --out OUT`` is refused: exit 2, one error line matching ``pattern``,
+    and no run folder made."""
+    code, _, err = run_cli(["pretrain", *args, "--out", out, "--progress", "none"], capsys)
+    one_error_line(code, err, pattern)
+    assert not Path(out).exists()
+
+
 def one_error_line(code, err, pattern):
     """A refused command: exit 2, one ``error:`` line on stderr matching ``pattern``, no traceback."""
     import re

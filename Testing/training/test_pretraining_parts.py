@@ -17,7 +17,7 @@ import torch
 
 from brainsegfounder.errors import UserError
 
-from helpers import run_cli
+from helpers import refused_pretrain
 
 TINY = dict(depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), feature_size=12)
 
@@ -398,33 +398,11 @@ def test_stream_positions_are_shared_out_without_overlap():
     ],
 )
 def test_bad_pretraining_settings_fail_cleanly_and_write_nothing(tmp_path, healthy_root, capsys, overrides, message):
-    import re
-
     torch.save(
         {"global_step": 1, "epoch": 1, "state_dict": release_state(in_channels=1), "optimizer": {}}, tmp_path / "ssl.pt"
     )
-    code, _, err = run_cli(
-        [
-            "pretrain",
-            "--config",
-            "stage2-atlas",
-            "--init",
-            tmp_path / "ssl.pt",
-            "--data",
-            healthy_root,
-            "--out",
-            tmp_path / "run",
-            *overrides,
-            "--progress",
-            "none",
-        ],
-        capsys,
-    )
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert re.search(message, lines[0]), err
-    assert not (tmp_path / "run").exists()
+    args = ["--config", "stage2-atlas", "--init", tmp_path / "ssl.pt", "--data", healthy_root, *overrides]
+    refused_pretrain(capsys, tmp_path / "run", message, *args)
 
 
 @pytest.mark.parametrize(
