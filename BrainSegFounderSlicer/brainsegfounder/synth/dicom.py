@@ -48,17 +48,6 @@ VENDORS: Dict[str, tuple] = {
                 ti=900.0,
                 three_d=True,
             ),
-            "t1ce": dict(
-                description="t1_mprage_sag_p2_iso_KM",
-                sequence="*tfl3d1_16ns",
-                scanning="GR\\IR",
-                variant="SK\\SP\\MP",
-                tr=2300.0,
-                te=2.98,
-                ti=900.0,
-                three_d=True,
-                contrast="Gadovist",
-            ),
             "t2": dict(
                 description="t2_tse_tra_512",
                 sequence="*tse2d1_15",
@@ -112,17 +101,6 @@ VENDORS: Dict[str, tuple] = {
                 ti=450.0,
                 three_d=True,
             ),
-            "t1ce": dict(
-                description="Ax 3D T1 BRAVO +C",
-                sequence="efgre3d",
-                scanning="GR\\IR",
-                variant="SS\\SK",
-                tr=8.2,
-                te=3.2,
-                ti=450.0,
-                three_d=True,
-                contrast="10 ML GADAVIST",
-            ),
             "t2": dict(description="Ax T2 FSE", sequence="", scanning="SE", variant="SK\\OSP", tr=4500.0, te=102.0),
             "localizer": dict(
                 description="3-Plane Loc",
@@ -168,17 +146,6 @@ VENDORS: Dict[str, tuple] = {
                 three_d=True,
                 image_type="ORIGINAL\\PRIMARY\\M_FFE\\M\\FFE",
             ),
-            "t1ce": dict(
-                description="T1W_3D_TFE +Gd",
-                sequence="",
-                scanning="GR",
-                variant="SK",
-                tr=8.1,
-                te=3.7,
-                three_d=True,
-                contrast="Gadoterate",
-                image_type="ORIGINAL\\PRIMARY\\M_FFE\\M\\FFE",
-            ),
             "t2": dict(
                 description="T2W_TSE",
                 sequence="",
@@ -209,6 +176,16 @@ VENDORS: Dict[str, tuple] = {
         },
     ),
 }
+
+# The post-contrast T1 is the vendor's T1 protocol repeated after the injection: its own description and the
+# contrast agent tag (what the study reader keys on) are what differ.
+POST_CONTRAST = {
+    "siemens": ("t1_mprage_sag_p2_iso_KM", "Gadovist"),
+    "ge": ("Ax 3D T1 BRAVO +C", "10 ML GADAVIST"),
+    "philips": ("T1W_3D_TFE +Gd", "Gadoterate"),
+}
+for _vendor, (_description, _agent) in POST_CONTRAST.items():
+    VENDORS[_vendor][2]["t1ce"] = {**VENDORS[_vendor][2]["t1"], "description": _description, "contrast": _agent}
 
 
 def _uid(root: str, *parts: int) -> str:
