@@ -104,7 +104,7 @@ class BrainSegFounderWebApp(TrameApp):
         try:
             yield
         except UserError as error:
-            self.state.error = str(error)
+            self.state.error, self.state.message = str(error), ""
 
     # -- actions -----------------------------------------------------------------------------
     async def _upload_chunk(self, files) -> None:

@@ -62,8 +62,9 @@ def case_folder(root: os.PathLike, case_id: str) -> Path:
 
 def store_upload(files: Sequence[Mapping], folder: os.PathLike, max_bytes: int) -> List[Path]:
     """Write uploaded files (``{"name": ..., "content": bytes}``, as the browser sends them) into
-    ``folder``, all or none: over ``max_bytes`` in total, an unsafe or repeated name, or a file
-    that is not a readable image refuses the whole upload with one line and writes nothing."""
+    ``folder`` (which exists) in place of the images it held, all or none: over ``max_bytes`` in
+    total, an unsafe or repeated name, or a file that is not a readable image refuses the whole
+    upload with one line and writes nothing."""
     if not files:
         raise UserError("no file was uploaded; choose the case's NIfTI or NRRD images")
     total = sum(len(_content(f)) for f in files)
@@ -72,27 +73,27 @@ def store_upload(files: Sequence[Mapping], folder: os.PathLike, max_bytes: int) 
             f"the upload is {total / 1e6:.0f} MB, over this server's limit of {max_bytes / 1e6:.0f} MB; "
             "upload fewer or compressed (.nii.gz) files, or ask the administrator to raise --max-upload-mb"
         )
-    names = [plain_name(Path(str(f.get("name", ""))).name, "file name") for f in files]
+    names = [plain_name(str(f.get("name", "")), "file name") for f in files]
     for name in names:
         image_stem(name)
     if len({n.lower() for n in names}) != len(names):
         raise UserError("two uploaded files have the same name; rename one and upload again")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     with staging_dir(folder) as stage:
         staged = []
         for name, item in zip(names, files, strict=True):
             path = stage / name
             path.write_bytes(_content(item))
-            check_image(path, name)
+            try:
+                check_image(path, name)
+            except UserError:  # the engine's line names the staging path, which is the server's business
+                raise UserError(
+                    f"{name} is not a readable NIfTI, NRRD or MHA image; upload the case's image files again"
+                ) from None
             staged.append(path)
-        stored = []
-        for path in staged:
-            target = folder / path.name
-            if target.exists():
-                target.unlink()  # the same file uploaded again replaces the earlier copy
-            shutil.move(str(path), str(target))
-            stored.append(target)
+        for old in case_images(folder):  # the session holds one case: the previous upload goes
+            old.unlink()
+        stored = [Path(shutil.move(str(path), str(folder / path.name))) for path in staged]
     return stored
 
 

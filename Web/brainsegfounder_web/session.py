@@ -90,8 +90,7 @@ class WebSession:
     # -- loading a case ----------------------------------------------------------------------
     def load_upload(self, files: Sequence[dict]) -> List[object]:
         """Uploaded images (refused whole, with one line, if any is not a readable image)."""
-        folder = self.upload_dir / "upload"
-        paths = case_files.store_upload(files, folder, self.max_upload_bytes)
+        paths = case_files.store_upload(files, self.upload_dir, self.max_upload_bytes)
         return self._load(paths)
 
     def load_case(self, case_id: str) -> List[object]:
