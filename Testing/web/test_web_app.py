@@ -164,6 +164,13 @@ def test_a_case_is_segmented_corrected_and_saved_from_the_browser(server, page, 
     page.get_by_test_id("save").click()
     page.get_by_test_id("message").filter(has_text="Saved web-sample revision 2").wait_for()
     screenshot("saved")
+    # Segment again and cancel: the process ends, the corrected segmentation stays.
+    page.get_by_test_id("segment").click()
+    page.get_by_test_id("progress").wait_for()
+    page.get_by_test_id("cancel").click()
+    page.get_by_test_id("message").filter(has_text="Cancelled").wait_for(timeout=SEGMENT_S * 1000)
+    assert _volume_table(page) == corrected
+
     revision = server["saved"] / "web-sample" / "r002"
     info = json.loads((revision / "case.json").read_text())
     assert info["revision"] == 2

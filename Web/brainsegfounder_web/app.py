@@ -185,6 +185,8 @@ class BrainSegFounderWebApp(TrameApp):
             self.state.volume_rows = self.session.volume_rows()
             self._table_stale = False
             self.state.message, self.state.progress = job.message, 100
+        elif job.status == "cancelled":
+            self.state.message = job.message  # what was there stays as it was
         else:
             self.state.error = job.message
             self.state.details = job.details()
@@ -260,7 +262,7 @@ class BrainSegFounderWebApp(TrameApp):
                 "Cancel", click=self._cancel, disabled=("!busy",), classes="ml-2", raw_attrs=['data-testid="cancel"']
             )
         v3.VProgressLinear(v_if="busy", model_value=("progress",), height=6, classes="mt-2")
-        html.Div("{{ progress_text }}", v_if="busy", classes="text-caption")
+        html.Div("{{ progress_text }}", v_if="busy", classes="text-caption", raw_attrs=['data-testid="progress"'])
         with html.Table(v_if="has_result", classes="text-body-2 mt-2", raw_attrs=['data-testid="volumes"']):
             with html.Tr():
                 html.Th("Region", style="text-align: left;")

@@ -104,7 +104,7 @@ class WebSession:
         self.logic.jobs.cancel_all()
         self.scene.Clear()
         self.result = None
-        self.assignment = {}
+        self.assignment, self.case_id = {}, ""
         nodes = []
         for path in paths:
             node = self.volumes_logic.AddArchetypeVolume(str(path), case_files.image_stem(path.name))
