@@ -182,18 +182,28 @@ def test_a_case_is_segmented_corrected_and_saved_from_the_browser(server, page, 
     assert (server["saved"] / "datalist.json").is_file()
 
 
-def test_a_bad_upload_is_refused_with_one_line_and_writes_nothing(server, page, tmp_path):
-    fake = tmp_path / "upload" / "case-t2f.nii.gz"
-    fake.parent.mkdir()
-    fake.write_text("this is a text file, not an image\n")
+def test_uploads_a_bad_one_refused_with_one_line_and_nothing_written_then_a_good_one_loaded(server, page, tmp_path):
+    files = tmp_path / "upload"
+    files.mkdir()
+    (files / "case-t2f.nii.gz").write_text("this is a text file, not an image\n")
+    (files / "big-t2f.nii.gz").write_bytes(bytes(6 * 10**6))  # over the server's --max-upload-mb 5
     folders = (server["saved"], server["tmp"], server["root"] / "cases")  # tmp: the session's uploads
     before = tree_state(*folders)
-    page.get_by_test_id("upload").locator("input[type=file]").set_input_files(str(fake))
+    chooser = page.get_by_test_id("upload").locator("input[type=file]")
     error = page.get_by_test_id("error")
-    error.wait_for()
-    page.screenshot(path=str(tmp_path / "bad-upload.png"))
-    text = error.inner_text().strip()
-    assert "\n" not in text
-    assert "case-t2f.nii.gz" in text
-    assert "is not a readable NIfTI, NRRD or MHA image" in text
-    assert tree_state(*folders) == before
+    for name, says in [("case-t2f.nii.gz", "is not a readable NIfTI, NRRD or MHA image"), ("big-t2f.nii.gz", "limit")]:
+        chooser.set_input_files(str(files / name))
+        error.filter(has_text=says).wait_for()
+        page.screenshot(path=str(tmp_path / f"refused-{name}.png"))
+        text = error.inner_text().strip()
+        assert "\n" not in text
+        assert name in text or "MB" in text
+        assert str(server["root"]) not in text  # the server's folders are not the user's business
+        assert tree_state(*folders) == before
+
+    chooser.set_input_files([str(SAMPLE / f"BrainSegFounderGlioma-{tag}.nii.gz") for tag in INPUTS.values()])
+    page.get_by_test_id("message").filter(has_text="Loaded 4 volumes").wait_for()
+    assert error.count() == 0
+    for modality, tag in INPUTS.items():
+        assert f"BrainSegFounderGlioma-{tag}" in page.get_by_test_id(f"input-{modality}").inner_text()
+    page.screenshot(path=str(tmp_path / "uploaded.png"))
