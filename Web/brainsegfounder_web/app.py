@@ -25,7 +25,7 @@ from trame_slicer.rca_view import register_rca_factories
 from brainsegfounder.errors import UserError
 from BrainSegFounderSlicerLib.models import ModelManager
 
-from .case_files import list_cases
+from .case_files import check_upload_size, list_cases
 from .session import WebSession
 
 POLL_S = 0.3  # how often running jobs are read: progress stays live, the event loop stays free
@@ -62,7 +62,8 @@ class BrainSegFounderWebApp(TrameApp):
         )
         self._job = None
         self._table_stale = False
-        self._upload_parts: list = []
+        self._upload_parts: list = []  # the chunks of the upload under way, and their bytes
+        self._upload_bytes = 0
         self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_segmentation_edited)
         self._init_state()
         self._build_ui()
@@ -110,10 +111,13 @@ class BrainSegFounderWebApp(TrameApp):
     async def _upload_chunk(self, files) -> None:
         """trame-slicer's chunked upload: file lists, then an empty list at the end."""
         if files:
-            self._upload_parts.extend(files)
+            self._upload_bytes += sum(int(f.get("size") or 0) for f in files)
+            if self._upload_bytes <= self.session.max_upload_bytes:  # past the limit: counted, not kept
+                self._upload_parts.extend(files)
             return
-        parts, self._upload_parts = self._upload_parts, []
+        parts, size, self._upload_parts, self._upload_bytes = self._upload_parts, self._upload_bytes, [], 0
         with self.state, self._one_line_errors():
+            check_upload_size(size, self.session.max_upload_bytes)
             self._show_loaded(self.session.load_upload(parts))
 
     def _pick_case(self) -> None:

@@ -60,6 +60,14 @@ def case_folder(root: os.PathLike, case_id: str) -> Path:
     return folder
 
 
+def check_upload_size(total_bytes: int, max_bytes: int) -> None:
+    if total_bytes > max_bytes:
+        raise UserError(
+            f"the upload is {total_bytes / 1e6:.0f} MB, over this server's limit of {max_bytes / 1e6:.0f} MB; "
+            "upload fewer or compressed (.nii.gz) files, or ask the administrator to raise --max-upload-mb"
+        )
+
+
 def store_upload(files: Sequence[Mapping], folder: os.PathLike, max_bytes: int) -> List[Path]:
     """Write uploaded files (``{"name": ..., "content": bytes}``, as the browser sends them) into
     ``folder`` (which exists) in place of the images it held, all or none: over ``max_bytes`` in
@@ -67,12 +75,7 @@ def store_upload(files: Sequence[Mapping], folder: os.PathLike, max_bytes: int) 
     upload with one line and writes nothing."""
     if not files:
         raise UserError("no file was uploaded; choose the case's NIfTI or NRRD images")
-    total = sum(len(_content(f)) for f in files)
-    if total > max_bytes:
-        raise UserError(
-            f"the upload is {total / 1e6:.0f} MB, over this server's limit of {max_bytes / 1e6:.0f} MB; "
-            "upload fewer or compressed (.nii.gz) files, or ask the administrator to raise --max-upload-mb"
-        )
+    check_upload_size(sum(len(_content(f)) for f in files), max_bytes)
     names = [plain_name(str(f.get("name", "")), "file name") for f in files]
     for name in names:
         image_stem(name)
