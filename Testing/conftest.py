@@ -11,6 +11,7 @@ from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "BrainSegFounderSlicer"))  # the engine, also without pip install -e
 sys.path.insert(0, str(ROOT / "Training"))  # the training pipeline, likewise
+sys.path.insert(0, str(ROOT / "Web"))  # the web app, likewise
 
 TEST_SPACING = 3.0  # mm: BraTS grid 80 x 80 x 52, a second or two per tiny-model case
 TEST_ROI = (64, 64, 64)

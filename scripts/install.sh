@@ -2,7 +2,8 @@
 # Install the engine, the training pipeline, the CLI and (with --test) the test tools into a
 # virtual environment.
 #   bash scripts/install.sh          # .venv with the brainsegfounder command
-#   bash scripts/install.sh --test   # the same, plus pytest
+#   bash scripts/install.sh --test   # the same, plus pytest, the web app (trame-slicer), Playwright
+#                                    # and Debian's Chromium for the browser test (apt-get, as root)
 # Uses the active virtual environment if there is one, else ./.venv (made with access to the
 # system's packages, so a CUDA PyTorch already installed there is used as is). PyTorch is
 # installed only when none is importable, pinned to the CPU build this machine kind carries.
@@ -21,7 +22,15 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
 fi
 
 extras="[training]"
-[ "${1:-}" = "--test" ] && extras="[training,test]"
+[ "${1:-}" = "--test" ] && extras="[training,test,web]"
 "$py" -m pip install --quiet -e ".${extras}"
 "$py" -m pip install --quiet --no-deps -r BrainSegFounderSlicer/brainsegfounder/requirements-nodeps.txt
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ||
+      echo "note: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "note: no chromium (install it: apt-get install chromium); the browser test will be skipped" >&2
+  fi
+fi
 "$py" -c "import torch, monai, brainsegfounder; print(f'brainsegfounder {brainsegfounder.__version__}: torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}), MONAI {monai.__version__}')"

@@ -1,0 +1,209 @@
+"""The web app (``brainsegfounder web``) driven by a real browser: Debian's Chromium through Playwright.
+
+The server runs on 127.0.0.1 with the shipped sample case in its cases folder and the shipped demo
+model; the test clicks through the workflow a radiologist would, and checks what the page shows
+against the engine's own summary of the same case and what Save wrote on disk. A screenshot of
+each step goes to the test's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from helpers import ROOT, tree_state, wait_until
+
+pytest.importorskip("trame_slicer", reason="the web extra is not installed (pip install '.[web]')")
+playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (test extra)")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)"),
+]
+
+SAMPLE = ROOT / "Resources" / "SampleData"
+INPUTS = {"flair": "t2f", "t1ce": "t1c", "t1": "t1n", "t2": "t2w"}  # BraTS 2023 file tags of the sample
+START_S, SEGMENT_S, STEP_S = 90, 240, 30  # bounds for a busy 2-core machine
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``brainsegfounder web`` on a free loopback port, its folders in a temporary place."""
+    root = tmp_path_factory.mktemp("web")
+    cases = root / "cases" / "sample"
+    cases.mkdir(parents=True)
+    for tag in INPUTS.values():
+        shutil.copy(SAMPLE / f"BrainSegFounderGlioma-{tag}.nii.gz", cases)
+    (root / "tmp").mkdir()
+    env = dict(os.environ, BRAINSEGFOUNDER_HOME=str(root / "home"), TMPDIR=str(root / "tmp"))
+    port = _free_port()
+    log = (root / "server.log").open("w")
+    command = [sys.executable, "-m", "brainsegfounder", "web", "--port", str(port), "--device", "cpu"]
+    command += ["--cases", str(root / "cases"), "--save-to", str(root / "saved"), "--max-upload-mb", "5"]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until(lambda: process.poll() is not None or _answers(url), START_S, "the web app to answer", 0.5)
+        if process.poll() is not None:
+            pytest.fail(f"the web app stopped at start:\n{(root / 'server.log').read_text()[-3000:]}")
+        yield dict(url=url, root=root, saved=root / "saved", tmp=root / "tmp")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # its group: the engine processes it started go too
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def page(server, tmp_path):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(STEP_S * 1000)
+            page.goto(server["url"], timeout=START_S * 1000)
+            page.get_by_test_id("segment").wait_for()
+            yield page
+        finally:
+            browser.close()
+
+
+def _volume_table(page) -> dict:
+    """Region -> volume (mL) as the page shows it."""
+    rows = page.get_by_test_id("volumes").locator("tr").all_inner_texts()[1:]
+    return {row.split("\t")[0]: float(row.split("\t")[-1]) for row in rows}
+
+
+def _engine_summary(tmp_path) -> subprocess.Popen:
+    """The engine's own summary of the sample case with the demo model (the CLI, as a user runs
+    it), started beside the web app's run to save time; ``.wait()`` it, then read engine.json."""
+    command = [sys.executable, "-m", "brainsegfounder", "segment", "--model", "brats-synthetic-demo", "--device", "cpu"]
+    for modality, tag in INPUTS.items():
+        command += ["--input", f"{modality}={SAMPLE / f'BrainSegFounderGlioma-{tag}.nii.gz'}"]
+    command += ["--output", str(tmp_path / "engine.nii.gz"), "--summary", str(tmp_path / "engine.json")]
+    return subprocess.Popen([*command, "--progress", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_case_is_segmented_corrected_and_saved_from_the_browser(server, page, tmp_path):
+    shot = iter(range(1, 100))
+
+    def screenshot(step):
+        page.screenshot(path=str(tmp_path / f"{next(shot):02d}-{step}.png"))
+
+    page.get_by_test_id("case-pick").click()
+    page.get_by_role("option", name="sample").click()
+    page.get_by_test_id("load-case").click()
+    page.get_by_test_id("message").filter(has_text="Loaded 4 volumes").wait_for()
+    for modality, tag in INPUTS.items():  # the inputs were assigned from the file names
+        assert f"BrainSegFounderGlioma-{tag}" in page.get_by_test_id(f"input-{modality}").inner_text()
+    assert "licence: Apache-2.0" in page.get_by_test_id("model-text").inner_text()
+    screenshot("loaded")
+
+    engine = _engine_summary(tmp_path)
+    try:
+        page.get_by_test_id("segment").click()
+        page.get_by_test_id("volumes").wait_for(timeout=SEGMENT_S * 1000)
+        screenshot("segmented")
+        assert engine.wait(timeout=SEGMENT_S) == 0
+    finally:
+        engine.kill()
+    regions = json.loads((tmp_path / "engine.json").read_text())["regions"]
+    shown = _volume_table(page)
+    for key in ("NCR", "ED", "ET"):
+        assert shown[regions[key]["name"]] == pytest.approx(regions[key]["volume_ml"], abs=0.006)
+    for key in ("TC", "WT"):
+        assert shown[f"{key} (region)"] == pytest.approx(regions[key]["volume_ml"], abs=0.006)
+    listed = page.locator("input").evaluate_all("fields => fields.map(f => f.value)")  # the editor's list
+    assert {regions[key]["name"] for key in ("NCR", "ED", "ET")} <= set(listed)
+
+    # A correction: paint with the active (first) segment across the axial view's centre.
+    page.get_by_role("button").filter(has=page.locator("i.mdi-brush")).last.click()
+    view = page.locator(".remote-controlled-area").first.bounding_box()
+    x, y = view["x"] + view["width"] / 2, view["y"] + view["height"] / 2
+    page.mouse.move(x - 60, y)
+    page.mouse.down()
+    page.mouse.move(x + 60, y, steps=20)
+    page.mouse.up()
+    ncr = regions["NCR"]["name"]
+    wait_until(lambda: _volume_table(page)[ncr] > shown[ncr], STEP_S, "the painted voxels in the volume table", 0.3)
+    corrected = _volume_table(page)
+    screenshot("painted")
+
+    page.get_by_label("Case id").fill("web-sample")
+    page.get_by_test_id("save").click()
+    page.get_by_test_id("message").filter(has_text="Saved web-sample revision 1").wait_for()
+    page.get_by_test_id("save").click()
+    page.get_by_test_id("message").filter(has_text="Saved web-sample revision 2").wait_for()
+    screenshot("saved")
+    # Segment again and cancel: the process ends, the corrected segmentation stays.
+    page.get_by_test_id("segment").click()
+    page.get_by_test_id("progress").wait_for()
+    page.get_by_test_id("cancel").click()
+    page.get_by_test_id("message").filter(has_text="Cancelled").wait_for(timeout=SEGMENT_S * 1000)
+    assert _volume_table(page) == corrected
+
+    revision = server["saved"] / "web-sample" / "r002"
+    info = json.loads((revision / "case.json").read_text())
+    assert info["revision"] == 2
+    assert info["source_model"]["version"] == "20261123-e40"
+    label = sitk.ReadImage(str(revision / "label.nii.gz"))
+    voxel_ml = np.prod(label.GetSpacing()) / 1000.0
+    painted_ml = np.count_nonzero(sitk.GetArrayViewFromImage(label) == 1) * voxel_ml
+    assert painted_ml == pytest.approx(corrected[ncr], abs=0.01)
+    assert (server["saved"] / "datalist.json").is_file()
+
+
+def test_uploads_a_bad_one_refused_with_one_line_and_nothing_written_then_a_good_one_loaded(server, page, tmp_path):
+    files = tmp_path / "upload"
+    files.mkdir()
+    (files / "case-t2f.nii.gz").write_text("this is a text file, not an image\n")
+    (files / "big-t2f.nii.gz").write_bytes(bytes(6 * 10**6))  # over the server's --max-upload-mb 5
+    folders = (server["saved"], server["tmp"], server["root"] / "cases")  # tmp: the session's uploads
+    before = tree_state(*folders)
+    chooser = page.get_by_test_id("upload").locator("input[type=file]")
+    error = page.get_by_test_id("error")
+    for name, says in [("case-t2f.nii.gz", "is not a readable NIfTI, NRRD or MHA image"), ("big-t2f.nii.gz", "limit")]:
+        chooser.set_input_files(str(files / name))
+        error.filter(has_text=says).wait_for()
+        page.screenshot(path=str(tmp_path / f"refused-{name}.png"))
+        text = error.inner_text().strip()
+        assert "\n" not in text
+        assert name in text or "MB" in text
+        assert str(server["root"]) not in text  # the server's folders are not the user's business
+        assert tree_state(*folders) == before
+
+    chooser.set_input_files([str(SAMPLE / f"BrainSegFounderGlioma-{tag}.nii.gz") for tag in INPUTS.values()])
+    page.get_by_test_id("message").filter(has_text="Loaded 4 volumes").wait_for()
+    assert error.count() == 0
+    for modality, tag in INPUTS.items():
+        assert f"BrainSegFounderGlioma-{tag}" in page.get_by_test_id(f"input-{modality}").inner_text()
+    page.screenshot(path=str(tmp_path / "uploaded.png"))

@@ -1,0 +1,66 @@
+"""``brainsegfounder web``: registered through the ``brainsegfounder.commands`` entry point, so the
+engine's CLI offers it without importing trame (imported only when the command runs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from brainsegfounder.errors import UserError
+
+from .case_files import DEFAULT_MAX_UPLOAD_MB
+
+# Offscreen rendering without a display: VTK's wheel picks EGL (a GPU's driver, or Mesa on a CPU
+# server); OSMesa is the fallback where no EGL library exists (see the README).
+OFFSCREEN_WINDOW = "vtkEGLRenderWindow"
+
+
+def register(subparsers, add_common) -> dict:
+    web = subparsers.add_parser(
+        "web",
+        help="serve the segmentation workflow in a browser (trame-slicer; pip install .[web])",
+        description="Upload or pick a case, segment it, correct it and save it as a training case, in a browser. "
+        "Binds to 127.0.0.1 unless --host says otherwise; put a reverse proxy with TLS and log-in in front of it.",
+    )
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    web.add_argument("--port", type=int, default=8080)
+    web.add_argument("--cases", help="folder of cases (one sub-folder of NIfTI/NRRD images each) users may pick")
+    web.add_argument(
+        "--models",
+        help="the BrainSegFounder folder: its models/, downloads/ and (without --save-to) cases/ "
+        "(default ~/.brainsegfounder, or $BRAINSEGFOUNDER_HOME)",
+    )
+    web.add_argument("--save-to", help="where Save as training case writes (default ~/.brainsegfounder/cases)")
+    web.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload accepted")
+    web.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for segmentation")
+    add_common(web)
+    return {"web": cmd_web}
+
+
+def cmd_web(args, report, cancel) -> dict:
+    if args.cases and not Path(args.cases).is_dir():
+        raise UserError(f"--cases {args.cases} is not a folder; give the folder holding one sub-folder per case")
+    if args.models:
+        os.environ["BRAINSEGFOUNDER_HOME"] = str(Path(args.models).resolve())
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", OFFSCREEN_WINDOW)
+    try:
+        from .app import BrainSegFounderWebApp
+    except ImportError as error:
+        raise UserError(
+            f"the web app needs the web extra ({error.name} is missing); install it with: pip install '.[web]'"
+        ) from None
+    app = BrainSegFounderWebApp(
+        cases_root=Path(args.cases) if args.cases else None,
+        save_root=Path(args.save_to) if args.save_to else None,
+        max_upload_mb=args.max_upload_mb,
+        device=args.device,
+    )
+    # The CLI's handlers turn SIGTERM into a cancel flag for batch work; a server just stops.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.argv = sys.argv[:1]  # trame reads the command line too; ours is parsed already
+    print(f"BrainSegFounder web app on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
+    app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False)
+    return {"message": "web app stopped"}
