@@ -3,11 +3,13 @@ output grid of the data set's layout."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from .anatomy import Template, load_template
 from .fields import smooth_noise
@@ -55,6 +57,21 @@ class Subject:
             self._texture = smooth_noise(rng, self.brain.shape, coarse=16)
         return self._texture
 
+    def depth(self) -> np.ndarray:
+        """Distance (mm) of each brain voxel to the brain's outside, computed in the brain's
+        bounding box (a third of a BraTS grid)."""
+        box = self.brain_box(margin=1)
+        depth = np.zeros(self.brain.shape, np.float32)
+        depth[box] = ndimage.distance_transform_edt(self.brain[box], sampling=self.spacing)
+        return depth
+
+    def brain_box(self, margin: int = 0) -> Tuple[slice, ...]:
+        """Array slices of the brain's bounding box grown by ``margin`` voxels."""
+        found = np.argwhere(self.brain)
+        low = np.maximum(found.min(axis=0) - margin, 0)
+        high = np.minimum(found.max(axis=0) + margin + 1, self.brain.shape)
+        return tuple(slice(int(lo), int(hi)) for lo, hi in zip(low, high, strict=True))
+
     @property
     def spacing(self) -> Tuple[float, float, float]:
         return tuple(self.grid.GetSpacing())[::-1]  # in array (z, y, x) order
@@ -86,26 +103,58 @@ def random_transform(
     return sitk.CompositeTransform([affine, bspline])
 
 
-def make_subject(rng: np.random.Generator, grid_spec: GridSpec, spacing: float) -> Subject:
+@functools.lru_cache(maxsize=2)
+def _stacked_maps(sigma: float) -> sitk.Image:
+    """GM, WM, CSF and mask as one vector image, smoothed by ``sigma`` mm (kept: every case of a
+    cohort at one spacing reuses it)."""
     template = load_template()
-    grid = grid_spec.make(spacing, template.brain_center())
+    maps = [getattr(template, name) for name in (*TISSUES, "mask")]
+    if sigma > 0:
+        maps = [sitk.SmoothingRecursiveGaussian(image, sigma) for image in maps]
+    return sitk.Compose(maps)
+
+
+def make_subject(rng: np.random.Generator, grid_spec: GridSpec, spacing: float, fast: bool = False) -> Subject:
+    """The template warped onto a new grid. ``fast`` evaluates the smooth transform on a 4 mm
+    grid and interpolates it, and warps the four maps in one pass: a 1 mm subject in about a
+    third of the time, with displacements within a few hundredths of a millimetre."""
+    template = load_template()
+    center = template.brain_center()
+    grid = grid_spec.make(spacing, center)
     transform = random_transform(rng, template, grid, scale_range=grid_spec.scale_range)
     # One dense displacement field, reused for every map: far cheaper than evaluating the
     # B-spline once per map.
+    field_grid = grid
+    if fast and spacing < 4:
+        field_grid = grid_spec.make(4.0, center)
     field = sitk.TransformToDisplacementField(
-        transform, sitk.sitkVectorFloat64, grid.GetSize(), grid.GetOrigin(), grid.GetSpacing(), grid.GetDirection()
+        transform,
+        sitk.sitkVectorFloat64,
+        field_grid.GetSize(),
+        field_grid.GetOrigin(),
+        field_grid.GetSpacing(),
+        field_grid.GetDirection(),
     )
+    if field_grid is not grid:
+        field = sitk.Resample(field, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
     dense = sitk.DisplacementFieldTransform(field)
     sigma = max(0.0, (spacing - 1.0) / 2)  # anti-aliasing before coarser sampling
 
     def warp(image: sitk.Image) -> np.ndarray:
         if sigma > 0:
             image = sitk.SmoothingRecursiveGaussian(image, sigma)
-        out = sitk.Resample(image, grid, dense, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        out = sitk.Resample(image, grid, dense, sitk.sitkLinear, 0.0, image.GetPixelID())
         return np.clip(sitk.GetArrayFromImage(out), 0, 1)
 
-    tissues = {name: warp(getattr(template, name)) for name in TISSUES}
-    mask = warp(template.mask)
+    maps = [getattr(template, name) for name in (*TISSUES, "mask")]
+    if fast:
+        warped = sitk.Resample(_stacked_maps(sigma), grid, dense, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
+        warped = np.clip(sitk.GetArrayFromImage(warped), 0, 1)  # (z, y, x, 4)
+        tissues = {name: np.ascontiguousarray(warped[..., i]) for i, name in enumerate(TISSUES)}
+        mask = warped[..., 3]
+    else:
+        tissues = {name: warp(image) for name, image in zip(TISSUES, maps[:3], strict=True)}
+        mask = warp(maps[3])
     brain = mask > 0.5
     for name in TISSUES:
         tissues[name] *= brain
