@@ -33,22 +33,16 @@ def noise_sigma(rng: np.random.Generator, wm_signal: float, varied: bool) -> flo
     return float(rng.uniform(0.01, 0.08) if varied else rng.uniform(0.015, 0.035)) * wm_signal
 
 
-def misregistered(rng: np.random.Generator, image: np.ndarray, grid: sitk.Image, box, center_mm) -> np.ndarray:
+def misregistered(rng: np.random.Generator, image: np.ndarray, grid: sitk.Image, center_mm) -> np.ndarray:
     """The image moved by a small rigid transform (up to 1 degree and 1 mm per axis) about the
-    brain centre: what co-registration leaves between contrasts of one session. Only ``box``
-    (array slices holding everything non-zero, with a margin) is resampled."""
+    brain centre: what co-registration leaves between contrasts of one session."""
     euler = sitk.Euler3DTransform()
     euler.SetCenter(tuple(float(c) for c in center_mm))
     euler.SetRotation(*np.deg2rad(rng.uniform(-1, 1, 3)))
     euler.SetTranslation(tuple(rng.uniform(-1, 1, 3)))
     source = sitk.GetImageFromArray(image.astype(np.float32))
     source.CopyInformation(grid)
-    start = [s.start or 0 for s in box][::-1]  # ITK index order (x, y, z)
-    size = [(s.stop or n) - (s.start or 0) for s, n in zip(box, image.shape, strict=True)][::-1]
-    region = sitk.RegionOfInterest(source, size, start)
-    moved = np.zeros_like(image, dtype=np.float32)
-    moved[box] = sitk.GetArrayFromImage(sitk.Resample(source, region, euler, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-    return moved
+    return sitk.GetArrayFromImage(sitk.Resample(source, grid, euler, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
 
 
 def thick_slice_plans(rng: np.random.Generator, modalities, spacing: float) -> Dict[str, Tuple[int, int]]:

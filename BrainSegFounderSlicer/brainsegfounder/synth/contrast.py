@@ -74,6 +74,9 @@ def compose(subject: Subject, means: Dict[str, float], layers: Iterable[Layer], 
     """The noiseless image: tissue maps times their signal, lesion layers drawn over in order."""
     image = sum(subject.tissues[t] * means[t] for t in TISSUES) * (1 + 0.04 * texture)
     for layer in layers:
+        if layer.weight == 0:  # outside the brain (the head): added where the tissue maps are 0
+            image = image + layer.fraction * means[layer.tissue]
+            continue
         share = layer.weight * layer.fraction.astype(np.float32)
         modulation = 0.10 * texture if layer.modulation is None else layer.modulation
         image = image * (1 - share) + share * means[layer.tissue] * (1 + modulation)

@@ -39,27 +39,29 @@ def make_varied_case(kind: str, seed: int, index: int, spacing: float, world: Wo
     elif kind == "stroke":
         regions = {"infarct": add_stroke(streams("stroke"), subject)}
         layers = [Layer("infarct", regions["infarct"])]
-    head, head_mask = [], subject.brain
+    # Everything below happens in the brain's box (a third of a BraTS grid), or on the whole
+    # grid when the head is drawn around the brain.
+    box = tuple(slice(None) for _ in range(3)) if world.skull else subject.brain_box(margin=round(4 / spacing))
+    view = subject.cropped(box)
+    layers = [
+        Layer(a.tissue, a.fraction[box], None if a.modulation is None else a.modulation[box], a.weight) for a in layers
+    ]
     if world.skull:
-        fractions, head_mask = head_layers(streams("skull"), subject)
-        head = [Layer(tissue, fraction) for tissue, fraction in fractions.items()]
-    texture = subject.texture(streams("texture"))
+        fractions, _ = head_layers(streams("skull"), view)
+        layers += [Layer(tissue, fraction, weight=0.0) for tissue, fraction in fractions.items()]
+    texture = view.texture(streams("texture"))
     gain = streams("gain").uniform(400, 3000)
     modalities = MODALITIES[kind]
     plans = thick_slice_plans(streams("thick slices"), modalities, spacing) if world.thick_slices else {}
-    grid = subject.grid
+    grid = view.grid
     center = grid.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in grid.GetSize()])
-    # what misregistration resamples: the brain and, with a margin, what a 2 mm move brings in
-    box = tuple(slice(None) for _ in range(3)) if world.skull else subject.brain_box(margin=round(6 / spacing))
     images = {}
     for modality in modalities:
         means = draw_means(streams("contrast", modality), modality, world.contrast)
-        image = compose(subject, means, layers, texture)
-        for layer in head:  # outside the brain, where the tissue maps are 0
-            image = image + layer.fraction * means[layer.tissue]
+        image = compose(view, means, layers, texture)
         image = biased(streams("bias", modality), image, world.bias)
         if world.misregistration and modality != REFERENCE:
-            image = misregistered(streams("misregistration", modality), image, grid, box, center)
+            image = misregistered(streams("misregistration", modality), image, grid, center)
         noise = streams("noise", modality)
         sigma = noise_sigma(noise, means["wm"], world.noise)
         if modality in plans:
@@ -67,8 +69,9 @@ def make_varied_case(kind: str, seed: int, index: int, spacing: float, world: Wo
         else:
             image = rician(noise, image, sigma)
         if not world.skull:
-            image = np.where(head_mask, image, 0.0)  # brain-extracted, one mask for all contrasts
-        array = np.round(image * gain).astype(np.int16)
+            image = np.where(view.brain, image, 0.0)  # brain-extracted, one mask for all contrasts
+        array = np.zeros(subject.brain.shape, np.int16)
+        array[box] = np.round(image * gain)
         images[modality] = sitk.GetImageFromArray(array)
-        images[modality].CopyInformation(grid)
+        images[modality].CopyInformation(subject.grid)
     return SynthCase(images=images, regions=regions)
