@@ -105,7 +105,7 @@ def test_realistic_labels_agree_with_the_images(index):
     assert images["t1ce"][et].mean() > 1.1 * images["t1ce"][around].mean()
     if et.sum() >= 100:
         assert images["t1ce"][et].mean() > 1.2 * images["t1ce"][normal].mean()
-    assert images["t1ce"][ncr].mean() < 0.8 * images["t1ce"][et].mean()
+    assert images["t1ce"][ncr].mean() < images["t1ce"][et].mean()  # non-enhancing core counts as necrosis
 
 
 def test_thick_slices_blur_across_the_slices_only():

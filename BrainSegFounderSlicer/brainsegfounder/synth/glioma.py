@@ -92,7 +92,7 @@ def _edema(rng, subject_box, core, reach, spacing, infiltration: bool):
         return ndimage.binary_opening(edema & ~core, iterations=1).astype(np.float32)
     # Vasogenic edema follows the white-matter tracts and stops at the cortex: a front that
     # advances one voxel per step through voxels whose (noisy) white-matter share is high.
-    permeable = (wm + 0.35 * smooth_noise(rng, shape, coarse=12) > rng.uniform(0.35, 0.55)) & brain
+    permeable = (wm + 0.35 * smooth_noise(rng, shape, coarse=12) > rng.uniform(0.3, 0.5)) & brain
     reached = core.copy()
     steps = np.full(shape, np.inf, np.float32)
     steps[core] = 0
@@ -141,7 +141,7 @@ def add_glioma(streams: Callable[[str], np.random.Generator], subject: Subject, 
             center = near if subject.brain[index] else center
         first_center = center if focus == 0 else first_center
         push_tissue(subject, center, radius, strength=rng.uniform(0.15, 0.45) * (1 if focus == 0 else 0.5), local=True)
-        reach = rng.uniform(8, 25)
+        reach = rng.uniform(10, 30) if world.infiltration else rng.uniform(8, 25)  # mm
         box = _box(center, radius * 1.6 + reach * 1.4 + 6, spacing, shape)
         start = np.array([s.start for s in box]) * spacing
         brain = subject.brain[box]
