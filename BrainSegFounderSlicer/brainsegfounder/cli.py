@@ -30,6 +30,7 @@ from .networks import ARCHITECTURE_SIZES, MERGE_ORDER_NAMES, PRESETS, architectu
 from .progress import CancelToken, JsonLinesReporter, TextReporter
 from .registry import local_model_task, local_models, models_dir, register_model, registry_models, resolve_model
 from .resources import compute_devices
+from .synth.world import SWITCHES
 
 
 def _input_pair(text: str) -> Tuple[str, str]:
@@ -177,7 +178,9 @@ def cmd_study(args, report, cancel) -> dict:
 
 def cmd_synth(args, report, cancel) -> dict:
     from .synth.cohort import write_cohort
+    from .synth.world import world_named
 
+    world = world_named(args.world, on=args.with_switches, off=args.without_switches)
     root = write_cohort(
         args.out,
         kind=args.kind,
@@ -187,6 +190,7 @@ def cmd_synth(args, report, cancel) -> dict:
         layout=args.layout,
         folds=args.folds,
         start=args.start,
+        world=world,
         progress=report,
         cancel=cancel,
     )
@@ -451,6 +455,24 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--folds", type=int, default=5, help="folds in datalist.json (default 5)")
     syn.add_argument("--start", type=int, default=0, help="index of the first case (to add to a cohort)")
     syn.add_argument("--preview", action="store_true", help="write a PNG of each case into OUT/previews")
+    syn.add_argument(
+        "--world",
+        default="classic",
+        choices=("classic", "realistic"),
+        help="classic: flat tumours, fixed contrasts (the demo model's world; default); realistic: every "
+        "variation below except skull",
+    )
+    syn.add_argument(
+        "--with",
+        dest="with_switches",
+        action="append",
+        default=[],
+        metavar="SWITCH",
+        help="turn a variation on (repeatable): " + ", ".join(s.replace("_", "-") for s in SWITCHES),
+    )
+    syn.add_argument(
+        "--without", dest="without_switches", action="append", default=[], metavar="SWITCH", help="turn one off"
+    )
     _add_common(syn)
 
     mod = sub.add_parser("models", help="list, inspect or create models")

@@ -34,6 +34,7 @@ from ..progress import CancelToken, ProgressCallback, null_progress
 from .contrast import render
 from .lesions import add_stroke, add_tumour
 from .subject import ATLAS_GRID, BRATS_GRID, UKB_GRID, make_subject
+from .world import CLASSIC, World
 
 LAYOUTS = {"brats": ("brats2021", "brats2023"), "stroke": ("atlas",), "healthy": ("ukb",)}
 GRIDS = {"brats": BRATS_GRID, "stroke": ATLAS_GRID, "healthy": UKB_GRID}
@@ -61,11 +62,18 @@ class SynthCase:
         return image
 
 
-def make_case(kind: str, seed: int, index: int, spacing: float = 1.0) -> SynthCase:
+def make_case(kind: str, seed: int, index: int, spacing: float = 1.0, world: World = CLASSIC) -> SynthCase:
+    """One case. The classic world is drawn exactly as before the world had switches (the demo
+    model and the measurements in the registry were made on it); any switch on takes the
+    variation path (:mod:`.realistic`)."""
     if kind not in LAYOUTS:
         raise UserError(f"unknown kind {kind!r}; choose one of {', '.join(LAYOUTS)}")
     if not 0.5 <= spacing <= 4:
         raise UserError(f"spacing {spacing} mm is outside 0.5..4 mm")
+    if not world.classic:
+        from .realistic import make_varied_case
+
+        return make_varied_case(kind, seed, index, spacing, world)
     rng = np.random.default_rng([seed, index])
     subject = make_subject(rng, GRIDS[kind], spacing)
     regions: Dict[str, np.ndarray] = {}
@@ -126,6 +134,7 @@ def write_cohort(
     layout: Optional[str] = None,
     folds: int = 5,
     start: int = 0,
+    world: World = CLASSIC,
     progress: ProgressCallback = null_progress,
     cancel: Optional[CancelToken] = None,
 ) -> Path:
@@ -158,7 +167,7 @@ def write_cohort(
         progress("synth", count, n, f"case {index + 1}")
         if cancel is not None and cancel.cancelled:
             break  # whole cases written so far stay, and are listed in the datalist below
-        case = make_case(kind, seed, index, spacing)
+        case = make_case(kind, seed, index, spacing, world)
         folder, images, label = case_files(layout, index)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=root))
         try:
@@ -190,6 +199,7 @@ def write_cohort(
             "spacing_mm": spacing,
             "modalities": list(MODALITIES[kind]),
             "folds": folds,
+            "world": list(world.enabled()) or "classic",
         },
     )
     if cancel is not None:

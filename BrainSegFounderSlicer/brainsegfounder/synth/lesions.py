@@ -37,25 +37,36 @@ def _pick_center(rng, allowed: np.ndarray) -> np.ndarray:
     return idx[rng.integers(len(idx))].astype(float)
 
 
-def push_tissue(subject: Subject, center_mm: np.ndarray, radius: float, strength: float) -> None:
+def push_tissue(subject: Subject, center_mm: np.ndarray, radius: float, strength: float, local: bool = False) -> None:
     """Mass effect: tissue around the tumour pushed outward (ventricles and sulci compressed).
 
     Each voxel samples the tissue maps at c + (x - c) * (1 - strength * exp(-r^2 / 2 sigma^2)),
-    a radial map that stays one-to-one for strength < 1; the brain outline is kept.
+    a radial map that stays one-to-one for strength < 1; the brain outline is kept. ``local``
+    moves only the voxels within 3.5 sigma of the centre (the rest would move by under 0.3% of
+    their distance, 0.15 mm at most): far faster at 1 mm.
     """
     spacing = np.array(subject.spacing)
-    coords = _physical_coordinates(subject.brain.shape, spacing)
+    sigma = 1.6 * radius
+    box = tuple(slice(None) for _ in spacing)
+    if local:
+        low = np.maximum(np.floor((center_mm - 3.5 * sigma) / spacing).astype(int), 0)
+        high = np.ceil((center_mm + 3.5 * sigma) / spacing).astype(int) + 1
+        box = tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))
+    region = subject.brain[box]
+    start = np.array([s.start or 0 for s in box])
+    coords = _physical_coordinates(region.shape, spacing) + (start * spacing).reshape(3, 1, 1, 1)
     offset = coords - center_mm.reshape(3, 1, 1, 1)
     r2 = (offset**2).sum(axis=0)
-    sigma = 1.6 * radius
     scale = 1 - strength * np.exp(-r2 / (2 * sigma**2))
     sample = (center_mm.reshape(3, 1, 1, 1) + offset * scale) / spacing.reshape(3, 1, 1, 1)
-    for name in ("gm", "wm", "csf"):
-        subject.tissues[name] = (
-            ndimage.map_coordinates(subject.tissues[name], sample, order=1, mode="nearest").astype(np.float32)
-            * subject.brain
-        )
-    subject.tissues["csf"] += np.where(subject.brain, np.clip(1 - sum(subject.tissues.values()), 0, 1), 0)
+    moved = {
+        name: ndimage.map_coordinates(subject.tissues[name], sample, order=1, mode="nearest").astype(np.float32)
+        * region
+        for name in ("gm", "wm", "csf")
+    }
+    for name, values in moved.items():
+        subject.tissues[name][box] = values
+    subject.tissues["csf"][box] += np.where(region, np.clip(1 - sum(moved.values()), 0, 1), 0)
 
 
 def add_tumour(rng: np.random.Generator, subject: Subject) -> Tumour:
