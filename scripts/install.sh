@@ -3,6 +3,7 @@
 # virtual environment.
 #   bash scripts/install.sh          # .venv with the brainsegfounder command
 #   bash scripts/install.sh --test   # the same, plus pytest
+# The brain-extraction test also wants Colin27: apt-get install mricron-data (Debian/Ubuntu).
 # Uses the active virtual environment if there is one, else ./.venv (made with access to the
 # system's packages, so a CUDA PyTorch already installed there is used as is). PyTorch is
 # installed only when none is importable, pinned to the CPU build this machine kind carries.
