@@ -122,6 +122,7 @@ def test_skull_stripped_scans_are_told_from_heads(brats_inputs):
         assert looks_stripped(brain).stripped
 
 
+@pytest.mark.slow
 def test_the_qc_picture_and_the_preprocessing_report_are_written(tmp_path, capsys, brats_model, brats_inputs):
     inputs, _ = brats_inputs
     t2 = _read(inputs[3][1])
@@ -155,6 +156,7 @@ def hospital_grid(image: sitk.Image) -> sitk.Image:
     return grid
 
 
+@pytest.mark.slow
 def test_the_preprocessing_is_skipped_for_brats_like_inputs_and_can_be_turned_off(
     tmp_path, capsys, brats_model, brats_inputs
 ):
