@@ -2,8 +2,9 @@
 # Install the engine, the training pipeline, the CLI and (with --test) the test tools into a
 # virtual environment.
 #   bash scripts/install.sh          # .venv with the brainsegfounder command
-#   bash scripts/install.sh --test   # the same, plus pytest, the web app (trame-slicer), Playwright
-#                                    # and Debian's Chromium for the browser test (apt-get, as root)
+#   bash scripts/install.sh --test   # the same, plus pytest, the web app (trame-slicer), Playwright,
+#                                    # and (apt-get, as root) Debian's Chromium for the browser test and
+#                                    # mricron-data's Colin27 head for the brain-extraction test
 # Uses the active virtual environment if there is one, else ./.venv (made with access to the
 # system's packages, so a CUDA PyTorch already installed there is used as is). PyTorch is
 # installed only when none is importable, pinned to the CPU build this machine kind carries.
@@ -25,12 +26,17 @@ extras="[training]"
 [ "${1:-}" = "--test" ] && extras="[training,test,web]"
 "$py" -m pip install --quiet -e ".${extras}"
 "$py" -m pip install --quiet --no-deps -r BrainSegFounderSlicer/brainsegfounder/requirements-nodeps.txt
-if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+# The test suite's system packages: Chromium (browser test), Colin27 with skull (brain extraction test).
+missing=""
+[ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1 && missing="chromium"
+[ "${1:-}" = "--test" ] && [ ! -f /usr/share/mricron/templates/ch2.nii.gz ] && missing="$missing mricron-data"
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ||
-      echo "note: could not install chromium; the browser test will be skipped" >&2
+    # shellcheck disable=SC2086  # two package names
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) ||
+      echo "note: could not install$missing; the tests that need them will be skipped" >&2
   else
-    echo "note: no chromium (install it: apt-get install chromium); the browser test will be skipped" >&2
+    echo "note: missing$missing (apt-get install$missing); the tests that need them will be skipped" >&2
   fi
 fi
 "$py" -c "import torch, monai, brainsegfounder; print(f'brainsegfounder {brainsegfounder.__version__}: torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}), MONAI {monai.__version__}')"

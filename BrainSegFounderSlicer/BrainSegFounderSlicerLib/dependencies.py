@@ -22,7 +22,17 @@ from brainsegfounder.errors import UserError
 ENGINE_DIR = Path(__file__).resolve().parents[1] / "brainsegfounder"  # beside this Lib, in the tree and installed
 # Which of the engine's requirements Slicer's Python may lack: segmentation, then fine-tuning.
 # The pins themselves are the engine's requirements files (pyproject.toml reads the same files).
-RUNTIME_DISTRIBUTIONS = ("torch", "monai", "einops", "nibabel", "scipy", "slicerio", "onnx", "openvino")
+RUNTIME_DISTRIBUTIONS = (
+    "torch",
+    "monai",
+    "einops",
+    "nibabel",
+    "scipy",
+    "slicerio",
+    "onnx",
+    "openvino",
+    "deepbet",
+)
 TRAINING_DISTRIBUTIONS = ("PyYAML",)
 _IMPORT_NAMES = {"PyYAML": "yaml"}  # where the import name is not the distribution's
 

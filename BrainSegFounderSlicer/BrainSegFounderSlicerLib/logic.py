@@ -44,6 +44,7 @@ class Segmented:
     table: object  # vtkMRMLTableNode of region volumes
     reference: object  # the reference (first) input volume
     notes: tuple  # the engine's notes of this run (a demo model, a partial input, ...)
+    warnings: tuple = ()  # what the radiologist should check (registration, thick slices, an implausible result)
 
 
 class SegmentationJob(ProcessJob):
@@ -68,9 +69,12 @@ class SegmentationJob(ProcessJob):
         self.logic, self.reference, self.choice, self.convention = logic, reference, choice, convention
         self.segmentation, self.table = segmentation, table
         self.notes: List[str] = []
+        self.warnings: List[str] = []
 
     def _succeeded(self) -> Segmented:
-        self.notes = list(json.loads((self.workdir / "summary.json").read_text()).get("notes", []))
+        summary = json.loads((self.workdir / "summary.json").read_text())
+        self.notes = list(summary.get("notes", []))
+        self.warnings = list(summary.get("warnings", []))
         name = f"{self.reference.GetName()} {self.choice.title.split(':')[0]} segmentation"
         self.segmentation = load_segmentation(
             self.logic.scene, self.workdir / "labels.seg.nrrd", self.reference, name, node=self.segmentation
@@ -79,15 +83,17 @@ class SegmentationJob(ProcessJob):
         self.segmentation.SetAttribute("BrainSegFounder.ModelVersion", self.choice.version)
         self.segmentation.SetAttribute("BrainSegFounder.LabelConvention", self.convention)
         self.segmentation.SetAttribute("BrainSegFounder.Notes", "\n".join(self.notes))
+        self.segmentation.SetAttribute("BrainSegFounder.Warnings", "\n".join(self.warnings))
         if self.logic.show_3d:
             show_in_3d(self.segmentation)
         self.table = self.logic.update_volume_table(
             self.segmentation, self.reference, self.choice, self.convention, self.table
         )
-        return Segmented(self.segmentation, self.table, self.reference, tuple(self.notes))
+        return Segmented(self.segmentation, self.table, self.reference, tuple(self.notes), tuple(self.warnings))
 
     def _done_message(self) -> str:
-        return f"Done: {self.segmentation.GetName()}." + "".join(f"\nNote: {note}" for note in self.notes)
+        warnings = "".join(f"\nWarning: {warning}" for warning in self.warnings)
+        return f"Done: {self.segmentation.GetName()}.{warnings}" + "".join(f"\nNote: {note}" for note in self.notes)
 
     def _cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -89,6 +89,17 @@ class ModelMeta:
     # The fast mode measured for this model (see fast_mode.py): its settings and what it cost
     # against the default on the cases it was measured on. None: no fast mode is offered.
     fast: Optional[Dict] = None
+    # Whether the training inputs were skull-stripped / co-registered (segment preprocesses to
+    # match). None: not recorded (files written before it was): the task preset's.
+    skull_stripped: Optional[bool] = None
+    coregistered: Optional[bool] = None
+
+    def expects(self) -> Tuple[bool, bool]:
+        """(skull-stripped, co-registered) inputs: as recorded, else as the task preset's, else neither."""
+        preset = PRESETS.get(self.task)
+        stripped = self.skull_stripped if self.skull_stripped is not None else bool(preset and preset.skull_stripped)
+        coregistered = self.coregistered if self.coregistered is not None else bool(preset and preset.coregistered)
+        return stripped, coregistered
 
     def caution(self) -> Optional[str]:
         """A note every run of a model not made for real scans must show, or None."""
@@ -111,6 +122,8 @@ class ModelMeta:
             "trained_on": self.trained_on,
             "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
             "fast": self.fast,
+            "skull_stripped": self.skull_stripped,
+            "coregistered": self.coregistered,
         }
 
     @classmethod
@@ -131,6 +144,8 @@ class ModelMeta:
                 trained_on=data.get("trained_on", ""),
                 spacing_mm=tuple(float(v) for v in data["spacing_mm"]) if data.get("spacing_mm") else None,
                 fast=data.get("fast"),
+                skull_stripped=data.get("skull_stripped"),
+                coregistered=data.get("coregistered"),
             )
         except (KeyError, TypeError) as error:
             raise UserError(
@@ -147,7 +162,12 @@ class ModelMeta:
             task=preset,
             roi_size=task.roi_size,
             orientation=task.orientation,
-            **{"spacing_mm": task.spacing_mm, **kwargs},
+            **{
+                "spacing_mm": task.spacing_mm,
+                "skull_stripped": task.skull_stripped,
+                "coregistered": task.coregistered,
+                **kwargs,
+            },
         )
 
 

@@ -89,10 +89,21 @@ def _study_inputs(args, settings, report):
         raise UserError("--series chooses a series of a --study; add --study DICOM_FOLDER")
     study = read_study(args.study, report)
     given = [("study", args.study), *args.inputs]
-    output_files(args.output, args.seg_nrrd, args.summary, args.preview, args.overwrite, given, args.dicom_seg)
+    output_files(args.output, args.seg_nrrd, args.summary, args.preview, args.overwrite, given, args.dicom_seg, args.qc)
     segmenter = Segmenter(args.model, task=args.task, device=args.device, settings=settings)
     inputs, chosen = study_inputs(study, segmenter.meta.modalities, args.series, args.inputs, report)
     return inputs, segmenter, {"study": chosen}
+
+
+def prep_options(args):
+    from .model_space import PrepOptions
+
+    return PrepOptions(
+        mode="off" if args.no_preprocess else args.preprocess,
+        reference=args.reference,
+        registration=not args.skip_registration,
+        brain_extraction=not args.skip_brain_extraction,
+    )
 
 
 def cmd_segment(args, report, cancel) -> dict:
@@ -143,9 +154,13 @@ def cmd_segment(args, report, cancel) -> dict:
         segmenter=segmenter,
         dicom_seg=args.dicom_seg,
         extra_summary=extra,
+        preprocessing=prep_options(args),
+        qc_path=args.qc,
     )
-    written = ", ".join(str(p) for p in (args.output, args.seg_nrrd, args.summary, args.preview, args.dicom_seg) if p)
+    outputs = (args.output, args.seg_nrrd, args.summary, args.preview, args.dicom_seg, args.qc)
+    written = ", ".join(str(p) for p in outputs if p)
     notes = "".join(f"\nnote: {note}" for note in summary["notes"])
+    notes += "".join(f"\nwarning: {warning}" for warning in summary["warnings"])
     return {"output": str(args.output), "message": f"wrote {written}\n{volume_table(summary['regions'])}{notes}"}
 
 
@@ -328,6 +343,27 @@ def _plugin_registrars():
     return registrars
 
 
+def _add_preprocessing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preprocess",
+        default="auto",
+        choices=("auto", "always", "off"),
+        help="bring hospital scans into the model's space: co-register the contrasts, resample to the model's "
+        "voxel size, strip the skull, as the model's metadata asks. auto (default): skipped for inputs that "
+        "look preprocessed (one grid, zero outside a brain: BraTS-like); always: even then; off: as given",
+    )
+    parser.add_argument("--no-preprocess", action="store_true", help="the same as --preprocess off")
+    parser.add_argument(
+        "--reference",
+        help="the contrast the result is written on (its grid) and the others are registered to "
+        "(default the model's first input)",
+    )
+    parser.add_argument("--skip-registration", action="store_true", help="do not co-register the contrasts")
+    parser.add_argument(
+        "--skip-brain-extraction", action="store_true", help="do not strip the skull (deepbet) even where needed"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainsegfounder", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"brainsegfounder {__version__}")
@@ -420,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="model: resample the inputs to the voxel size the model was trained at and the labels back "
         "(default); input: run at the input's voxel size",
     )
+    _add_preprocessing(seg)
+    seg.add_argument("--qc", help="also write a PNG of the preprocessing: co-registered edges, brain mask, result")
     _add_common(seg)
 
     bat = sub.add_parser("segment-batch", help="segment many cases with one model load (resumable)")

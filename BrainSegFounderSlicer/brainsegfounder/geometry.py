@@ -68,6 +68,21 @@ def resample_with_coverage(
     Refused where it covers less than ``min_coverage`` of the reference's brain."""
     if same_grid(moving, reference):
         return moving, False, 1.0
+    covered = check_coverage(moving, reference, label, min_coverage, reference_label)
+    image = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return image, True, covered
+
+
+def check_coverage(
+    moving: sitk.Image,
+    reference: sitk.Image,
+    label: str,
+    min_coverage: float = MIN_COVERAGE,
+    reference_label: str = "the reference image",
+) -> float:
+    """The fraction of the reference's brain ``moving`` covers; refused below ``min_coverage``."""
+    if same_grid(moving, reference):
+        return 1.0
     covered = coverage(moving, reference)
     if covered == 0:
         raise UserError(
@@ -81,8 +96,7 @@ def resample_with_coverage(
             f"physical space, less than the {percent(min_coverage)} needed; check that all inputs are scans "
             "of the same patient session with correct origins, or give a scan of the whole brain"
         )
-    image = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return image, True, covered
+    return covered
 
 
 def resample_to(

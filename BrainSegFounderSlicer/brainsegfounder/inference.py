@@ -125,6 +125,7 @@ class InferenceReport:
     notes: List[str] = field(default_factory=list)
     spacing_mm: Tuple[float, ...] = ()  # the voxel size the network ran at
     runtime: str = "torch"  # what ran the network: torch, openvino or onnxruntime
+    outside_tissue_fraction: float = 0.0  # of the labelled voxels, those outside the brain (dropped)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -327,6 +327,10 @@ class TaskPreset:
     orientation: str = "LPS"
     # Voxel size of the training images (mm): BraTS and ATLAS (MNI152) are 1 mm.
     spacing_mm: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # How the training images were preprocessed: BraTS's are skull-stripped and co-registered;
+    # ATLAS's T1 keeps the skull (defaced only).
+    skull_stripped: bool = True
+    coregistered: bool = True
 
 
 PRESETS: Dict[str, TaskPreset] = {
@@ -337,7 +341,15 @@ PRESETS: Dict[str, TaskPreset] = {
         "brats_regions",
         "glioma: 4 MRI contrasts -> tumour core, whole tumour, enhancing tumour",
     ),
-    "atlas": TaskPreset("atlas", ("t1",), "lesion", "stroke: T1 -> lesion", roi_size=(96, 96, 96), orientation="RAS"),
+    "atlas": TaskPreset(
+        "atlas",
+        ("t1",),
+        "lesion",
+        "stroke: T1 -> lesion",
+        roi_size=(96, 96, 96),
+        orientation="RAS",
+        skull_stripped=False,
+    ),
 }
 
 

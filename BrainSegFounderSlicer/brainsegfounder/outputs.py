@@ -32,6 +32,7 @@ def output_files(
     overwrite: bool = False,
     inputs: Sequence[Tuple[str, os.PathLike]] = (),
     dicom_seg: Optional[os.PathLike] = None,
+    qc: Optional[os.PathLike] = None,
 ) -> OutputFiles:
     """The outputs of one segmentation, checked before any work (formats, inputs, existing files)."""
     if not Path(output).name.lower().endswith(LABEL_SUFFIXES):
@@ -41,6 +42,7 @@ def output_files(
         ("--summary", summary, ".json"),
         ("--preview", preview, ".png"),
         ("--dicom-seg", dicom_seg, ".dcm"),
+        ("--qc", qc, ".png"),
     ):
         if path is not None and not str(path).lower().endswith(suffix):
             raise UserError(f"{what} {path} must end in {suffix}")
@@ -50,6 +52,7 @@ def output_files(
         "--summary": summary,
         "--preview": preview,
         "--dicom-seg": dicom_seg,
+        "--qc": qc,
     }
     return OutputFiles(targets, overwrite=overwrite, inputs=inputs).check()
 
@@ -93,9 +96,11 @@ def write_outputs(
     summary: Optional[dict] = None,
     images: Optional[Dict[str, sitk.Image]] = None,
     dicom_seg: Optional[Callable[[Path], None]] = None,
+    qc: Optional[Callable[[Path], None]] = None,
 ) -> None:
     """Write every output of ``files`` (see :func:`output_files`), all or nothing; the preview
-    shows ``images`` with the labels overlaid; ``dicom_seg(path)`` writes the DICOM SEG."""
+    shows ``images`` with the labels overlaid; ``dicom_seg(path)`` writes the DICOM SEG, ``qc(path)``
+    the preprocessing QC picture."""
     with files.write() as tmp:
         write_image(labels, tmp["output"])
         if "--seg-nrrd" in tmp:
@@ -108,3 +113,5 @@ def write_outputs(
             draw_preview(images or {}, tmp["--preview"], labels)
         if "--dicom-seg" in tmp:
             dicom_seg(tmp["--dicom-seg"])
+        if "--qc" in tmp:
+            qc(tmp["--qc"])

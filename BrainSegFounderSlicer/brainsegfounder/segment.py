@@ -1,8 +1,10 @@
 """The segmentation pipeline: files in, label map / seg.nrrd / summary out.
 
-read & check inputs -> resample onto the reference modality's grid -> orient as the network
-was trained -> crop to the brain -> z-score -> sliding window -> threshold -> labels ->
-paste back -> the reference grid exactly -> write all outputs atomically.
+read & check inputs -> into the model's space (model_space.py: co-register, resample once to the
+model's voxel size, strip the skull, where the model needs it and the inputs are not so already;
+``--no-preprocess``: resample onto the reference modality's grid) -> orient as the network was
+trained -> crop to the brain -> z-score -> sliding window -> probabilities back onto the reference
+grid -> threshold -> labels -> warnings -> write all outputs atomically.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from . import case_warnings, fast_mode, resources
 from . import dicom_seg as dicom_seg_request
-from . import fast_mode, resources
 from .checkpoints import (
     LoadedCheckpoint,
     ModelMeta,
@@ -29,6 +31,7 @@ from .cpu_runtimes import CpuRuntime, resolve_runtime
 from .errors import UserError
 from .geometry import (
     WARN_COVERAGE,
+    check_coverage,
     grid_at_spacing,
     needs_model_spacing,
     orientation_code,
@@ -36,40 +39,53 @@ from .geometry import (
     reorient,
     resample_linear,
     resample_with_coverage,
+    same_grid,
 )
 from .imageio import check_images, read_volume
 from .inference import InferenceSettings, predict_probabilities, resolve_device
 from .labels import et_label, region_volumes, schema
 from .modalities import match_inputs
+from .model_space import Prepared, PrepOptions, prepare
 from .outputs import output_files, write_outputs
 from .preprocess import BrainBox, normalize
 from .progress import CancelToken, ProgressCallback, null_progress
 from .registry import resolve_model
 
 
-def load_inputs(paths: Dict[str, str], progress: ProgressCallback = null_progress):
-    """Read inputs in model order; all land on the first one's grid. Returns (images, resampled,
-    notes): notes are one-line strings for the user (an input that covers part of the brain)."""
-    images, resampled, notes = [], {}, []
+def load_inputs(
+    paths: Dict[str, str], progress: ProgressCallback = null_progress, native: bool = False, reference: str = ""
+):
+    """Read inputs in model order; all land on the reference's (default the first one's) grid, or
+    stay on their own with ``native`` (their coverage of the reference is checked either way).
+    Returns (images, resampled, notes): notes are one-line strings for the user (an input that
+    covers part of the brain)."""
+    resampled, notes = {}, []
     names = list(paths)
+    reference = reference or names[0]
     check_images((name, paths[name]) for name in names)  # every header before any voxel
-    for i, name in enumerate(names):
+    order = [reference] + [n for n in names if n != reference]
+    read = {}
+    for i, name in enumerate(order):
         progress("read", i, len(names), f"reading {name}")
         image = read_volume(paths[name], label=f"input {name}")
-        if images:
-            reference = f"the reference {names[0]}"
-            image, resampled[name], covered = resample_with_coverage(
-                image, images[0], f"input {name}", reference_label=reference
-            )
+        if read:
+            label = f"the reference {reference}"
+            if native:
+                covered = check_coverage(image, read[reference], f"input {name}", reference_label=label)
+                resampled[name] = not same_grid(image, read[reference])  # resampled later, onto the model grid
+            else:
+                image, resampled[name], covered = resample_with_coverage(
+                    image, read[reference], f"input {name}", reference_label=label
+                )
             if covered < WARN_COVERAGE:
                 notes.append(
-                    f"input {name} covers {percent(covered)} of {reference}'s brain; the rest is segmented without it"
+                    f"input {name} covers {percent(covered)} of {label}'s brain; the rest is segmented without it"
                 )
         else:
             resampled[name] = False
-        images.append(image)
+        read[name] = image
     progress("read", len(names), len(names))
-    return images, resampled, notes
+    return [read[n] for n in names], resampled, notes
 
 
 def to_network_array(images: Sequence[sitk.Image], orientation: str) -> np.ndarray:
@@ -181,18 +197,42 @@ class Segmenter:
         volume = _arrays(oriented)
         grid = self.model_grid(oriented[0])
         if grid is None:
-            probs, box, report = self.probabilities(volume, progress, cancel)
+            at_model, grid = volume, oriented[0]
         else:
             progress("resample", 0, 1, f"resampling to the model's {_mm(grid.GetSpacing())} voxels")
             at_model = _arrays([resample_linear(image, grid) for image in oriented])
-            probs, box, report = self.probabilities(at_model, progress, cancel)
-            probs = _onto(probs, grid, oriented[0])
-        ran_at = oriented[0] if grid is None else grid
-        report.spacing_mm = tuple(round(float(v), 4) for v in ran_at.GetSpacing())
         # Voxels where every input is zero (outside a skull-stripped brain) hold no tissue.
-        regions = (probs > self.settings.threshold) & np.any(volume != 0, axis=0)
-        labels = self.schema.regions_to_labels(regions, convention)
-        return from_network_labels(labels, images[0], self.meta.orientation), box, report
+        return self._labels(at_model, grid, images[0], np.any(volume != 0, axis=0), convention, progress, cancel)
+
+    def label_prepared(
+        self,
+        prepared: Prepared,
+        reference: sitk.Image,
+        convention: str = "brats2021",
+        progress: ProgressCallback = null_progress,
+        cancel: Optional[CancelToken] = None,
+    ):
+        """Label map on exactly ``reference``'s grid from a case in the model's space (model_space.py);
+        the probabilities are resampled onto the reference grid before they are thresholded."""
+        oriented = reorient(reference, self.meta.orientation)
+        tissue = prepared.tissue
+        if not same_grid(prepared.grid, oriented):
+            tissue = _onto(tissue[None].astype(np.float32), prepared.grid, oriented)[0] >= 0.5
+        return self._labels(prepared.volume, prepared.grid, reference, tissue, convention, progress, cancel)
+
+    def _labels(self, at_model, grid, reference, tissue, convention, progress, cancel):
+        """Probabilities of ``at_model`` (on ``grid``) back on the reference, thresholded inside ``tissue``."""
+        probs, box, report = self.probabilities(at_model, progress, cancel)
+        oriented = reorient(reference, self.meta.orientation)
+        if not same_grid(grid, oriented):
+            probs = _onto(probs, grid, oriented)
+        report.spacing_mm = tuple(round(float(v), 4) for v in grid.GetSpacing())
+        regions = probs > self.settings.threshold
+        labelled = np.any(regions, axis=0)
+        outside = np.count_nonzero(labelled & ~tissue)
+        report.outside_tissue_fraction = float(outside) / max(1, np.count_nonzero(labelled))
+        labels = self.schema.regions_to_labels(regions & tissue, convention)
+        return from_network_labels(labels, reference, self.meta.orientation), box, report
 
 
 def _mm(spacing) -> str:
@@ -216,17 +256,22 @@ def segment_files(
     overwrite: bool = False,
     dicom_seg: Optional[os.PathLike] = None,
     extra_summary: Optional[dict] = None,
+    preprocessing: Optional[PrepOptions] = None,
+    qc_path: Optional[os.PathLike] = None,
 ) -> dict:
     """Segment one case from files; returns the summary (also written to ``summary_path``).
     Arguments and outputs are checked before the model loads; all outputs are written together.
     ``dicom_seg`` writes a DICOM SEG on the reference input's series (see dicom_seg.py);
-    ``extra_summary`` adds entries to the summary (e.g. the series a study gave)."""
+    ``extra_summary`` adds entries to the summary (e.g. the series a study gave);
+    ``preprocessing`` says how the inputs are brought into the model's space (model_space.py),
+    ``qc_path`` writes a PNG of what that did."""
     cancel = cancel or CancelToken()
+    prep = preprocessing or PrepOptions()
     timings = {}
     start = t0 = time.perf_counter()
     et_label(labels)  # validates the convention before any work
     (settings or InferenceSettings()).validate()
-    files = output_files(output, seg_nrrd, summary_path, preview_path, overwrite, inputs, dicom_seg)
+    files = output_files(output, seg_nrrd, summary_path, preview_path, overwrite, inputs, dicom_seg, qc_path)
     dicom_seg_request.check_request(dicom_seg, inputs)
     check_images(inputs)  # headers only: a bad input costs no model load and no voxel allocation
     if segmenter is None:
@@ -235,25 +280,46 @@ def segment_files(
     segmenter = segmenter or Segmenter(model, task=task, device=device, settings=settings)
     timings["load_model_s"] = time.perf_counter() - t0
     paths = match_inputs(inputs, segmenter.meta.modalities)
+    prep.validate(segmenter.meta.modalities)
+    reference_name = prep.reference or next(iter(paths))
+    native = prep.mode != "off"
     progress("load_model", 1, 1)
     cancel.check()
 
     t0 = time.perf_counter()
-    images, resampled, notes = load_inputs(paths, progress)
+    images, resampled, notes = load_inputs(paths, progress, native=native, reference=reference_name)
+    reference = images[list(paths).index(reference_name)]
     timings["read_inputs_s"] = time.perf_counter() - t0
     seg_sources = None
     if dicom_seg is not None:  # the SEG references the reference input's series, on its grid
-        reference_name = next(iter(paths))
         seg_sources = dicom_seg_request.source_files(paths[reference_name], f"the reference input {reference_name}")
-        dicom_seg_request.check_grid(seg_sources, images[0])
+        dicom_seg_request.check_grid(seg_sources, reference)
     cancel.check()
+
+    prepared = None
+    if native:
+        t0 = time.perf_counter()
+        prepared = prepare(
+            dict(zip(paths, images, strict=True)),
+            segmenter.meta,
+            prep,
+            segmenter.settings.spacing,
+            progress,
+            cancel,
+        )
+        timings.update(prepared.timings)
+        timings["preprocess_s"] = time.perf_counter() - t0
+        cancel.check()
 
     t0 = time.perf_counter()
-    label_image, box, report = segmenter.label_image(images, labels, progress, cancel)
+    if prepared is not None:
+        label_image, box, report = segmenter.label_prepared(prepared, reference, labels, progress, cancel)
+    else:
+        label_image, box, report = segmenter.label_image(images, labels, progress, cancel)
     timings["inference_s"] = time.perf_counter() - t0
     cancel.check()
+    warnings = _warnings(prepared, images, list(paths), label_image, report)
 
-    reference = images[0]
     summary = {
         "model": {
             "name": segmenter.meta.name,
@@ -264,7 +330,7 @@ def segment_files(
         },
         "inputs": {name: {"path": str(p), "resampled_to_reference": resampled[name]} for name, p in paths.items()},
         "reference": {
-            "modality": next(iter(paths)),
+            "modality": reference_name,
             "size": list(reference.GetSize()),
             "spacing_mm": list(reference.GetSpacing()),
             "origin_mm": list(reference.GetOrigin()),
@@ -287,6 +353,8 @@ def segment_files(
             "run_at_spacing_mm": list(report.spacing_mm),
             "runtime": report.runtime,
         },
+        "preprocessing": prepared.report if prepared is not None else {"mode": "off"},
+        "warnings": warnings,
         "notes": notes + report.notes,
         "timings_s": timings,
         **(extra_summary or {}),
@@ -302,12 +370,16 @@ def segment_files(
     progress("write", 0, 1, f"writing {output}")
     t0 = time.perf_counter()
     segments = segmenter.schema.label_values(labels)
+    if native and preview_path is not None:  # the preview shows every input on the reference's grid
+        images = [resample_linear(image, reference) for image in images]
     write_outputs(
         files,
         label_image,
         segments,
         summary,
         dict(zip(paths, images, strict=True)),
+        qc=qc_path
+        and (lambda path: _draw_qc(path, prepared, images, list(paths), reference_name, label_image, segmenter)),
         dicom_seg=seg_sources
         and (
             lambda path: dicom_seg_request.write_dicom_seg(
@@ -318,3 +390,30 @@ def segment_files(
     timings["write_s"] = round(time.perf_counter() - t0, 3)
     progress("write", 1, 1)
     return summary
+
+
+def _warnings(prepared: Optional[Prepared], images, names, label_image: sitk.Image, report) -> list:
+    """The case's warnings: from preprocessing (or the inputs as given), then the result's."""
+    if prepared is not None:
+        out = list(prepared.warnings)
+        brain_ml = prepared.report.get("brain_extraction", {}).get("brain_ml")
+    else:
+        out = case_warnings.input_warnings(dict(zip(names, images, strict=True)))
+        brain_ml = None
+    segmented_ml = (
+        float(np.count_nonzero(sitk.GetArrayViewFromImage(label_image)))
+        * float(np.prod(label_image.GetSpacing()))
+        / 1000.0
+    )
+    return out + case_warnings.result_warnings(segmented_ml, brain_ml, report.outside_tissue_fraction, "segmentation")
+
+
+def _draw_qc(path, prepared: Optional[Prepared], images, names, reference_name, label_image, segmenter) -> None:
+    from .qc_picture import draw_qc
+
+    if prepared is None:  # --no-preprocess: the inputs as the network saw them, on the reference grid
+        orientation = segmenter.meta.orientation
+        grid = reorient(images[names.index(reference_name)], orientation)
+        draw_qc(path, to_network_array(images, orientation), names, reference_name, grid, None, label_image)
+    else:
+        draw_qc(path, prepared.volume, names, reference_name, prepared.grid, prepared.brain_mask, label_image)

@@ -54,6 +54,7 @@ def test_an_old_loaded_package_means_restart():
         "slicerio": "1.4.0",
         "onnx": "1.17.0",
         "openvino": "2025.1.0",
+        "deepbet": "1.0.2",
     }
     result = plan(version_of=versions.get, loaded=["torch"])
     assert result.torch == "torch>=2.8,<3"
@@ -72,6 +73,7 @@ def test_a_requirement_that_would_replace_a_shipped_package_is_refused():
         "slicerio": "1.4.0",
         "onnx": "1.17.0",
         "openvino": "2025.1.0",
+        "deepbet": "1.0.2",
     }
     with pytest.raises(UserError, match="newer scipy than this Slicer ships"):
         plan(version_of=versions.get)

@@ -143,6 +143,9 @@ def test_segmentation_comes_back_named_coloured_coded_on_the_reference_grid(segm
     # the demo model is not for real scans: the panel shows the engine's note with the result
     assert job.notes[0].startswith("model brats-synthetic-demo was trained on synthetic data only"), job.notes
     assert seg.GetAttribute("BrainSegFounder.Notes").startswith("model brats-synthetic-demo was trained")
+    # the engine's warnings (none on the sample case: one grid, skull-stripped) travel the same way
+    assert job.result.warnings == tuple(job.warnings) == ()
+    assert seg.GetAttribute("BrainSegFounder.Warnings") == ""
     assert seg.GetSegmentation().ContainsRepresentation("Closed surface")  # shown in 3D
     # geometry: the segmentation's reference geometry is the FLAIR volume's, voxel for voxel
     flair = nodes["flair"]
