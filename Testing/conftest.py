@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -12,6 +13,10 @@ from helpers import ROOT
 sys.path.insert(0, str(ROOT / "BrainSegFounderSlicer"))  # the engine, also without pip install -e
 sys.path.insert(0, str(ROOT / "Training"))  # the training pipeline, likewise
 sys.path.insert(0, str(ROOT / "Web"))  # the web app, likewise
+
+# The suite's models run in PyTorch: "auto" would export and compile each new model file for OpenVINO
+# (a minute or more per file on 2 cores). test_cpu_runtimes.py tests the default, with this unset.
+os.environ["BRAINSEGFOUNDER_CPU_RUNTIME"] = "torch"
 
 TEST_SPACING = 3.0  # mm: BraTS grid 80 x 80 x 52, a second or two per tiny-model case
 TEST_ROI = (64, 64, 64)

@@ -35,6 +35,7 @@ from .paths import sha256_of
 from .progress import ProgressCallback, null_progress
 
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+SITE_DEFAULT_VARIABLE = "BRAINSEGFOUNDER_CPU_RUNTIME"  # what "auto" means on the CPU, where set
 EXPORT_FORMAT = 1  # part of each export's name: raise it when the exported graph changes
 TOLERANCE = 1e-3  # largest difference in probability from PyTorch on the check window
 _PACKAGES = {"openvino": ("openvino", "onnx"), "onnxruntime": ("onnxruntime", "onnx")}
@@ -56,6 +57,11 @@ def resolve_runtime(asked: str, device) -> str:
             return "torch"
         raise UserError(f"--runtime {asked} runs on the CPU only; use --device cpu, or --runtime torch on {device}")
     if asked == "auto":
+        site = os.environ.get(SITE_DEFAULT_VARIABLE, "")
+        if site:  # a site's own default for 'auto' (e.g. torch where OpenVINO misbehaves), said once here
+            if site not in RUNTIMES[1:]:
+                raise UserError(f"{SITE_DEFAULT_VARIABLE}={site!r}; set it to one of {', '.join(RUNTIMES[1:])}")
+            return resolve_runtime(site, device)
         return "openvino" if installed("openvino") else "torch"
     if not installed(asked):
         packages = " ".join(_PACKAGES[asked])

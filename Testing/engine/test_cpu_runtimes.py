@@ -21,6 +21,12 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 EXPORTED = [r for r in ("openvino", "onnxruntime") if installed(r)]
 
 
+@pytest.fixture(autouse=True)
+def product_default(monkeypatch):
+    """This file tests what "auto" means for users: without the suite's PyTorch setting (conftest.py)."""
+    monkeypatch.delenv(cpu_runtimes.SITE_DEFAULT_VARIABLE, raising=False)
+
+
 @pytest.fixture
 def model(tmp_path, brats_model):
     """A private copy of the tiny BraTS model: its exports start from nothing."""
@@ -166,3 +172,16 @@ def test_the_precision_reported_is_the_one_openvino_ran(tmp_path, model, brats_i
     _, summary = segment(model, inputs, tmp_path / "x.nii.gz", "openvino", precision="bf16")
     assert summary["inference"]["runtime"] == "openvino"
     assert summary["inference"]["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+
+
+def test_a_site_sets_what_auto_means_on_the_cpu_only(monkeypatch):
+    monkeypatch.setenv(cpu_runtimes.SITE_DEFAULT_VARIABLE, "torch")
+    assert resolve_runtime("auto", CPU) == "torch"
+    assert resolve_runtime("openvino", CPU) == "openvino" or not installed("openvino")  # asked by name: as asked
+    monkeypatch.setenv(cpu_runtimes.SITE_DEFAULT_VARIABLE, "onnxruntime")
+    assert resolve_runtime("auto", CUDA) == "torch"  # a GPU runs PyTorch whatever the CPU default
+    if installed("onnxruntime"):
+        assert resolve_runtime("auto", CPU) == "onnxruntime"
+    monkeypatch.setenv(cpu_runtimes.SITE_DEFAULT_VARIABLE, "tensorrt")
+    with pytest.raises(UserError, match=r"BRAINSEGFOUNDER_CPU_RUNTIME='tensorrt'; set it to one of torch, openvino"):
+        resolve_runtime("auto", CPU)
