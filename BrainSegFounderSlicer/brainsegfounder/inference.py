@@ -28,6 +28,7 @@ from . import resources
 from .cpu_runtimes import RUNTIMES
 from .errors import UserError
 from .progress import CancelToken, ProgressCallback, null_progress
+from .uncertainty import FlipStatistics, UncertaintyMap
 
 BLEND_MODES = ("gaussian", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-native")  # bf16-native: bf16 where the device has it, else fp32
@@ -43,6 +44,7 @@ class InferenceSettings:
     blend: str = "gaussian"
     sw_batch_size: Optional[int] = None  # None: 1 on the CPU, 2 on a GPU (see default_batch)
     tta: bool = False
+    uncertainty: bool = False  # also the 8 flips' variance (uncertainty.py); runs the flips of tta
     threshold: float = 0.5
     precision: str = "auto"  # see auto_precision
     memory: str = "auto"  # auto: low when the device's free memory would not hold the default
@@ -125,6 +127,8 @@ class InferenceReport:
     notes: List[str] = field(default_factory=list)
     spacing_mm: Tuple[float, ...] = ()  # the voxel size the network ran at
     runtime: str = "torch"  # what ran the network: torch, openvino or onnxruntime
+    variance: Optional[np.ndarray] = field(default=None, repr=False)  # per region over the flips, if asked
+    uncertainty: Optional[UncertaintyMap] = field(default=None, repr=False)  # its map on the reference grid
 
 
 def cpu_has_native_bf16() -> bool:
@@ -251,7 +255,7 @@ def _sliding_probabilities(
 
     model = model.to(device)
     x = torch.from_numpy(volume[None]).to(device)
-    probs = None
+    stats = FlipStatistics(spread=settings.uncertainty)
     with torch.inference_mode():
         for axes in flips:
             xi = torch.flip(x, axes) if axes else x
@@ -266,11 +270,13 @@ def _sliding_probabilities(
                 device=output_device,
             )
             p = torch.sigmoid_(logits)
-            p = torch.flip(p, axes) if axes else p
-            probs = p if probs is None else probs.add_(p)
-        if len(flips) > 1:
-            probs /= len(flips)
-    return probs[0].cpu().numpy(), windows
+            stats.add(torch.flip(p, axes) if axes else p)
+        variance = stats.variance()
+    return (
+        stats.mean()[0].cpu().numpy(),
+        None if variance is None else variance[0].cpu().numpy(),
+        windows,
+    )
 
 
 def default_batch(device) -> int:
@@ -318,12 +324,13 @@ def predict_probabilities(
     Plans memory first (:func:`plan_memory`); on out-of-memory retries as
     :func:`fallback_plan` says, reporting each step. ``cpu_runtime`` (a
     :class:`~brainsegfounder.cpu_runtimes.CpuRuntime`) runs the windows on the CPU through an
-    exported graph instead of ``model``, which stays the fallback.
+    exported graph instead of ``model``, which stays the fallback. With
+    ``settings.uncertainty`` the report also holds the flips' variance (C_out, ...).
     """
     import torch
 
     cancel = cancel or CancelToken()
-    flips = flip_sets(settings.tta)
+    flips = flip_sets(settings.tta or settings.uncertainty)
     plan = plan_memory(
         settings, device, roi, settings.sw_batch_size or default_batch(device), _feature_size(model), volume.shape
     )
@@ -344,7 +351,7 @@ def predict_probabilities(
         try:
             t0 = time.perf_counter()
             with resources.thread_limit(settings.threads) as threads:
-                probs, windows = _sliding_probabilities(
+                probs, variance, windows = _sliding_probabilities(
                     runner,
                     volume,
                     plan.roi,
@@ -371,6 +378,7 @@ def predict_probabilities(
                 model_s=time.perf_counter() - t0,
                 notes=notes,
                 runtime=runtime,
+                variance=variance,
             )
         except torch.OutOfMemoryError:
             if i + 1 == len(attempts):

@@ -36,15 +36,18 @@ from .geometry import (
     reorient,
     resample_linear,
     resample_with_coverage,
+    voxel_volume_ml,
 )
 from .imageio import check_images, read_volume
 from .inference import InferenceSettings, predict_probabilities, resolve_device
 from .labels import et_label, region_volumes, schema
+from .licences import require_accepted
 from .modalities import match_inputs
 from .outputs import output_files, write_outputs
 from .preprocess import BrainBox, normalize
 from .progress import CancelToken, ProgressCallback, null_progress
 from .registry import resolve_model
+from .uncertainty import UNCERTAIN_VARIANCE, UncertaintyMap, region_uncertainty
 
 
 def load_inputs(paths: Dict[str, str], progress: ProgressCallback = null_progress):
@@ -109,6 +112,7 @@ class Segmenter:
     def __init__(
         self, model: str, task: Optional[str] = None, device: str = "auto", settings: Optional[InferenceSettings] = None
     ):
+        require_accepted(model)  # a model whose licence must be agreed to first
         self.settings = settings or InferenceSettings()
         self.settings.validate()
         self.device = resolve_device(device)
@@ -163,6 +167,8 @@ class Segmenter:
         probs, report = predict_probabilities(
             self.network, cropped, self.roi, self.settings, self.device, progress, cancel, self.cpu_runtime
         )
+        if report.variance is not None:
+            report.variance = box.paste(report.variance)
         return box.paste(probs), box, report
 
     def label_image(
@@ -187,12 +193,24 @@ class Segmenter:
             at_model = _arrays([resample_linear(image, grid) for image in oriented])
             probs, box, report = self.probabilities(at_model, progress, cancel)
             probs = _onto(probs, grid, oriented[0])
+            if report.variance is not None:
+                report.variance = _onto(report.variance, grid, oriented[0])
         ran_at = oriented[0] if grid is None else grid
         report.spacing_mm = tuple(round(float(v), 4) for v in ran_at.GetSpacing())
         # Voxels where every input is zero (outside a skull-stripped brain) hold no tissue.
-        regions = (probs > self.settings.threshold) & np.any(volume != 0, axis=0)
+        tissue = np.any(volume != 0, axis=0)
+        regions = (probs > self.settings.threshold) & tissue
         labels = self.schema.regions_to_labels(regions, convention)
+        if report.variance is not None:
+            report.uncertainty = self._uncertainty_map(report.variance, tissue, images[0])
+            report.variance = None  # the map holds what is needed
         return from_network_labels(labels, images[0], self.meta.orientation), box, report
+
+    def _uncertainty_map(self, variance: np.ndarray, tissue: np.ndarray, reference: sitk.Image) -> UncertaintyMap:
+        array, volumes = region_uncertainty(
+            variance, tissue, self.schema.channels, voxel_volume_ml(reference), UNCERTAIN_VARIANCE
+        )
+        return UncertaintyMap(from_network_labels(array, reference, self.meta.orientation), volumes)
 
 
 def _mm(spacing) -> str:
@@ -216,23 +234,29 @@ def segment_files(
     overwrite: bool = False,
     dicom_seg: Optional[os.PathLike] = None,
     extra_summary: Optional[dict] = None,
+    uncertainty_path: Optional[os.PathLike] = None,
 ) -> dict:
     """Segment one case from files; returns the summary (also written to ``summary_path``).
     Arguments and outputs are checked before the model loads; all outputs are written together.
     ``dicom_seg`` writes a DICOM SEG on the reference input's series (see dicom_seg.py);
-    ``extra_summary`` adds entries to the summary (e.g. the series a study gave)."""
+    ``extra_summary`` adds entries to the summary (e.g. the series a study gave);
+    ``uncertainty_path`` writes the uncertainty map (uncertainty.py: the 8 flips of test-time
+    augmentation are run, and the label map is their average's) and adds its volumes to the summary."""
     cancel = cancel or CancelToken()
     timings = {}
     start = t0 = time.perf_counter()
     et_label(labels)  # validates the convention before any work
     (settings or InferenceSettings()).validate()
-    files = output_files(output, seg_nrrd, summary_path, preview_path, overwrite, inputs, dicom_seg)
+    files = output_files(output, seg_nrrd, summary_path, preview_path, overwrite, inputs, dicom_seg, uncertainty_path)
     dicom_seg_request.check_request(dicom_seg, inputs)
+    if segmenter is None:
+        require_accepted(model)  # before any input is read: nothing else can help
     check_images(inputs)  # headers only: a bad input costs no model load and no voxel allocation
     if segmenter is None:
         check_checkpoint_file(resolve_model(model))  # likewise, before torch is imported
     progress("load_model", 0, 1, "loading model")
     segmenter = segmenter or Segmenter(model, task=task, device=device, settings=settings)
+    segmenter.settings.uncertainty = uncertainty_path is not None
     timings["load_model_s"] = time.perf_counter() - t0
     paths = match_inputs(inputs, segmenter.meta.modalities)
     progress("load_model", 1, 1)
@@ -291,6 +315,8 @@ def segment_files(
         "timings_s": timings,
         **(extra_summary or {}),
     }
+    if report.uncertainty is not None:
+        summary["uncertainty"] = {"map": str(uncertainty_path), **report.uncertainty.summary()}
     if segmenter.settings.fast:
         summary["notes"].append(f"fast mode: {fast_mode.describe(segmenter.meta.fast)}")
     caution = segmenter.meta.caution()  # shown on every run of a demo, synthetic-only or untrained model
@@ -314,6 +340,7 @@ def segment_files(
                 label_image, segments, seg_sources, path, segmenter.meta.name, str(segmenter.meta.version)
             )
         ),
+        uncertainty=report.uncertainty and report.uncertainty.image,
     )
     timings["write_s"] = round(time.perf_counter() - t0, 3)
     progress("write", 1, 1)
