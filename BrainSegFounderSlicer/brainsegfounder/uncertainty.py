@@ -13,7 +13,7 @@ the harder case's whole tumour 0.878 against 0.812 for the entropy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -84,8 +84,3 @@ def region_uncertainty(
         for name, v in zip(channels, variance, strict=True)
     }
     return variance.max(axis=0), volumes
-
-
-def uncertain_mask(image: sitk.Image, threshold: Optional[float] = None) -> np.ndarray:
-    """Voxels of an uncertainty map at or above ``threshold`` (default the summary's), (k, j, i)."""
-    return sitk.GetArrayViewFromImage(image) >= (UNCERTAIN_VARIANCE if threshold is None else threshold)
