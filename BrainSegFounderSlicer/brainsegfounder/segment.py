@@ -210,7 +210,8 @@ class Segmenter:
         array, volumes = region_uncertainty(
             variance, tissue, self.schema.channels, voxel_volume_ml(reference), UNCERTAIN_VARIANCE
         )
-        return UncertaintyMap(from_network_labels(array, reference, self.meta.orientation), volumes)
+        image = from_network_labels(array, reference, self.meta.orientation)
+        return UncertaintyMap(image, volumes, flips=self.settings.flips)
 
 
 def _mm(spacing) -> str:

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 # slow test in Testing/engine/test_uncertainty.py) it flags 2.1x as many voxels as the model
 # gets wrong and 53% of its errors; 0.005 flags 3.4x and 75%, 0.02 flags 1x and 29%.
 UNCERTAIN_VARIANCE = 0.01
-MEASURE = "variance of the sigmoid probabilities of the 8 mirror flips (largest over the regions)"
+MEASURE = "variance of the sigmoid probabilities of the {flips} mirror flips (largest over the regions)"
 
 
 class FlipStatistics:
@@ -62,11 +62,12 @@ class UncertaintyMap:
 
     image: sitk.Image  # float32, on exactly the reference input's grid
     uncertain_ml: Dict[str, float]
+    flips: int = 8
     threshold: float = UNCERTAIN_VARIANCE
 
     def summary(self) -> dict:
         return {
-            "measure": MEASURE,
+            "measure": MEASURE.format(flips=self.flips),
             "uncertain_above": self.threshold,
             "regions": {name: {"uncertain_ml": ml} for name, ml in self.uncertain_ml.items()},
             "max": round(float(sitk.GetArrayViewFromImage(self.image).max()), 4),

@@ -28,22 +28,27 @@ class RampNet(torch.nn.Module):
     def __init__(self, ramp: bool):
         super().__init__()
         self.ramp = torch.linspace(-3, 3, SHAPE[0]).view(1, 1, -1, 1, 1) if ramp else torch.zeros(1)
+        self.calls = 0
 
     def forward(self, x):
+        self.calls += 1
         return (x[:, :1] + self.ramp).repeat(1, 3, 1, 1, 1)
 
 
-@pytest.mark.parametrize("ramp", [False, True])
-def test_flip_variance_is_exact_for_a_known_predictor(ramp):
+@pytest.mark.parametrize(("ramp", "flips"), [(False, 8), (True, 8), (True, 4)])
+def test_flip_variance_is_exact_for_a_known_predictor(ramp, flips):
     volume = np.random.default_rng(2).standard_normal((1, *SHAPE)).astype(np.float32)
-    settings = InferenceSettings(uncertainty=True, blend="constant")
-    probs, report = predict_probabilities(RampNet(ramp), volume, SHAPE, settings, torch.device("cpu"))
+    settings = InferenceSettings(uncertainty=True, blend="constant", flips=flips)
+    net = RampNet(ramp)
+    probs, report = predict_probabilities(net, volume, SHAPE, settings, torch.device("cpu"))
+    assert net.calls == flips
     line = np.linspace(-3, 3, SHAPE[0])[:, None, None] if ramp else 0.0
-    # 4 flips leave the first axis as it is, 4 mirror it: their probabilities a and b
+    # a share w of the flips mirrors the first axis (4 of 8; 1 of 4): probabilities b, the rest a
+    w = 1 / 2 if flips == 8 else 1 / 4
     a = 1 / (1 + np.exp(-(volume[0] + line)))
     b = 1 / (1 + np.exp(-(volume[0] + (line[::-1] if ramp else 0.0))))
-    assert np.allclose(probs[0], (a + b) / 2, atol=1e-5)
-    assert np.allclose(report.variance[0], ((a - b) / 2) ** 2, atol=1e-5)
+    assert np.allclose(probs[0], (1 - w) * a + w * b, atol=1e-5)
+    assert np.allclose(report.variance[0], w * (1 - w) * (a - b) ** 2, atol=1e-5)
     assert report.variance.shape == probs.shape
     if not ramp:  # a flip-equivariant network is certain everywhere
         assert report.variance.max() < 1e-6
@@ -121,6 +126,7 @@ def test_uncertainty_map_lies_on_the_reference_grid_and_finds_the_errors(tmp_pat
     flagged_ml = np.count_nonzero(u >= UNCERTAIN_VARIANCE) * voxel_ml
     volumes = [r["uncertain_ml"] for r in summary["uncertainty"]["regions"].values()]
     assert list(summary["uncertainty"]["regions"]) == ["TC", "WT", "ET"]
+    assert "8 mirror flips" in summary["uncertainty"]["measure"]
     assert max(volumes) <= flagged_ml + 1e-3 <= sum(volumes) + 2e-3
     assert flagged_ml > 0
     assert "uncertain (flip variance" in stdout
