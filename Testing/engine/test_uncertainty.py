@@ -13,10 +13,9 @@ from monai.metrics import compute_roc_auc
 from brainsegfounder.demo import DEMO_MODEL
 from brainsegfounder.inference import InferenceSettings, predict_probabilities
 from brainsegfounder.labels import schema
-from brainsegfounder.synth.cohort import case_files
 from brainsegfounder.uncertainty import UNCERTAIN_VARIANCE
 
-from helpers import run_cli, segment_args
+from helpers import run_cli, segment_args, tumour_crop
 
 SHAPE = (64, 64, 64)
 
@@ -70,29 +69,11 @@ def test_uncertainty_output_must_be_an_image_file(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def one_window_case(brats_root, folder):
-    """The first synthetic case (3 mm) cut to 64 x 64 voxels in-plane around its tumour, so the
-    brain fits one window, and turned to LPS so the map must find its way back to that grid."""
-    _, images, label = case_files("brats2021", 0)
-    truth = sitk.ReadImage(str(brats_root / label))
-    centre = np.argwhere(sitk.GetArrayFromImage(truth).transpose(2, 1, 0) > 0).mean(axis=0).astype(int)
-    size = [min(64, n) for n in truth.GetSize()]
-    start = [int(np.clip(c - s // 2, 0, n - s)) for c, s, n in zip(centre, size, truth.GetSize(), strict=True)]
-
-    def cut(path, name):
-        image = sitk.DICOMOrient(sitk.RegionOfInterest(sitk.ReadImage(str(path)), size, start), "LPS")
-        sitk.WriteImage(image, str(folder / name))
-        return str(folder / name)
-
-    inputs = [(m, cut(brats_root / p, f"{m}.nii.gz")) for m, p in images.items()]
-    return inputs, sitk.ReadImage(cut(brats_root / label, "seg.nii.gz"))
-
-
 @pytest.mark.slow
 def test_uncertainty_map_lies_on_the_reference_grid_and_finds_the_errors(tmp_path, capsys, brats_root):
     """The demo model (trained at 2 mm) run at the case's 3 mm: harder than it was trained for,
     so it makes errors; the voxels it gets wrong must be the uncertain ones."""
-    inputs, truth = one_window_case(brats_root, tmp_path)
+    inputs, truth = tumour_crop(brats_root, tmp_path)  # the brain fits one window
     out, summary_path = tmp_path / "labels.nii.gz", tmp_path / "s.json"
     extra = ("--uncertainty", tmp_path / "u.nii.gz", "--summary", summary_path, "--spacing", "input")
     code, stdout, err = run_cli(segment_args(str(DEMO_MODEL), inputs, out, *extra), capsys)

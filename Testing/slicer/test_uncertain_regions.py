@@ -12,7 +12,8 @@ from brainsegfounder.errors import UserError
 from BrainSegFounderSlicerLib.logic import WorkflowLogic
 from BrainSegFounderSlicerLib.uncertain_regions import COLORS
 
-from scenes import new_scene
+from helpers import tumour_crop
+from scenes import DEMO, load_case, new_scene
 
 SHIFT = np.array([7.0, -3.0, 11.0])  # the inputs' parent transform (RAS, mm)
 
@@ -112,3 +113,30 @@ def test_next_uncertain_region_without_a_map_says_what_to_do():
     logic = WorkflowLogic(new_scene()[0])
     with pytest.raises(UserError, match="segment with the uncertainty map first"):
         logic.next_uncertain_region()
+
+
+@pytest.mark.slow
+def test_a_segmentation_with_its_uncertainty_map_arrives_as_an_overlay(home, tmp_path):
+    """Through the background engine: the demo model on a 2 mm case (its own voxel size) small
+    enough for one window, so the 8 flips cost 8 passes."""
+    from brainsegfounder.synth.cohort import write_cohort
+    from BrainSegFounderSlicerLib.models import ModelManager
+
+    root = write_cohort(tmp_path / "data", kind="brats", n=1, seed=5, spacing=2.0, folds=1)
+    inputs, _ = tumour_crop(root, tmp_path)
+    scene, nodes = load_case(inputs)
+    composite = scene.AddNode(slicer.vtkMRMLSliceCompositeNode())
+    view = scene.AddNode(slicer.vtkMRMLSliceNode())
+    logic = WorkflowLogic(scene, ModelManager(cache=tmp_path / "downloads"))
+    choice = logic.models.choice(DEMO)
+    job = logic.start_segmentation(logic.guess_inputs(choice), choice, device="cpu", uncertainty=True)
+    assert "--uncertainty" in job.process.argv
+    assert job.wait(timeout=600) == "ok", job.error or job.details()
+    result = job.result
+    assert composite.GetForegroundVolumeID() == result.uncertainty.GetID()
+    assert result.uncertainty.GetImageData().GetDimensions() == nodes["flair"].GetImageData().GetDimensions()
+    region = logic.next_uncertain_region()
+    assert region is not None
+    assert region.voxels > 0
+    assert np.allclose(slice_centre(view), region.centre_ras)  # no transform here: world = local
+    assert not job.workdir.exists()
