@@ -275,3 +275,26 @@ def ssl_checkpoint(path, in_ch=1):
     state["module.conv.20.bias"] = torch.randn(in_ch)
     torch.save({"global_step": 1000, "epoch": 3, "state_dict": state, "optimizer": {}}, path)
     return encoder
+
+
+def tumour_crop(root, folder, size=64, index=0):
+    """The synthetic BraTS case ``index`` of ``root`` cut to ``size`` voxels per side (at most)
+    around its tumour and turned to LPS, written to ``folder``: [(modality, path)] and the label
+    image. Small enough for one window; the turn makes results find their way back to its grid."""
+    import numpy as np
+
+    from brainsegfounder.synth.cohort import case_files
+
+    _, images, label = case_files("brats2021", index)
+    truth = sitk.ReadImage(str(root / label))
+    centre = np.argwhere(sitk.GetArrayFromImage(truth).transpose(2, 1, 0) > 0).mean(axis=0).astype(int)
+    sizes = [min(size, n) for n in truth.GetSize()]
+    start = [int(np.clip(c - s // 2, 0, n - s)) for c, s, n in zip(centre, sizes, truth.GetSize(), strict=True)]
+
+    def cut(path, name):
+        image = sitk.DICOMOrient(sitk.RegionOfInterest(sitk.ReadImage(str(path)), sizes, start), "LPS")
+        sitk.WriteImage(image, str(folder / name))
+        return str(folder / name)
+
+    inputs = [(m, cut(root / p, f"{m}.nii.gz")) for m, p in images.items()]
+    return inputs, sitk.ReadImage(cut(root / label, "seg.nii.gz"))

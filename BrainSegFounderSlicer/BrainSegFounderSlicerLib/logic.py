@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from brainsegfounder import registry
+from brainsegfounder import licences, registry
 from brainsegfounder.cases import is_case_root
 from brainsegfounder.errors import UserError
 from brainsegfounder.labels import schema
@@ -33,6 +33,7 @@ from .results import fill_volume_table, label_image, load_segmentation, region_r
 from .runner import BackgroundProcess, engine_command
 from .setup_jobs import DevicesJob, DownloadJob, ImportJob, InstallJob
 from .training import case_id_from, default_cases_root, finetune_command, save_training_case, update_metrics_plot
+from .uncertain_regions import UncertainRegion, UncertainRegions, jump_to, load_uncertainty, set_threshold
 from .volumes import same_parent_transform, write_volume
 
 
@@ -45,6 +46,10 @@ class Segmented:
     reference: object  # the reference (first) input volume
     notes: tuple  # the engine's notes of this run (a demo model, a partial input, ...)
     warnings: tuple = ()  # what the radiologist should check (registration, thick slices, an implausible result)
+    uncertainty: object = None  # vtkMRMLScalarVolumeNode of the uncertainty map, if asked for
+
+
+UNCERTAINTY_FILE = "uncertainty.nii.gz"
 
 
 class SegmentationJob(ProcessJob):
@@ -70,6 +75,7 @@ class SegmentationJob(ProcessJob):
         self.segmentation, self.table = segmentation, table
         self.notes: List[str] = []
         self.warnings: List[str] = []
+        self.uncertainty = None
 
     def _succeeded(self) -> Segmented:
         summary = json.loads((self.workdir / "summary.json").read_text())
@@ -89,7 +95,13 @@ class SegmentationJob(ProcessJob):
         self.table = self.logic.update_volume_table(
             self.segmentation, self.reference, self.choice, self.convention, self.table
         )
-        return Segmented(self.segmentation, self.table, self.reference, tuple(self.notes), tuple(self.warnings))
+        if (self.workdir / UNCERTAINTY_FILE).is_file():
+            self.uncertainty = self.logic.load_uncertainty(
+                self.workdir / UNCERTAINTY_FILE, self.reference, f"{self.segmentation.GetName()} uncertainty"
+            )
+        return Segmented(
+            self.segmentation, self.table, self.reference, tuple(self.notes), tuple(self.warnings), self.uncertainty
+        )
 
     def _done_message(self) -> str:
         warnings = "".join(f"\nWarning: {warning}" for warning in self.warnings)
@@ -141,10 +153,24 @@ class WorkflowLogic:
         self.models = models or ModelManager()
         self.show_3d = True  # closed surfaces for the 3D view when a segmentation arrives
         self.jobs = Jobs()  # the running jobs: a front end polls them and listens to their signals
+        self.uncertain_regions: Optional[UncertainRegions] = None  # of the last uncertainty map shown
 
     # -- inputs and models -------------------------------------------------------------------
     def model_choices(self) -> List[ModelChoice]:
         return self.models.choices()
+
+    def licence_to_accept(self, choice: ModelChoice) -> Optional[str]:
+        """What to show the user before ``choice``'s first use where its licence must be
+        accepted (once per model), else None. The panel calls :meth:`accept_licence` on yes."""
+        if not choice.licence_pending:
+            return None
+        return f"{choice.title} comes under the licence {choice.license}. Accept its terms to use it?"
+
+    def accept_licence(self, choice: ModelChoice) -> None:
+        """Remember that the user accepted ``choice``'s licence (the engine reads the same record)."""
+        if choice.entry is None:
+            raise UserError(f"{choice.title} is not a registry model; its licence needs no acceptance here")
+        licences.accept(choice.entry.id, choice.entry.license)
 
     def guess_inputs(self, choice: ModelChoice, keep: Optional[Mapping[str, object]] = None) -> Dict[str, object]:
         return guess_assignment(scalar_volumes(self.scene), choice.inputs, keep)
@@ -195,10 +221,14 @@ class WorkflowLogic:
         fast: bool = False,
         segmentation=None,
         table=None,
+        uncertainty: bool = False,
     ) -> SegmentationJob:
-        """Export the inputs, start the engine; poll the returned job until it is done."""
+        """Export the inputs, start the engine; poll the returned job until it is done. With
+        ``uncertainty`` the engine runs its 8 mirror flips and the map arrives as an overlay."""
         if not choice.available:
             raise UserError(f"{choice.title} is not on this computer yet: {choice.status()}")
+        if choice.licence_pending:
+            raise UserError(f"accept the licence of {choice.title} ({choice.license}) before its first use")
         inputs = check_assignment({m: assignment.get(m) for m in choice.inputs})
         same_parent_transform(list(inputs.values()))
         workdir = Path(tempfile.mkdtemp(prefix="brainsegfounder-"))
@@ -220,6 +250,8 @@ class WorkflowLogic:
                 args += ["--labels", convention]
             if fast:
                 args.append("--fast")
+            if uncertainty:
+                args += ["--uncertainty", workdir / UNCERTAINTY_FILE]
             for modality, node in inputs.items():
                 args += ["--input", f"{modality}={write_volume(node, workdir / f'{modality}.nrrd')}"]
             job = SegmentationJob(
@@ -248,6 +280,32 @@ class WorkflowLogic:
             table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{segmentation.GetName()} volumes")
         fill_volume_table(table, region_rows(labels, label_schema, convention))
         return table
+
+    # -- where the model is unsure -----------------------------------------------------------
+    def load_uncertainty(self, path: os.PathLike, reference, name: str = "uncertainty"):
+        """Show an uncertainty map (``segment --uncertainty``) over the slice views; its regions
+        are then offered largest first by :meth:`next_uncertain_region`."""
+        previous = self.uncertain_regions.node if self.uncertain_regions else None
+        reuse = previous if previous is not None and self.scene.IsNodePresent(previous) else None
+        node = load_uncertainty(self.scene, path, reference, name, node=reuse)
+        self.uncertain_regions = UncertainRegions(node)
+        return node
+
+    def set_uncertainty_threshold(self, threshold: float) -> None:
+        """The overlay and the regions: voxels at or above ``threshold`` (0 to 0.25)."""
+        if self.uncertain_regions is None:
+            raise UserError("no uncertainty map is shown; segment with the uncertainty map first")
+        set_threshold(self.uncertain_regions.node, threshold)
+
+    def next_uncertain_region(self) -> Optional[UncertainRegion]:
+        """Jump the slice views to the largest uncertain region not reviewed yet and return it
+        (None when every region has been reviewed)."""
+        if self.uncertain_regions is None:
+            raise UserError("no uncertainty map is shown; segment with the uncertainty map first")
+        region = self.uncertain_regions.next()
+        if region is not None:
+            jump_to(self.scene, region, self.uncertain_regions.node)
+        return region
 
     # -- corrections -------------------------------------------------------------------------
     def save_training_case(
@@ -294,6 +352,8 @@ class WorkflowLogic:
     ) -> FinetuneJob:
         if not base.available:
             raise UserError(f"base model {base.title} is not on this computer yet: {base.status()}")
+        if base.licence_pending:
+            raise UserError(f"accept the licence of {base.title} ({base.license}) before its first use")
         data = Path(data or default_cases_root())
         if not data.exists() or (data.is_dir() and not (is_case_root(data) or (data / "datalist.json").is_file())):
             raise UserError(f"no training cases in {data}; save corrected cases first (Save as training case)")

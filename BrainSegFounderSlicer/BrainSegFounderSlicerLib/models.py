@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from brainsegfounder import fast_mode, registry
+from brainsegfounder import fast_mode, licences, registry
 from brainsegfounder.atomic import atomic_path
 from brainsegfounder.errors import Cancelled, UserError
 from brainsegfounder.names import plain_name
@@ -51,6 +51,7 @@ class ModelEntry:
     bundled: Optional[str] = None
     description: str = ""
     fast: Optional[dict] = None  # the measured fast mode (as the model's meta.fast says), None: none
+    license_needs_acceptance: bool = False  # its terms must be accepted before first use (licences.py)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelEntry":
@@ -71,6 +72,7 @@ class ModelEntry:
                 bundled=data.get("bundled"),
                 description=data.get("description", ""),
                 fast=data.get("fast"),
+                license_needs_acceptance=bool(data.get("license_needs_acceptance", False)),
             )
         except KeyError as error:
             raise UserError(
@@ -101,6 +103,12 @@ class ModelChoice:
     architecture: str = ""  # SwinUNETR, ResEncUNet, PCTNet ("" where not known before it is loaded)
 
     @property
+    def licence_pending(self) -> bool:
+        """Whether its licence must still be accepted before it is used (asked once per model)."""
+        entry = self.entry
+        return bool(entry and entry.license_needs_acceptance and not licences.is_accepted(entry.id, entry.license))
+
+    @property
     def fast_summary(self) -> str:
         """What the panel's Fast mode box says of this model (its tooltip)."""
         if not self.fast:
@@ -119,6 +127,7 @@ class ModelChoice:
         """What a front end shows under the model selector: version, licence, status, description,
         and the inputs this front end has no selector for."""
         text = f"version {self.version}; licence: {self.license}; {self.status()}"
+        text += "\nIts licence must be accepted before its first use." if self.licence_pending else ""
         text += f"\n{self.description}" if self.description else ""
         missing = [m for m in self.inputs if m not in panel_inputs]
         if missing:
@@ -192,7 +201,7 @@ class ModelManager:
                     key=f"local:{name}",
                     title=f"{name} (local, {architecture})" if architecture else f"{name} (local)",
                     version=str(info.get("version", "?")),
-                    license=str(provenance.get("license", "as its base model")),
+                    license=str(info.get("license") or provenance.get("license") or "as its base model"),
                     task=info.get("task", ""),
                     inputs=list(info["modalities"]),
                     label_schema=info["label_schema"],

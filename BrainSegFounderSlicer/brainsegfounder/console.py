@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 from .labels import REGION_NAMES
 
@@ -27,3 +27,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = [f"  {header[0]:<{widths[0]}}  {header[1]:>{widths[1]}}"]
     lines += [f"  {a:<{widths[0]}}  {b:>{widths[1]}}" for a, b in rows]
     return "\n".join(lines)
+
+
+def uncertain_line(uncertainty: Optional[Mapping]) -> str:
+    """A summary's uncertain volume per region on one line ('' without an uncertainty map)."""
+    if not uncertainty:
+        return ""
+    parts = ", ".join(f"{name} {r['uncertain_ml']:.1f} mL" for name, r in uncertainty["regions"].items())
+    return f"\nuncertain (flip variance >= {uncertainty['uncertain_above']}): {parts}"

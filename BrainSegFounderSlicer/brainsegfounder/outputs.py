@@ -33,10 +33,12 @@ def output_files(
     inputs: Sequence[Tuple[str, os.PathLike]] = (),
     dicom_seg: Optional[os.PathLike] = None,
     qc: Optional[os.PathLike] = None,
+    uncertainty: Optional[os.PathLike] = None,
 ) -> OutputFiles:
     """The outputs of one segmentation, checked before any work (formats, inputs, existing files)."""
-    if not Path(output).name.lower().endswith(LABEL_SUFFIXES):
-        raise UserError(f"output {output} must end in one of {', '.join(LABEL_SUFFIXES)}")
+    for what, path in (("output", output), ("--uncertainty", uncertainty)):
+        if path is not None and not Path(path).name.lower().endswith(LABEL_SUFFIXES):
+            raise UserError(f"{what} {path} must end in one of {', '.join(LABEL_SUFFIXES)}")
     for what, path, suffix in (
         ("--seg-nrrd", seg_nrrd, ".seg.nrrd"),
         ("--summary", summary, ".json"),
@@ -53,6 +55,7 @@ def output_files(
         "--preview": preview,
         "--dicom-seg": dicom_seg,
         "--qc": qc,
+        "--uncertainty": uncertainty,
     }
     return OutputFiles(targets, overwrite=overwrite, inputs=inputs).check()
 
@@ -97,12 +100,15 @@ def write_outputs(
     images: Optional[Dict[str, sitk.Image]] = None,
     dicom_seg: Optional[Callable[[Path], None]] = None,
     qc: Optional[Callable[[Path], None]] = None,
+    uncertainty: Optional[sitk.Image] = None,
 ) -> None:
     """Write every output of ``files`` (see :func:`output_files`), all or nothing; the preview
     shows ``images`` with the labels overlaid; ``dicom_seg(path)`` writes the DICOM SEG, ``qc(path)``
-    the preprocessing QC picture."""
+    the preprocessing QC picture; ``uncertainty`` is the uncertainty map (uncertainty.py)."""
     with files.write() as tmp:
         write_image(labels, tmp["output"])
+        if "--uncertainty" in tmp:
+            write_image(uncertainty, tmp["--uncertainty"])
         if "--seg-nrrd" in tmp:
             slicerio.write_segmentation(str(tmp["--seg-nrrd"]), segmentation_dict(labels, segments))
         if "--summary" in tmp:

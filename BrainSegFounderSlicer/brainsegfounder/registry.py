@@ -19,6 +19,7 @@ from .errors import UserError
 from .names import plain_name
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+UNKNOWN_LICENCE = "not stated (ask whoever made the model)"
 
 
 # Models this project knows (shipped with it or downloadable): the registry the panel shows too.
@@ -54,7 +55,7 @@ def check_entry(data) -> dict:
     never leave the download cache nor its ``bundled`` path the Resources folder."""
     if not isinstance(data, dict):
         raise UserError(f"model registry entry {data!r} is not an object; fix the registry file")
-    for key in ("id", "file"):
+    for key in ("id", "file", "license"):
         if key not in data:
             raise UserError(f"model registry entry {data.get('id', '?')!r} lacks {key!r}; fix the registry file")
     plain_name(data["id"], "model id")
@@ -169,14 +170,19 @@ def description_path(model: os.PathLike) -> Path:
 
 
 def register_model(
-    source: os.PathLike, name: str, task: Optional[str] = None, merge_order: Optional[str] = None
+    source: os.PathLike,
+    name: str,
+    task: Optional[str] = None,
+    merge_order: Optional[str] = None,
+    licence: Optional[str] = None,
 ) -> Path:
     """Copy a checkpoint into the local model folder as ``NAME.pt`` with its description
     ``NAME.json`` (atomically; an existing model of that name is never replaced: the next free
     ``NAME-N`` is used). The checkpoint is loaded first, so only a usable model is registered.
 
     With ``merge_order`` (for a file without metadata trained with MONAI >= 1.5) the copy is
-    written in our format with its metadata, so the order travels with the weights."""
+    written in our format with its metadata, so the order travels with the weights. The
+    description names the model's licence: ``licence``, else the one its metadata records."""
     plain_name(name, "model name")
     ckpt = load_checkpoint(source, merge_order)
     description = _description(ckpt, task)
@@ -189,7 +195,11 @@ def register_model(
             "set BRAINSEGFOUNDER_HOME to a folder you can write to"
         ) from None
     target = folder / f"{free_name(name)}.pt"
-    description.update(local_name=target.stem, source_file=str(source))
+    description.update(
+        local_name=target.stem,
+        source_file=str(source),
+        license=licence or description.get("provenance", {}).get("license") or UNKNOWN_LICENCE,
+    )
     with (
         atomic_path(target, suffix=".tmp") as tmp,
         atomic_path(description_path(target), suffix=".tmp") as tmp_description,

@@ -40,16 +40,19 @@ from .geometry import (
     resample_linear,
     resample_with_coverage,
     same_grid,
+    voxel_volume_ml,
 )
 from .imageio import check_images, read_volume
 from .inference import InferenceSettings, predict_probabilities, resolve_device
 from .labels import et_label, region_volumes, schema
+from .licences import require_accepted
 from .modalities import match_inputs
 from .model_space import Prepared, PrepOptions, prepare
 from .outputs import output_files, write_outputs
 from .preprocess import BrainBox, normalize
 from .progress import CancelToken, ProgressCallback, null_progress
 from .registry import resolve_model
+from .uncertainty import UNCERTAIN_VARIANCE, UncertaintyMap, region_uncertainty
 
 
 def load_inputs(
@@ -125,6 +128,7 @@ class Segmenter:
     def __init__(
         self, model: str, task: Optional[str] = None, device: str = "auto", settings: Optional[InferenceSettings] = None
     ):
+        require_accepted(model)  # a model whose licence must be agreed to first
         self.settings = settings or InferenceSettings()
         self.settings.validate()
         self.device = resolve_device(device)
@@ -179,6 +183,8 @@ class Segmenter:
         probs, report = predict_probabilities(
             self.network, cropped, self.roi, self.settings, self.device, progress, cancel, self.cpu_runtime
         )
+        if report.variance is not None:
+            report.variance = box.paste(report.variance)
         return box.paste(probs), box, report
 
     def label_image(
@@ -226,13 +232,25 @@ class Segmenter:
         oriented = reorient(reference, self.meta.orientation)
         if not same_grid(grid, oriented):
             probs = _onto(probs, grid, oriented)
+            if report.variance is not None:
+                report.variance = _onto(report.variance, grid, oriented)
         report.spacing_mm = tuple(round(float(v), 4) for v in grid.GetSpacing())
         regions = probs > self.settings.threshold
         labelled = np.any(regions, axis=0)
         outside = np.count_nonzero(labelled & ~tissue)
         report.outside_tissue_fraction = float(outside) / max(1, np.count_nonzero(labelled))
         labels = self.schema.regions_to_labels(regions & tissue, convention)
+        if report.variance is not None:
+            report.uncertainty = self._uncertainty_map(report.variance, tissue, reference)
+            report.variance = None  # the map holds what is needed
         return from_network_labels(labels, reference, self.meta.orientation), box, report
+
+    def _uncertainty_map(self, variance: np.ndarray, tissue: np.ndarray, reference: sitk.Image) -> UncertaintyMap:
+        array, volumes = region_uncertainty(
+            variance, tissue, self.schema.channels, voxel_volume_ml(reference), UNCERTAIN_VARIANCE
+        )
+        image = from_network_labels(array, reference, self.meta.orientation)
+        return UncertaintyMap(image, volumes, flips=self.settings.flips)
 
 
 def _mm(spacing) -> str:
@@ -258,26 +276,34 @@ def segment_files(
     extra_summary: Optional[dict] = None,
     preprocessing: Optional[PrepOptions] = None,
     qc_path: Optional[os.PathLike] = None,
+    uncertainty_path: Optional[os.PathLike] = None,
 ) -> dict:
     """Segment one case from files; returns the summary (also written to ``summary_path``).
     Arguments and outputs are checked before the model loads; all outputs are written together.
     ``dicom_seg`` writes a DICOM SEG on the reference input's series (see dicom_seg.py);
     ``extra_summary`` adds entries to the summary (e.g. the series a study gave);
     ``preprocessing`` says how the inputs are brought into the model's space (model_space.py),
-    ``qc_path`` writes a PNG of what that did."""
+    ``qc_path`` writes a PNG of what that did; ``uncertainty_path`` writes the uncertainty map
+    (uncertainty.py: the flips of test-time augmentation are run, and the label map is their
+    average's) and adds its volumes to the summary."""
     cancel = cancel or CancelToken()
     prep = preprocessing or PrepOptions()
     timings = {}
     start = t0 = time.perf_counter()
     et_label(labels)  # validates the convention before any work
     (settings or InferenceSettings()).validate()
-    files = output_files(output, seg_nrrd, summary_path, preview_path, overwrite, inputs, dicom_seg, qc_path)
+    files = output_files(
+        output, seg_nrrd, summary_path, preview_path, overwrite, inputs, dicom_seg, qc_path, uncertainty_path
+    )
     dicom_seg_request.check_request(dicom_seg, inputs)
+    if segmenter is None:
+        require_accepted(model)  # before any input is read: nothing else can help
     check_images(inputs)  # headers only: a bad input costs no model load and no voxel allocation
     if segmenter is None:
         check_checkpoint_file(resolve_model(model))  # likewise, before torch is imported
     progress("load_model", 0, 1, "loading model")
     segmenter = segmenter or Segmenter(model, task=task, device=device, settings=settings)
+    segmenter.settings.uncertainty = uncertainty_path is not None
     timings["load_model_s"] = time.perf_counter() - t0
     paths = match_inputs(inputs, segmenter.meta.modalities)
     prep.validate(segmenter.meta.modalities)
@@ -359,6 +385,8 @@ def segment_files(
         "timings_s": timings,
         **(extra_summary or {}),
     }
+    if report.uncertainty is not None:
+        summary["uncertainty"] = {"map": str(uncertainty_path), **report.uncertainty.summary()}
     if segmenter.settings.fast:
         summary["notes"].append(f"fast mode: {fast_mode.describe(segmenter.meta.fast)}")
     caution = segmenter.meta.caution()  # shown on every run of a demo, synthetic-only or untrained model
@@ -386,6 +414,7 @@ def segment_files(
                 label_image, segments, seg_sources, path, segmenter.meta.name, str(segmenter.meta.version)
             )
         ),
+        uncertainty=report.uncertainty and report.uncertainty.image,
     )
     timings["write_s"] = round(time.perf_counter() - t0, 3)
     progress("write", 1, 1)

@@ -11,7 +11,8 @@ no model saw) and the same 62M weights for every row:
 * the new default: ``brainsegfounder segment`` (on the CPU: OpenVINO in fp32 where installed);
 * the exported runtimes' other rows: ONNX Runtime (``--runtime onnxruntime``, where installed),
   OpenVINO and PyTorch in bf16 (``--precision bf16``, on CPUs with native bf16);
-* ours, fast mode (``--fast``), low memory, and with test-time augmentation (``--tta``) with ``--tta``.
+* ours, fast mode (``--fast``), low memory, and with test-time augmentation (``--tta``) and the
+  uncertainty map (``--uncertainty``, 8 and 4 flips) with ``--tta``.
 
 The one-time cost of an exported runtime (export, check against PyTorch, first compile) is
 paid before the rows and printed on its own: the rows show what every later run costs.
@@ -135,12 +136,20 @@ def run_reference(checkpoint, paths, output: Path, device):
     return model_s, time.perf_counter() - start, count_windows(volume.shape[1:], REFERENCE["roi"], REFERENCE["overlap"])
 
 
+def _passes(info: dict) -> int:
+    """Forward passes per window: one, or one per mirror flip (--tta, --uncertainty)."""
+    return info["flips"] if info["tta"] or info["uncertainty"] else 1
+
+
 def run_ours(segmenter, paths, output: Path):
     """``brainsegfounder segment``'s path, files in to files out. Returns (total s, what it ran)."""
     from brainsegfounder.segment import segment_files
 
+    uncertainty = output.with_name(f"uncertainty-{output.name}") if segmenter.settings.uncertainty else None
     start = time.perf_counter()
-    summary = segment_files("", list((m, str(p)) for m, p in paths.items()), output, segmenter=segmenter)
+    summary = segment_files(
+        "", list((m, str(p)) for m, p in paths.items()), output, segmenter=segmenter, uncertainty_path=uncertainty
+    )
     sync(segmenter.device)
     return time.perf_counter() - start, summary["inference"]
 
@@ -238,6 +247,8 @@ def rows_to_run(args, device):
         rows.append(("ours, low memory (--memory low)", {"memory": "low"}))
     if args.tta:
         rows.append(("ours + TTA (--tta)", {"tta": True}))
+        rows.append(("ours + uncertainty map (--uncertainty)", {"uncertainty": True}))
+        rows.append(("ours + uncertainty map, 4 flips (--flips 4)", {"uncertainty": True, "flips": 4}))
     return rows
 
 
@@ -370,7 +381,7 @@ def main() -> int:
     for name, r in [("reference (BrainSegFounder test)", ref), *list(results.items())]:
         gpu = f"{r['gpu']:.2f}" if r["gpu"] is not None else "-"
         vs_ref = "-" if r is ref else dice_text(r["labels"], ref["labels"])
-        roi, passes = (REFERENCE["roi"], 1) if r is ref else (r["info"]["roi_size"], 8 if r["info"]["tta"] else 1)
+        roi, passes = (REFERENCE["roi"], 1) if r is ref else (r["info"]["roi_size"], _passes(r["info"]))
         rate = window_flops(roi) * r["windows"] * passes / r["model_s"] / 1e9
         print(
             f"{name:44} {r['windows']:7d} {r['model_s']:8.2f} {rate:8.1f} {r['total_s']:8.2f} {r['host']:9.2f} "
