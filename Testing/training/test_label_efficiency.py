@@ -41,7 +41,8 @@ def test_a_smoke_study_writes_its_table_plot_and_report_and_continues_after_a_ki
         os.killpg(killed.pid, signal.SIGKILL)
         killed.wait()
     assert killed.returncode == -signal.SIGKILL
-    assert first.exists() and not second.parent.parent.joinpath("done.json").exists()
+    assert first.exists()
+    assert not second.parent.parent.joinpath("done.json").exists()
     assert not (run / "table.md").exists()  # nothing is written before every unit is done
     before = finished(run)
     assert {p.relative_to(run).parts[0] for p in before} == {"data", "pretrain", "finetune"}
@@ -55,19 +56,20 @@ def test_a_smoke_study_writes_its_table_plot_and_report_and_continues_after_a_ki
     assert len(after) == len(before) + 3  # the killed fine-tuning and the two after it
 
     rows = list(csv.DictReader((run / "results.csv").open()))
-    assert {(r["arm"], float(r["fraction"])) for r in rows} == {
-        (a, f) for a in ARMS.split(",") for f in (0.25, 1.0)
-    }
+    assert {(r["arm"], float(r["fraction"])) for r in rows} == {(a, f) for a in ARMS.split(",") for f in (0.25, 1.0)}
     for row in rows:
         for region in ("TC", "WT", "ET"):
-            assert 0 <= float(row[f"dice_{region}"]) <= 1 and 0 <= float(row[f"lesion_dice_{region}"]) <= 1
+            assert 0 <= float(row[f"dice_{region}"]) <= 1
+            assert 0 <= float(row[f"lesion_dice_{region}"]) <= 1
         assert float(row["finetune_cpu_s"]) > 0
     assert {int(r["labelled_cases"]) for r in rows} == {1, 4}  # 25% and 100% of the 4 training cases
     table = (run / "table.md").read_text()
-    assert "| scratch (ResEnc) | 25% | 1 | 1 |" in table and "| MAE (ResEnc) | 100% | 4 | 1 |" in table
+    assert "| scratch (ResEnc) | 25% | 1 | 1 |" in table
+    assert "| MAE (ResEnc) | 100% | 4 | 1 |" in table
     assert (run / "dice_vs_fraction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (run / "report.md").read_text()
-    assert "label_efficiency.py --size smoke" in report and "brainsegfounder pretrain --config mae-tiny" in report
+    assert "label_efficiency.py --size smoke" in report
+    assert "brainsegfounder pretrain --config mae-tiny" in report
     assert json.loads((run / "study.json").read_text())["arms"] == ARMS.split(",")
 
 
