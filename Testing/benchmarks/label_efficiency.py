@@ -1,0 +1,223 @@
+"""Does pretraining pay? The label-efficiency study, from one command.
+
+Pretrains each initialisation on a healthy synthetic cohort (BrainSegFounder's three tasks, its
+second stage on the fine-tuning cohort's own images, Volume Fusion, the Swin MAE, the 3D MAE),
+fine-tunes every arm (and scratch per backbone) on 5/10/25/100% of a labelled glioma cohort with
+three seeds and one shared budget, and scores each on a fixed held-out test cohort. Every unit of
+work is a ``brainsegfounder`` command run as a child process (synth, pretrain, finetune,
+evaluate), so the study measures the product. Output, in one run folder:
+
+    results.csv       one row per fine-tuning (Dice and BraTS lesion-wise Dice per region, compute)
+    table.md          mean and SD over seeds per arm and label fraction, compute spent
+    dice_vs_fraction.png   mean Dice against the label fraction, one line per arm, +-1 SD bands
+    report.md         the budget, the table, the plot, the exact commands
+
+Killed at any moment, the same command continues: finished units are kept (their ``done.json``),
+an interrupted training run continues from its last state, anything else restarts.
+
+    python Testing/benchmarks/label_efficiency.py --size small --out runs/label-efficiency
+    python Testing/benchmarks/label_efficiency.py --size real --estimate     # GPU-hours, runs nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "BrainSegFounderSlicer"), str(ROOT / "Training"), str(Path(__file__).parent)]
+
+from label_efficiency_plan import ARMS, FRACTIONS, SEEDS, SIZES, Unit, plan  # noqa: E402
+
+from brainsegfounder.atomic import atomic_path  # noqa: E402 (after the path)
+from brainsegfounder.errors import UserError  # noqa: E402
+
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "BrainSegFounderSlicer"), str(ROOT / "Training"), os.environ.get("PYTHONPATH", "")]
+    ),
+}
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def command_line(args, run: Path, unit: Path, device: str) -> list:
+    filled = [a.replace("{run}", str(run)).replace("{unit}", str(unit)) for a in args]
+    extra = [] if args[0] == "synth" else ["--device", device]
+    return [*filled, "--progress", "none", *extra]
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# A unit's commands run one after the other in one child process, through the CLI's own entry
+# point: each ``python -m brainsegfounder`` start costs ~5 CPU-s of imports (measured here), as
+# much as a tiny fine-tuning's steps, and a study at the small size runs 96 fine-tunings.
+RUNNER = """
+import json, sys
+from brainsegfounder.cli import main
+for command in json.loads(sys.argv[1]):
+    print("$ brainsegfounder " + " ".join(command), flush=True)
+    code = main(command)
+    if code:
+        sys.exit(code)
+"""
+
+
+def run_commands(commands: list, log: Path) -> dict:
+    """``brainsegfounder COMMAND`` for each command, in a child process whose output is appended to
+    ``log``: its wall and CPU seconds."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cpu, t0 = children_cpu_s(), time.perf_counter()
+    with log.open("a") as out:
+        code = subprocess.call([sys.executable, "-c", RUNNER, json.dumps(commands)], env=ENV, stdout=out, stderr=out)
+    if code != 0:
+        tail = log.read_text().strip().splitlines()[-1:] or [""]
+        raise UserError(f"a brainsegfounder command failed (exit {code}): {tail[0]} (log: {log})")
+    names = "+".join(c[0] for c in commands)
+    return {"commands": names, "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(children_cpu_s() - cpu, 1)}
+
+
+def write_stage2_datalist(cohort: Path) -> None:
+    """BrainSegFounder's stage 2 reads the target cohort's training images (labels unused): every
+    fold but the validation fold 0; the test cohort is another folder altogether."""
+    datalist = json.loads((cohort / "datalist.json").read_text())
+    training = [{"image": e["image"]} for e in datalist["training"] if e.get("fold") != 0]
+    write_json(cohort / "stage2.json", {"description": datalist["description"], "training": training})
+
+
+def run_unit(unit: Unit, run: Path, device: str, keep_models: bool) -> None:
+    folder = run / unit.key
+    log = run / "logs" / (unit.key.replace("/", "--") + ".log")
+    commands = []
+    for step in unit.steps:
+        if (folder / step.done).exists():
+            continue
+        if step.state and (folder / step.state).exists():
+            args = step.resume
+        else:
+            shutil.rmtree(folder / step.out, ignore_errors=True)  # a start that never saved: start over
+            args = step.args
+        commands.append(command_line(args, run, folder, device))
+    attempt = {"commands": "", "wall_s": 0.0, "cpu_s": 0.0}  # killed after its last step: nothing to redo
+    if commands:
+        print(f"  {unit.key}: {' + '.join(c[0] for c in commands)}", flush=True)
+        attempt = run_commands(commands, log)
+    record = {"key": unit.key, "kind": unit.kind, **unit.info, "attempts": [attempt]}
+    if unit.key == "data/glioma":
+        write_stage2_datalist(folder)
+    if unit.kind == "pretrain":
+        record["summary"] = json.loads((folder / "summary.json").read_text())
+    if unit.kind == "finetune":
+        record["summary"] = json.loads((folder / "run" / "summary.json").read_text())
+        record["test"] = json.loads((folder / "test" / "summary.json").read_text())["regions"]
+        if not keep_models:  # a tiny model is MBs, a real one 250 MB x 96 runs: the scores are kept
+            for name in ("best.pt", "state.pt"):
+                (folder / "run" / name).unlink(missing_ok=True)
+    write_json(folder / "done.json", record)
+
+
+def parse_list(text: str, allowed, what: str, cast=str) -> list:
+    try:
+        values = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--{what} {text!r} must be a comma-separated list") from None
+    bad = [v for v in values if allowed is not None and v not in allowed]
+    if bad or not values:
+        choices = ", ".join(map(str, allowed)) if allowed is not None else "whole numbers"
+        raise UserError(f"--{what}: {', '.join(map(str, bad)) or 'nothing given'}; choose from {choices}")
+    return values
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--out", help="run folder (default runs/label-efficiency-SIZE)")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
+    parser.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS))
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--keep-models", action="store_true", help="keep each fine-tuned best.pt")
+    parser.add_argument("--estimate", action="store_true", help="print the plan and its cost; run nothing")
+    parser.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=150.0,
+        help="--estimate: sustained TFLOP/s assumed for training (default 150: about 15%% of an "
+        "H100/H200's dense bf16 peak, a guess for 3D networks, not a measurement)",
+    )
+    args = parser.parse_args(argv)
+    args.arms = parse_list(args.arms, list(ARMS), "arms")
+    args.fractions = parse_list(args.fractions, None, "fractions", float)
+    if any(not 0 < f <= 1 for f in args.fractions):
+        raise UserError(f"--fractions {args.fractions}: each must be in (0, 1]")
+    args.seeds = parse_list(args.seeds, None, "seeds", int)
+    args.out = Path(args.out or f"runs/label-efficiency-{args.size}")
+    return args
+
+
+def settings_of(args) -> dict:
+    return {"size": args.size, "arms": args.arms, "fractions": args.fractions, "seeds": args.seeds}
+
+
+def start_or_continue(run: Path, settings: dict) -> None:
+    """The run folder's study.json: written on the first start, and a later start must ask for
+    the same study (another one is refused before anything is written)."""
+    saved = run / "study.json"
+    if saved.exists():
+        before = json.loads(saved.read_text())
+        if before != settings:
+            raise UserError(
+                f"{run} holds another study ({before}); continue it with the same --size, --arms, --fractions and "
+                "--seeds, or give another --out"
+            )
+        return
+    if run.exists() and any(run.iterdir()):
+        raise UserError(f"{run} is not empty and holds no study; give another --out")
+    write_json(saved, settings)
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+        size = SIZES[args.size]
+        units = plan(size, args.arms, args.fractions, args.seeds)
+        if args.estimate:
+            from label_efficiency_cost import print_estimate
+
+            print_estimate(args, size, units)
+            return 0
+        run = args.out.resolve()
+        start_or_continue(run, settings_of(args))
+        from label_efficiency_report import write_outputs
+
+        for i, unit in enumerate(units, 1):
+            if (run / unit.key / "done.json").exists():
+                print(f"[{i}/{len(units)}] {unit.key}: done before, kept", flush=True)
+                continue
+            print(f"[{i}/{len(units)}] {unit.key}", flush=True)
+            run_unit(unit, run, args.device, args.keep_models)
+        written = write_outputs(run, size, units, args)
+        print("wrote " + ", ".join(str(p) for p in written))
+        return 0
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
