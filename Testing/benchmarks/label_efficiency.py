@@ -86,7 +86,7 @@ def run_commands(commands: list, log: Path) -> dict:
     with log.open("a") as out:
         code = subprocess.call([sys.executable, "-c", RUNNER, json.dumps(commands)], env=ENV, stdout=out, stderr=out)
     if code != 0:
-        tail = log.read_text().strip().splitlines()[-1:] or [""]
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
         raise UserError(f"a brainsegfounder command failed (exit {code}): {tail[0]} (log: {log})")
     names = "+".join(c[0] for c in commands)
     return {"commands": names, "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(children_cpu_s() - cpu, 1)}

@@ -20,7 +20,7 @@ REGIONS = ("TC", "WT", "ET")
 
 def _write(path: Path, text: str) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

@@ -63,11 +63,11 @@ def test_a_smoke_study_writes_its_table_plot_and_report_and_continues_after_a_ki
             assert 0 <= float(row[f"lesion_dice_{region}"]) <= 1
         assert float(row["finetune_cpu_s"]) > 0
     assert {int(r["labelled_cases"]) for r in rows} == {1, 4}  # 25% and 100% of the 4 training cases
-    table = (run / "table.md").read_text()
+    table = (run / "table.md").read_text(encoding="utf-8")
     assert "| scratch (ResEnc) | 25% | 1 | 1 |" in table
     assert "| MAE (ResEnc) | 100% | 4 | 1 |" in table
     assert (run / "dice_vs_fraction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = (run / "report.md").read_text()
+    report = (run / "report.md").read_text(encoding="utf-8")
     assert "label_efficiency.py --size smoke" in report
     assert "brainsegfounder pretrain --config mae-tiny" in report
     assert json.loads((run / "study.json").read_text())["arms"] == ARMS.split(",")
