@@ -163,7 +163,15 @@ def test_brainsegfounder_format_checkpoint_segments(tmp_path, capsys, brats_inpu
     inputs, _ = brats_inputs
     code, _, err = run_cli(
         segment_args(
-            tmp_path / "released.pt", inputs, tmp_path / "o.nii.gz", "--roi", "64", "--summary", tmp_path / "s.json"
+            tmp_path / "released.pt",
+            inputs,
+            tmp_path / "o.nii.gz",
+            "--roi",
+            "64",
+            "--summary",
+            tmp_path / "s.json",
+            "--spacing",
+            "input",  # the file says nothing of spacing (1 mm assumed): a 3 mm case stays 3 mm here
         ),
         capsys,
     )
@@ -171,6 +179,8 @@ def test_brainsegfounder_format_checkpoint_segments(tmp_path, capsys, brats_inpu
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["model"]["format"] == "finetuned"
     assert summary["model"]["task"] == "brats"
+    assert summary["inference"]["model_spacing_mm"] == [1.0, 1.0, 1.0]
+    assert summary["inference"]["run_at_spacing_mm"] == [3.0, 3.0, 3.0]
 
 
 @pytest.mark.slow
