@@ -355,7 +355,13 @@ def predict_probabilities(
         runner, runtime = model, "torch"
         if cpu_runtime is not None and dev.type == "cpu":
             short = exported_memory_note(model, plan, volume.shape)
-            exported, why_not = (None, [short]) if short else cpu_runtime.network_for(plan.roi, precision, progress)
+            # The exported graph runs in bf16 by default where the CPU has it natively: for the 62M
+            # model's 128^3 window in OpenVINO 4.4 vs 8.4 s and 3.6 vs 4.3 GiB against fp32, label
+            # maps at Dice >= 0.999 (unlike PyTorch's bf16, which costs memory: auto_precision).
+            asked = "bf16-native" if settings.precision == "auto" else settings.precision
+            exported, why_not = (
+                (None, [short]) if short else cpu_runtime.network_for(plan.roi, auto_precision(dev, asked), progress)
+            )
             notes.extend(why_not)
             if exported is not None:
                 runner, runtime, precision = exported, exported.runtime, exported.precision

@@ -8,9 +8,11 @@ no model saw) and the same 62M weights for every row:
   window per batch (the kindest setting for the reference's memory);
 * today's default: ``brainsegfounder segment --runtime torch`` (the PyTorch forward, fp32, as
   the default ran before the exported CPU runtimes);
-* the new default: ``brainsegfounder segment`` (on the CPU: OpenVINO in fp32 where installed);
-* the exported runtimes' other rows: ONNX Runtime (``--runtime onnxruntime``, where installed),
-  OpenVINO and PyTorch in bf16 (``--precision bf16``, on CPUs with native bf16);
+* the new default: ``brainsegfounder segment`` (on the CPU: OpenVINO where installed, in bf16
+  where the CPU has it natively, else fp32);
+* the exported runtimes' other rows: OpenVINO in fp32 (``--precision fp32``, where the default
+  is bf16), ONNX Runtime (``--runtime onnxruntime``, where installed) and PyTorch in bf16
+  (``--runtime torch --precision bf16``, on CPUs with native bf16);
 * ours, fast mode (``--fast``), low memory, and with test-time augmentation (``--tta``) and the
   uncertainty map (``--uncertainty``, 8 and 4 flips) with ``--tta``.
 
@@ -232,15 +234,16 @@ def rows_to_run(args, device):
 
     cpu = device.type == "cpu"
     new_default = resolve_runtime("auto", device)
+    exported_bf16 = cpu and new_default != "torch" and cpu_has_native_bf16()  # the exported default's precision
     rows = [("today's default (PyTorch fp32)", {"runtime": "torch"})] if new_default != "torch" else []
-    rows.append((f"new default ({new_default}, {'fp32' if cpu else 'autocast'})", {}))
+    precision = "bf16" if exported_bf16 else "fp32" if cpu else "autocast"
+    rows.append((f"new default ({new_default}, {precision})", {}))
+    if exported_bf16:
+        rows.append((f"{new_default} fp32 (--precision fp32)", {"precision": "fp32"}))
     if cpu and installed("onnxruntime"):
         rows.append(("ONNX Runtime fp32 (--runtime onnxruntime)", {"runtime": "onnxruntime"}))
-    if cpu and cpu_has_native_bf16():
-        if new_default != "torch":
-            rows.append((f"{new_default} bf16 (--precision bf16)", {"precision": "bf16"}))
-        if "torch-bf16" in args.rows:
-            rows.append(("PyTorch bf16 (--runtime torch --precision bf16)", {"precision": "bf16", "runtime": "torch"}))
+    if cpu and cpu_has_native_bf16() and "torch-bf16" in args.rows:
+        rows.append(("PyTorch bf16 (--runtime torch --precision bf16)", {"precision": "bf16", "runtime": "torch"}))
     if "fast" in args.rows:
         rows.append(("ours, fast mode (--fast)", "fast"))
     if "low-memory" in args.rows:

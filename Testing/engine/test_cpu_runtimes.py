@@ -14,7 +14,7 @@ import torch
 from brainsegfounder import cpu_runtimes
 from brainsegfounder.cpu_runtimes import export_folder, installed, resolve_runtime
 from brainsegfounder.errors import UserError
-from brainsegfounder.inference import InferenceSettings
+from brainsegfounder.inference import InferenceSettings, cpu_has_native_bf16
 from brainsegfounder.segment import segment_files
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -47,7 +47,8 @@ def exports(model):
 def test_an_exported_runtime_labels_every_voxel_as_pytorch_does(tmp_path, model, brats_inputs, runtime):
     inputs, _ = brats_inputs
     expected, by_torch = segment(model, inputs, tmp_path / "torch.nii.gz", "torch")
-    got, summary = segment(model, inputs, tmp_path / f"{runtime}.nii.gz", runtime)
+    # fp32 asked for: the export must compute the model's function (the bf16 default rounds).
+    got, summary = segment(model, inputs, tmp_path / f"{runtime}.nii.gz", runtime, precision="fp32")
     assert by_torch["inference"]["runtime"] == "torch"
     assert summary["inference"]["runtime"] == runtime
     labelled = (expected > 0).sum()
@@ -63,6 +64,7 @@ def test_the_default_on_the_cpu_is_openvino_exported_once_per_model(tmp_path, mo
     inputs, _ = brats_inputs
     _, first = segment(model, inputs, tmp_path / "a.nii.gz", "auto")
     assert first["inference"]["runtime"] == "openvino"
+    assert first["inference"]["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")  # bf16 where native
     made = {p: p.stat().st_mtime_ns for p in export_folder(model).glob("*.onnx")}
     assert len(made) == 1
     assert next(iter(made)).parent == model.parent / ".brainsegfounder" / "exports"  # beside the model
@@ -166,7 +168,6 @@ def test_short_of_memory_the_run_stays_in_pytorch_and_says_so(tmp_path, model, b
 
 @pytest.mark.skipif(not installed("openvino"), reason="OpenVINO is not installed")
 def test_the_precision_reported_is_the_one_openvino_ran(tmp_path, model, brats_inputs):
-    from brainsegfounder.inference import cpu_has_native_bf16
 
     inputs, _ = brats_inputs
     _, summary = segment(model, inputs, tmp_path / "x.nii.gz", "openvino", precision="bf16")
