@@ -13,6 +13,9 @@ no model saw) and the same 62M weights for every row:
 * the exported runtimes' other rows: OpenVINO in fp32 (``--precision fp32``, where the default
   is bf16), ONNX Runtime (``--runtime onnxruntime``, where installed) and PyTorch in bf16
   (``--runtime torch --precision bf16``, on CPUs with native bf16);
+* with ``--compile MODE``: the PyTorch network under ``torch.compile`` (``reduce-overhead`` takes
+  CUDA graphs), run twice: the first run's extra time is the compile's cost, reported with
+  whether the row pays against the new default (kept off in the product until it does);
 * ours, fast mode (``--fast``), low memory, and with test-time augmentation (``--tta``) and the
   uncertainty map (``--uncertainty``, 8 and 4 flips) with ``--tta``.
 
@@ -227,6 +230,9 @@ def prepare_exports(make, device, roi, precisions):
     return seconds
 
 
+COMPILE = "torch.compile"  # the row name's mark and its overrides' key
+
+
 def rows_to_run(args, device):
     """(row name, InferenceSettings overrides) in the order they run."""
     from brainsegfounder.cpu_runtimes import installed, resolve_runtime
@@ -244,6 +250,8 @@ def rows_to_run(args, device):
         rows.append(("ONNX Runtime fp32 (--runtime onnxruntime)", {"runtime": "onnxruntime"}))
     if cpu and cpu_has_native_bf16() and "torch-bf16" in args.rows:
         rows.append(("PyTorch bf16 (--runtime torch --precision bf16)", {"precision": "bf16", "runtime": "torch"}))
+    if args.compile:  # the new default's PyTorch network under torch.compile (CUDA graphs in reduce-overhead)
+        rows.append((f"ours + torch.compile ({args.compile})", {"runtime": "torch", COMPILE: args.compile}))
     if "fast" in args.rows:
         rows.append(("ours, fast mode (--fast)", "fast"))
     if "low-memory" in args.rows:
@@ -267,6 +275,17 @@ def main() -> int:
         help="optional rows to run, comma-separated (default fast,low-memory,torch-bf16)",
     )
     parser.add_argument("--no-fast", action="store_true", help="leave out the fast-mode row")
+    parser.add_argument(
+        "--compile",
+        metavar="MODE",
+        help="add a row with the network under torch.compile in this mode (reduce-overhead: CUDA graphs); its "
+        "compile time is measured as the first run's extra time and reported",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile's backend (eager: no code generated, the dry run's check of the row itself)",
+    )
     parser.add_argument("--seed", type=int, default=4242, help="seed of the synthetic case")
     parser.add_argument("--keep", help="keep the case and the label maps in this folder")
     # Testing/gpu/check.sh --dry-run: the script's own check on a CPU, a tiny model on a small case
@@ -306,8 +325,15 @@ def main() -> int:
     roi = REFERENCE["roi"] if tuple(meta.roi_size) != REFERENCE["roi"] else None
 
     def make(overrides):
-        settings = InferenceSettings(fast=True) if overrides == "fast" else InferenceSettings(roi_size=roi, **overrides)
-        return Segmenter(args.checkpoint, task="brats", device=args.device, settings=settings)
+        if overrides == "fast":
+            return Segmenter(args.checkpoint, task="brats", device=args.device, settings=InferenceSettings(fast=True))
+        overrides = dict(overrides)
+        mode = overrides.pop(COMPILE, None)
+        settings = InferenceSettings(roi_size=roi, **overrides)
+        segmenter = Segmenter(args.checkpoint, task="brats", device=args.device, settings=settings)
+        if mode:
+            segmenter.network = torch.compile(segmenter.network, mode=mode, backend=args.compile_backend)
+        return segmenter
 
     rows = [
         (name, make(overrides) if i == 0 else overrides)
@@ -338,14 +364,19 @@ def main() -> int:
     for runtime, seconds in prepare_exports(make, device, first.roi, ("fp32", *bf16)).items():
         print(f"  {runtime}: export, check against PyTorch and first compile (once per model and ROI): {seconds:.1f} s")
 
-    results = {}
+    results, compiled = {}, {}
     for i, (name, seg) in enumerate(rows):
         if not isinstance(seg, Segmenter):
             gc.collect()
             seg = make(seg)
         output = folder / f"ours-{i}.nii.gz"
+        compile_s = None
+        if COMPILE in name:  # the first run compiles: its time over the second's is the compile's cost
+            compile_s, _ = run_ours(seg, paths, output)
         with PeakMemory(device) as mem:
             total_s, info = run_ours(seg, paths, output)
+        if compile_s is not None:
+            compiled[name] = compile_s - total_s
         results[name] = dict(
             model_s=info["model_s"],
             total_s=total_s,
@@ -394,6 +425,15 @@ def main() -> int:
     print("\nDice against today's default's label map (TC/WT/ET):")
     for name, r in list(results.items())[1:]:
         print(f"  {name}: {dice_text(r['labels'], today['labels'])}")
+    default = next(r for name, r in results.items() if name.startswith("new default"))
+    for name, extra_s in compiled.items():
+        gain_s = default["total_s"] - results[name]["total_s"]
+        verdict = (
+            f"pays: {gain_s:.2f} s a case faster, the compile repaid after {max(extra_s, 0) / gain_s:.0f} case(s)"
+            if gain_s > 0.05 * default["total_s"]
+            else "does not pay (under 5% faster than the new default): not kept"
+        )
+        print(f"\n{name}: compile {extra_s:.1f} s (the first run's extra time); {verdict}")
     print("\nreference: whole volume, 128^3, overlap 0.6, constant blending, fp32, explicit attention, 1 window/batch")
     for name, r in results.items():
         info = r["info"]

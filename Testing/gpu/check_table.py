@@ -59,6 +59,10 @@ PRETRAIN_ROW = re.compile(
 PRETRAIN_FAILED = re.compile(
     r"^(?P<size>\S+)\s+(?P<name>reference|ours without checkpointing|ours)\s+failed: (?P<why>.*)$"
 )
+# inference_speed.py --compile's verdict: "<row>: compile 41.2 s (the first run's extra time); pays: ..."
+COMPILE_LINE = re.compile(
+    r"^ours \+ torch\.compile.*?: compile (?P<compile_s>-?[\d.]+) s [^;]*; (?P<verdict>.*)$", re.M
+)
 PYTEST_SUMMARY = re.compile(r"\b\d+ (passed|failed|skipped|errors?|deselected)\b.* in [\d.]+s")
 
 
@@ -156,7 +160,17 @@ def inference_rows(table: Table, log: str) -> bool:
             f"{name}: model / files / speed / GPU",
             f"{float(r['model_s']):.2f} s / {float(r['files_s']):.2f} s / {float(r['speed']):.2f}x / {gib(r)}",
         )
-    table.add("inference", "torch.compile / CUDA graphs for the forward", "TODO: not tried")
+    compiled = COMPILE_LINE.search(log)
+    table.add(
+        "inference",
+        "torch.compile / CUDA graphs for the forward",
+        (
+            f"compile {compiled['compile_s']} s; {compiled['verdict']}"
+            + (" (dry run: eager backend)" if table.dry else "")
+        )
+        if compiled
+        else "not run (see the log)",
+    )
     return True
 
 
