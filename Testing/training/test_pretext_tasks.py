@@ -356,8 +356,11 @@ def test_each_task_learns(healthy_root, task, architecture):
     1.213 -> 1.175 (voxels right 32% -> 51%); volume-fusion+mae / PCT-Net fusion 1.210 -> 1.193
     (10% -> 54%), MSE 0.338 -> 0.311; mae / ResEnc 0.307 -> 0.270; mae / SwinUNETR 0.410 -> 0.297;
     swin-mae 0.628 -> 0.280; brainsegfounder+swin-mae L1 0.509 -> 0.365, MSE 0.530 -> 0.353.
-    The fusion loss falls slowly (Dice over 5 classes), its accuracy fast."""
-    before, after = _learn(healthy_root, task, architecture, steps=8)
+    The fusion loss falls slowly (Dice over 5 classes), its accuracy fast. The MAE on SwinUNETR
+    (its full decoder at 64^3, the slowest pair) takes 4 steps: 0.410 -> 0.313."""
+    before, after = _learn(
+        healthy_root, task, architecture, steps=4 if (task, architecture) == ("mae", "swinunetr") else 8
+    )
     if "fusion" in before:
         assert after["fusion"] < before["fusion"], (before, after)
         assert after["fusion_acc"] > before["fusion_acc"] + 0.15, (before, after)
