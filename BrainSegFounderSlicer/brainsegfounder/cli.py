@@ -299,6 +299,20 @@ def cmd_models(args, report, cancel) -> dict:
             info["parameters"] = count_parameters(build_network(ckpt.network))
         print(json.dumps(info, indent=2))
         return {"message": ""}
+    if args.models_command == "export-bundle":
+        from .bundles import export_bundle
+
+        out = export_bundle(args.model, args.out, args.overwrite)
+        return {"output": str(out), "message": f"wrote the MONAI bundle {out} (docs/README.md says how to run it)"}
+    if args.models_command == "import-bundle":
+        from .bundles import import_bundle
+
+        path = import_bundle(args.bundle, args.name, args.license)
+        return {
+            "output": str(path),
+            "name": path.stem,
+            "message": f"imported {args.bundle} as {path.stem} ({path}); segment with --model {path.stem}",
+        }
     if args.models_command == "register":
         name = args.name or Path(args.checkpoint).name.split(".")[0]
         path = register_model(args.checkpoint, name, args.task, args.merge_order, args.license)
@@ -587,6 +601,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(default monai0.9, as MONAI 0.9-1.4 and BrainSegFounder; monai1.5 for MONAI 1.5 or later)",
     )
     _add_common(reg)
+    exp = mod_sub.add_parser("export-bundle", help="write a model as a MONAI bundle (python -m monai.bundle run)")
+    exp.add_argument("model", help="a model's name (models list) or a checkpoint file")
+    exp.add_argument("--out", required=True, help="the bundle's folder (new or empty)")
+    exp.add_argument("--overwrite", action="store_true", help="replace a bundle already in that folder")
+    _add_common(exp)
+    imp = mod_sub.add_parser(
+        "import-bundle", help="add a MONAI bundle (folder or .zip) whose network is a SwinUNETR or ResEnc U-Net"
+    )
+    imp.add_argument("bundle", help="the bundle's folder or a .zip of it")
+    imp.add_argument("--name", help="local model name (default: the bundle's name)")
+    imp.add_argument("--license", help="the model's licence (default: what the bundle states)")
+    _add_common(imp)
     ini = mod_sub.add_parser("init", help="write a randomly initialised, self-describing model")
     ini.add_argument(
         "--architecture", default="swinunetr", help="swinunetr (default), resenc or pctnet (sizes: models list)"

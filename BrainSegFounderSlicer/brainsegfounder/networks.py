@@ -387,3 +387,9 @@ def count_parameters(module) -> int:
 def output_bias(model, config: ArchitectureConfig):
     """The bias of the network's final convolution (fine-tuning sets a foreground prior in it)."""
     return model.get_parameter(f"{config.output_layer}.bias")
+
+
+def network_from_settings(settings: dict):
+    """The network (weights random) of a config written as plain data (``to_dict``): what an
+    exported MONAI bundle's ``network_def`` calls for architectures MONAI cannot build itself."""
+    return ArchitectureConfig.from_dict(settings).build()
