@@ -89,6 +89,7 @@ class BrainSegFounderSlicerParameterNode:
     model: str = "registry:brats-synthetic-demo"
     device: str = "auto"
     fast: bool = False
+    uncertainty: bool = False
     convention: Annotated[str, Choice(["brats2021", "brats2023"])] = "brats2021"
     segmentation: vtkMRMLSegmentationNode
     volumeTable: vtkMRMLTableNode
@@ -123,6 +124,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._views = {"finetune": view(self.ui.finetuneProgressBar, self.ui.finetuneStatusLabel)}
         self._views["install"] = view(self.ui.progressBar, self.ui.dependencyLabel)
         self._views[None] = view(self.ui.progressBar, self.ui.statusLabel)  # segment and the rest
+        self._uncertainty = UncertaintyView(self.ui, self.logic)
         self.ui.modelSelector.currentIndexChanged.connect(lambda _index: self._comboChanged("model"))
         self.ui.deviceSelector.currentIndexChanged.connect(lambda _index: self._comboChanged("device"))
         for name in ("Download", "Import", "Segment", "RefreshVolumes", "SaveCase", "Finetune"):
@@ -247,8 +249,8 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             self.logic.start_install(plan, torch_installer=installTorchWithPyTorchUtils)
         return not problem
 
-    def _start(self, failure: str, start, needs_packages: bool = False, training: bool = False) -> None:
-        if not needs_packages or self._checkPackages(install=True, training=training):
+    def _start(self, failure: str, start, needs_packages: bool = False, training: bool = False, model=None) -> None:
+        if licenceAccepted(self.logic, model) and (not needs_packages or self._checkPackages(True, training)):
             with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
                 start()
         self._updateButtons()
@@ -274,9 +276,10 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             self._views[None].showLine("")
             p = self._parameterNode
             start = lambda: self.logic.start_segmentation(  # noqa: E731
-                self._assignment(), self._choice(), p.device, p.convention, p.fast, p.segmentation, p.volumeTable
-            )
-            self._start("Could not start the segmentation.", start, needs_packages=True)
+                self._assignment(), self._choice(), p.device, p.convention, p.fast, p.segmentation, p.volumeTable,
+                p.uncertainty,
+            )  # fmt: skip
+            self._start("Could not start the segmentation.", start, needs_packages=True, model=self._choice())
 
     def onFinetune(self) -> None:
         if not self._cancelled("finetune", self.ui.finetuneStatusLabel, "Stopping (the last epoch is kept)..."):
@@ -285,7 +288,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             start = lambda: self.logic.start_finetune(  # noqa: E731
                 base, p.finetuneData, p.epochs, replay, p.newModelName or None, p.device
             )
-            self._start("Could not start fine-tuning.", start, needs_packages=True, training=True)
+            self._start("Could not start fine-tuning.", start, needs_packages=True, training=True, model=base)
 
     def onSegmentationChanged(self, node) -> None:
         self.ui.show3DButton.setSegmentationNode(node)
@@ -346,6 +349,59 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.importButton.enabled = not busy["setup"]
         if not busy["segment"] and not busy["setup"]:
             self.ui.progressBar.value = 0
+
+
+def licenceAccepted(logic, choice) -> bool:
+    """True when ``choice`` (None: no model involved) may be used: its licence needs no acceptance,
+    is accepted already, or the user accepts it now (asked once per model; the engine reads the
+    same record)."""
+    question = logic.licence_to_accept(choice) if choice is not None else None
+    if question is None:
+        return True
+    if not slicer.util.confirmYesNoDisplay(question, windowTitle="Model licence"):
+        return False
+    logic.accept_licence(choice)
+    return True
+
+
+class UncertaintyView:
+    """The uncertainty map's controls in Results: a threshold slider for the overlay and "Next
+    uncertain region", shown once a segmentation arrives with a map; both act through the Logic."""
+
+    def __init__(self, ui, logic) -> None:
+        self.ui, self.logic = ui, logic
+        ui.uncertaintyThresholdSlider.valueChanged.connect(self.onThreshold)
+        ui.nextUncertainButton.clicked.connect(self.onNext)
+        logic.jobs.finished.connect(self.onJobFinished)
+
+    def onJobFinished(self, job) -> None:
+        if job.kind == "segment" and job.status == "ok":
+            self.show(job.result)
+
+    def show(self, result) -> None:
+        shown = result.uncertainty is not None
+        for widget in (
+            self.ui.uncertaintyThresholdLabel,
+            self.ui.uncertaintyThresholdSlider,
+            self.ui.nextUncertainButton,
+        ):
+            widget.visible = shown
+        if shown:
+            self.ui.uncertaintyThresholdSlider.value = self.logic.uncertain_regions.threshold()
+            self.ui.nextUncertainButton.text = "Next uncertain region"
+
+    def onThreshold(self, value: float) -> None:
+        if self.logic.uncertain_regions is not None:
+            self.logic.set_uncertainty_threshold(value)
+
+    def onNext(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not find the next uncertain region.", waitCursor=True):
+            region = self.logic.next_uncertain_region()
+            self.ui.nextUncertainButton.text = (
+                f"Next uncertain region ({region.remaining} left; this one {region.volume_ml:.2f} mL)"
+                if region is not None
+                else "Every uncertain region reviewed"
+            )
 
 
 class JobStatusView:

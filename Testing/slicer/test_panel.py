@@ -201,3 +201,44 @@ def test_the_panel_helpers_of_the_logic(brats_inputs, home, tmp_path):
     assert text.startswith(f"version {choice.version}; licence: {choice.license}; ready")
     assert "no selector for t1, t2" in text
     assert WorkflowLogic(new_scene()[0]).jobs is not logic.jobs  # one job board per front end
+
+
+def test_the_uncertainty_map_is_asked_for_in_advanced_and_explored_from_results():
+    by_name = {w.get("name"): w for w in sections()}
+    box = next(w for w in by_name["advancedCollapsible"].iter("widget") if w.get("name") == "uncertaintyCheckBox")
+    assert box.find("property[@name='SlicerParameterName']/string").text == "uncertainty"
+    assert "uncertainty: bool = False" in SOURCE  # the parameter node's field it binds to
+    results = {w.get("name"): w for w in by_name["resultsCollapsible"].iter("widget")}
+    assert results["uncertaintyThresholdSlider"].get("class") == "ctkSliderWidget"
+    assert {c.findtext("class") for c in UI.iter("customwidget")} >= {"ctkSliderWidget"}
+    for name in ("uncertaintyThresholdSlider", "nextUncertainButton", "uncertaintyThresholdLabel"):
+        assert results[name].find("property[@name='visible']/bool").text == "false", name  # until a map arrives
+    widget = top_class("BrainSegFounderSlicerWidget")
+    segment = ast.get_source_segment(SOURCE, method(widget, "onSegment"))
+    assert "p.uncertainty" in segment.split("start_segmentation(")[1]  # the box's value goes to the Logic
+    view = top_class("UncertaintyView")
+    init = calls(method(view, "__init__"))
+    assert "ui.uncertaintyThresholdSlider.valueChanged.connect(self.onThreshold)" in init
+    assert "ui.nextUncertainButton.clicked.connect(self.onNext)" in init
+    assert "logic.jobs.finished.connect(self.onJobFinished)" in init
+    assert "self.logic.set_uncertainty_threshold(value)" in calls(method(view, "onThreshold"))
+    assert "self.logic.next_uncertain_region()" in calls(method(view, "onNext"))
+    assert "self.show(job.result)" in calls(method(view, "onJobFinished"))
+    assert "self._uncertainty = UncertaintyView(self.ui, self.logic)" in ast.get_source_segment(
+        SOURCE, method(widget, "setup")
+    )
+
+
+def test_a_model_whose_licence_must_be_accepted_is_asked_for_before_segment_or_fine_tune():
+    accept = next(n for n in TREE.body if isinstance(n, ast.FunctionDef) and n.name == "licenceAccepted")
+    made = calls(accept)
+    assert "logic.licence_to_accept(choice)" in made
+    assert "logic.accept_licence(choice)" in made
+    assert any(c.startswith("slicer.util.confirmYesNoDisplay(question") for c in made)
+    # accepted only on yes: the accept call comes after the early return on no
+    text = ast.get_source_segment(SOURCE, accept)
+    assert text.index("return False") < text.index("logic.accept_licence(choice)")
+    widget = top_class("BrainSegFounderSlicerWidget")
+    assert "licenceAccepted(self.logic, model)" in calls(method(widget, "_start"))
+    assert "model=self._choice()" in ast.get_source_segment(SOURCE, method(widget, "onSegment"))
+    assert "model=base" in ast.get_source_segment(SOURCE, method(widget, "onFinetune"))
