@@ -84,3 +84,14 @@ def test_a_registered_model_carries_its_licence(capsys, home, atlas_model):
     assert code == 0
     assert re.search(r"stroke-a .*\n +licence: CC-BY-NC-4.0\n", out), out
     assert re.search(r"stroke-b .*\n +licence: not stated", out), out
+
+
+def test_fine_tuning_from_a_model_whose_licence_is_not_accepted_is_refused(tmp_path, capsys, downloaded_mta_model):
+    pytest.importorskip("brainsegfounder_training")
+    args = ["finetune", "--config", "brats", "--base", MTA, "--data", tmp_path, "--out", tmp_path / "run"]
+    code, _, err = run_cli([*args, "--progress", "none"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert f"models accept-licence {MTA}" in lines[0], err
+    assert not (tmp_path / "run").exists()

@@ -143,11 +143,14 @@ def check_data_paths(recipe: dict) -> None:
 
 
 def check_model_path(name_or_path, flag: str) -> None:
-    """An init checkpoint or base model that does not exist, said before any data is read."""
+    """An init checkpoint or base model that does not exist, or whose licence must still be
+    accepted, said before any data is read."""
     if name_or_path:
+        from brainsegfounder.licences import require_accepted
         from brainsegfounder.paths import check_path
         from brainsegfounder.registry import resolve_model
 
+        require_accepted(str(name_or_path))  # a base model's licence binds its fine-tuned versions too
         hint = "give a .pt/.pth file saved by torch.save, or a model name"
         check_path(resolve_model(str(name_or_path)), f"init.checkpoint ({flag})", "file", hint)
 
