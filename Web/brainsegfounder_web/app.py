@@ -23,6 +23,7 @@ from trame_slicer.core import SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 
 from brainsegfounder.errors import UserError
+from brainsegfounder.uncertainty import UNCERTAIN_VARIANCE
 from BrainSegFounderSlicerLib.models import ModelManager
 
 from .case_files import check_upload_size, list_cases
@@ -82,6 +83,9 @@ class BrainSegFounderWebApp(TrameApp):
         s.busy, s.progress, s.progress_text = False, 0, ""
         s.error, s.details, s.message = "", "", ""
         s.volume_rows, s.has_result, s.case_id = [], False, ""
+        s.licence_question, s.uncertainty, s.has_uncertainty = "", False, False
+        s.uncertainty_threshold, s.uncertain_text = UNCERTAIN_VARIANCE, ""
+        self.state.change("uncertainty_threshold")(self._on_threshold)
         self.state.change("model_key")(self._on_model_changed)
         self._on_model_changed(s.model_key)
 
@@ -94,9 +98,19 @@ class BrainSegFounderWebApp(TrameApp):
         if not model_key:
             return
         with self._one_line_errors():
-            choice = self.session.choose_model(model_key)
-            self.state.model_text = choice.panel_text(choice.inputs)
+            self.session.choose_model(model_key)
+            self._show_model()
             self._refresh_inputs()
+
+    def _show_model(self) -> None:
+        choice = self.session.choice
+        self.state.model_text = choice.panel_text(choice.inputs)
+        self.state.licence_question = self.session.licence_question()
+
+    def _accept_licence(self) -> None:
+        with self._one_line_errors():
+            self.session.accept_licence()
+            self._show_model()
 
     @contextlib.contextmanager
     def _one_line_errors(self):
@@ -127,6 +141,7 @@ class BrainSegFounderWebApp(TrameApp):
     def _show_loaded(self, nodes) -> None:
         self._job = None
         self.state.has_result, self.state.volume_rows, self.state.message = False, [], ""
+        self.state.has_uncertainty, self.state.uncertain_text = False, ""
         self.slicer_app.display_manager.show_volume(nodes[0], do_reset_views=True)
         self._refresh_inputs()
         self.state.message = f"Loaded {len(nodes)} volumes."
@@ -136,11 +151,21 @@ class BrainSegFounderWebApp(TrameApp):
             self.session.assign(modality, node_id)
             self._refresh_inputs()
 
-    def _segment(self) -> None:
+    def _segment(self, uncertainty=False) -> None:
+        """Segment; ``uncertainty`` is the box's value as the page has it when the button is clicked."""
         with self._one_line_errors():
-            self._job = self.session.start_segmentation()
+            self._job = self.session.start_segmentation(uncertainty=bool(uncertainty))
             self.state.busy, self.state.progress, self.state.progress_text = True, 0, "starting"
             self.state.details, self.state.message = "", ""
+
+    def _on_threshold(self, uncertainty_threshold=None, **_) -> None:
+        if self.state.has_uncertainty and uncertainty_threshold is not None:
+            with self._one_line_errors():
+                self.session.logic.set_uncertainty_threshold(float(uncertainty_threshold))
+
+    def _next_uncertain(self) -> None:
+        with self._one_line_errors():
+            self.state.uncertain_text = self.session.next_uncertain_region()
 
     def _cancel(self) -> None:
         if self._job is not None:
@@ -186,6 +211,10 @@ class BrainSegFounderWebApp(TrameApp):
             editor.set_active_segmentation(job.result.segmentation, job.result.reference)
             self.slicer_app.display_manager.show_volume(job.result.reference)
             self.state.has_result = True
+            self.state.has_uncertainty = job.result.uncertainty is not None
+            self.state.uncertain_text = ""
+            if self.state.has_uncertainty:  # shown over the slice views, from the Logic's threshold
+                self.state.uncertainty_threshold = self.session.logic.uncertain_regions.threshold()
             self.state.volume_rows = self.session.volume_rows()
             self._table_stale = False
             self.state.message, self.state.progress = job.message, 100
@@ -246,6 +275,12 @@ class BrainSegFounderWebApp(TrameApp):
             style="white-space: pre-line;",
             raw_attrs=['data-testid="model-text"'],
         )
+        with html.Div(v_if="licence_question", classes="text-body-2 mb-2", raw_attrs=['data-testid="licence"']):
+            html.Span("{{ licence_question }}")
+            v3.VBtn(
+                "Accept", click=self._accept_licence, size="small", classes="ml-2",
+                raw_attrs=['data-testid="accept-licence"'],
+            )  # fmt: skip
         v3.VSelect(
             v_for="row in inputs",
             key="row.modality",
@@ -258,9 +293,18 @@ class BrainSegFounderWebApp(TrameApp):
         )
 
     def _segment_card(self) -> None:
+        v3.VCheckbox(
+            label="Uncertainty map (the variance of 8 mirror flips; about 7x the time on a CPU)",
+            v_model=("uncertainty",), density="compact", hide_details=True,
+            raw_attrs=['data-testid="uncertainty"'],
+        )  # fmt: skip
         with html.Div(classes="d-flex"):
             v3.VBtn(
-                "Segment", click=self._segment, disabled=("busy",), color="primary", raw_attrs=['data-testid="segment"']
+                "Segment",
+                click=(self._segment, "[uncertainty]"),
+                disabled=("busy",),
+                color="primary",
+                raw_attrs=['data-testid="segment"'],
             )
             v3.VBtn(
                 "Cancel", click=self._cancel, disabled=("!busy",), classes="ml-2", raw_attrs=['data-testid="cancel"']
@@ -276,6 +320,14 @@ class BrainSegFounderWebApp(TrameApp):
                 html.Td("{{ row.region }}")
                 html.Td("{{ row.labels }}", style="text-align: center;")
                 html.Td("{{ row.volume_ml.toFixed(2) }}", style="text-align: right;")
+        with html.Div(v_if="has_uncertainty", classes="mt-2", raw_attrs=['data-testid="uncertainty-tools"']):
+            v3.VSlider(
+                label="Uncertain from", v_model=("uncertainty_threshold",), min=0, max=0.25, step=0.005,
+                thumb_label=True, density="compact", hide_details=True,
+                raw_attrs=['data-testid="uncertainty-threshold"'],
+            )  # fmt: skip
+            v3.VBtn("Next uncertain region", click=self._next_uncertain, raw_attrs=['data-testid="next-uncertain"'])
+            html.Div("{{ uncertain_text }}", classes="text-caption", raw_attrs=['data-testid="uncertain-text"'])
         with html.Div(v_if="has_result", classes="d-flex mt-2"):
             v3.VTextField(label="Case id", v_model=("case_id",), density="compact")
             v3.VBtn("Save as training case", click=self._save, classes="ml-2 mt-1", raw_attrs=['data-testid="save"'])

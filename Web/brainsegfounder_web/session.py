@@ -118,8 +118,18 @@ class WebSession:
             self.case_id = case_id_from(nodes[0].GetName())
         return nodes
 
+    def licence_question(self) -> str:
+        """What to ask before the chosen model's first use where its licence needs acceptance, else ""."""
+        return (self.logic.licence_to_accept(self.choice) or "") if self.choice is not None else ""
+
+    def accept_licence(self) -> None:
+        if self.choice is None:
+            raise UserError("choose a model first")
+        self.logic.accept_licence(self.choice)
+        self.choice = self.logic.models.choice(self.choice.key)  # its status, read again
+
     # -- segmenting, correcting, saving ------------------------------------------------------
-    def start_segmentation(self):
+    def start_segmentation(self, uncertainty: bool = False):
         if self.choice is None:
             raise UserError("choose a model first")
         previous = self.result
@@ -129,7 +139,15 @@ class WebSession:
             device=self.device,
             segmentation=previous.segmentation if previous else None,
             table=previous.table if previous else None,
+            uncertainty=uncertainty,
         )
+
+    def next_uncertain_region(self) -> str:
+        """Centre the views on the largest uncertain region not reviewed yet; what to tell the user."""
+        region = self.logic.next_uncertain_region()
+        if region is None:
+            return "Every uncertain region has been reviewed."
+        return f"Uncertain region of {region.volume_ml:.2f} mL; {region.remaining} more to review."
 
     def volume_rows(self) -> List[Dict[str, object]]:
         """The region volumes of the segmentation as it is now (after corrections too)."""
