@@ -46,6 +46,7 @@ OUTPUTS = {
     "seg_nrrd": "segmentation.seg.nrrd",
     "summary": "summary.json",
     "dicom_seg": "segmentation.dcm",
+    "qc": "qc.png",
 }
 LABEL_WORDS = ("seg", "label", "labels", "mask", "dseg", "lesion")
 BIDS_SUFFIXES = {"t1w": "t1", "t2w": "t2", "flair": "flair"}
@@ -290,17 +291,28 @@ def results_csv(results: Sequence[dict]) -> str:
     return buffer.getvalue()
 
 
-def _case_outputs(case: BatchCase, dicom_seg: bool) -> Dict[str, str]:
+def _case_outputs(case: BatchCase, dicom_seg: bool, qc: bool) -> Dict[str, str]:
     names = {k: f"{case.case_id}/{v}" for k, v in OUTPUTS.items()}
     if not (dicom_seg and case.study is not None):
         names.pop("dicom_seg")
+    if not qc:
+        names.pop("qc")
     return names
 
 
 def segment_case(
-    segmenter, case: BatchCase, out: Path, labels: str, dicom_seg: bool, overwrite: bool, cancel: CancelToken
+    segmenter,
+    case: BatchCase,
+    out: Path,
+    labels: str,
+    dicom_seg: bool,
+    overwrite: bool,
+    cancel: CancelToken,
+    preprocessing=None,
+    qc: bool = False,
 ) -> dict:
-    """One case through the one-case pipeline; returns its result row (raises on failure)."""
+    """One case through the one-case pipeline; returns its result row (raises on failure).
+    ``preprocessing`` (model_space.PrepOptions) applies to every case; ``qc`` writes CASE/qc.png."""
     from .segment import segment_files
 
     if case.problem:
@@ -311,7 +323,7 @@ def segment_case(
         from .dicom_study import read_study, study_inputs
 
         inputs, extra["study"] = study_inputs(read_study(case.study), segmenter.meta.modalities, given=inputs)
-    outputs = _case_outputs(case, dicom_seg)
+    outputs = _case_outputs(case, dicom_seg, qc)
     summary = segment_files(
         segmenter.meta.name,
         inputs,
@@ -324,6 +336,8 @@ def segment_case(
         cancel=cancel,
         overwrite=overwrite,
         extra_summary={"case_id": case.case_id, **extra},
+        preprocessing=preprocessing,
+        qc_path=out / outputs["qc"] if qc else None,
     )
     return {
         "outputs": outputs,
@@ -346,8 +360,11 @@ def run_batch(
     dicom_seg: bool = False,
     progress: ProgressCallback = null_progress,
     cancel: Optional[CancelToken] = None,
+    preprocessing=None,
+    qc: bool = False,
 ) -> dict:
-    """Segment every case of ``cases_from`` into ``out``; returns counts and the results path."""
+    """Segment every case of ``cases_from`` into ``out``; returns counts and the results path.
+    ``preprocessing`` and ``qc`` are segment's (``--no-preprocess``, ``--reference``, ``--qc``)."""
     from .checkpoints import check_checkpoint_file
     from .labels import et_label
     from .registry import resolve_model
@@ -381,7 +398,10 @@ def run_batch(
         batch.record({"case_id": case.case_id, "source": case.source, "status": "running"})
         t0 = time.monotonic()
         try:
-            result = {"status": "ok", **segment_case(segmenter, case, out, labels, dicom_seg, overwrite, cancel)}
+            result = {
+                "status": "ok",
+                **segment_case(segmenter, case, out, labels, dicom_seg, overwrite, cancel, preprocessing, qc),
+            }
             message = f"{case.case_id}: ok"
         except Cancelled:
             batch.log(f"{case.case_id}: cancelled")

@@ -202,6 +202,8 @@ def cmd_segment_batch(args, report, cancel) -> dict:
         dicom_seg=args.dicom_seg,
         progress=report,
         cancel=cancel,
+        preprocessing=prep_options(args),
+        qc=args.qc,
     )
 
 
@@ -383,11 +385,14 @@ def _plugin_registrars():
     # registrars in BRAINSEGFOUNDER_COMMANDS ("package.module:function", comma-separated).
     targets = [ep.value for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)]
     targets += [t.strip() for t in os.environ.get(PLUGIN_ENV, "").split(",") if t.strip() and t.strip() not in targets]
-    registrars = []
+    registrars, missing = [], []
     for target in targets:
         module, _, attr = target.partition(":")
-        registrars.append(getattr(importlib.import_module(module), attr))
-    return registrars
+        try:
+            registrars.append(getattr(importlib.import_module(module), attr))
+        except ImportError as error:  # a package the install lacks (or a stale install) costs its commands only
+            missing.append(f"{module} ({error})")
+    return registrars, missing
 
 
 def _add_preprocessing(parser: argparse.ArgumentParser) -> None:
@@ -538,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     bat.add_argument("--fast", action="store_true", help="the model's own measured fast mode (see segment --fast)")
     bat.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
     bat.add_argument("--runtime", default="auto", choices=RUNTIMES, help="see segment --runtime")
+    _add_preprocessing(bat)
+    bat.add_argument("--qc", action="store_true", help="also write CASE/qc.png, the preprocessing's picture")
     _add_common(bat)
 
     stu = sub.add_parser("study", help="list a DICOM study's series and what each was identified as")
@@ -641,8 +648,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace output files an earlier run did not write")
     _add_common(demo)
     handlers = dict(COMMANDS)  # a copy: building a parser leaves the module as it was
-    for register in _plugin_registrars():
+    registrars, missing = _plugin_registrars()
+    for register in registrars:
         handlers.update(register(sub, _add_common))
+    if missing:
+        parser.epilog = "commands not loaded: " + "; ".join(missing) + ". Reinstall: pip install -e .[training,web]"
     for command, handler in handlers.items():
         sub.choices[command].set_defaults(handler=handler)
     return parser

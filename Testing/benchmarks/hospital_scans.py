@@ -26,33 +26,7 @@ sys.path.insert(0, str(ROOT / "BrainSegFounderSlicer"))
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-MOTIONS = {"t1ce": ((3, -2, 3.5), (3, -2, 2)), "t1": ((-2, 2, -3), (-2, 3, -1.5)), "t2": ((2, 3, -2), (2.5, 1, -3))}
-
-
-def hospital_case(out: Path, spacing: float):
-    """Writes clean/ (the synthetic case) and hospital/ (skull, motion, 5 mm FLAIR); returns
-    (clean inputs, hospital inputs, ground truth path)."""
-    from brainsegfounder.synth import hospital
-    from brainsegfounder.synth.cohort import case_files, write_cohort
-
-    root = out / "clean"
-    if not (root / "datalist.json").exists():
-        write_cohort(root, kind="brats", n=1, seed=777, spacing=spacing, folds=1)
-    _, images, label = case_files("brats2021", 0)
-    clean = {m: root / p for m, p in images.items()}
-    with_skull = hospital.with_skull({m: sitk.ReadImage(str(p), sitk.sitkFloat32) for m, p in clean.items()})
-    center = hospital.center_of(with_skull["flair"])
-    folder = out / "hospital"
-    folder.mkdir(parents=True, exist_ok=True)
-    scans = {}
-    for name, image in with_skull.items():
-        if name == "flair":
-            image = sitk.Resample(hospital.slice_profile(image, 5.0), hospital.thick_grid(image, 5.0))
-        else:
-            image = hospital.moved(image, hospital.rigid(center, *MOTIONS[name]))
-        scans[name] = folder / f"{name}.nii.gz"
-        sitk.WriteImage(image, str(scans[name]))
-    return clean, scans, root / label
+from brainsegfounder.synth.hospital import MOTIONS, write_hospital_case  # noqa: E402
 
 
 def step_times(scans) -> list:
@@ -108,7 +82,7 @@ def dice_rows(out: Path):
     from brainsegfounder.model_space import PrepOptions
     from brainsegfounder.segment import Segmenter, segment_files
 
-    clean, scans, truth_path = hospital_case(out / "2mm", 2.0)
+    clean, scans, truth_path = write_hospital_case(out / "2mm", 2.0)
     segmenter = Segmenter(str(DEMO_MODEL), device="cpu")
     rows = []
     runs = (
@@ -136,7 +110,7 @@ def main() -> None:
     parser.add_argument("--skip-dice", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
-    clean, scans, _ = hospital_case(out / "1mm", 1.0)
+    clean, scans, _ = write_hospital_case(out / "1mm", 1.0)
     print("| step (1 mm case, 2 cores) | CPU s | wall s | found |\n|---|---|---|---|")
     for step, cpu, wall, found in step_times(scans):
         print(f"| {step} | {cpu:.1f} | {wall:.1f} | {found} |", flush=True)

@@ -193,3 +193,14 @@ def test_plugin_commands_run_and_leave_the_built_in_table_as_it_was(monkeypatch,
     assert cli.main(["hello", "--progress", "none"]) == 0
     assert capsys.readouterr().out == "hello\n"
     assert before == cli.COMMANDS  # building parsers changes no module state
+
+
+def test_a_command_package_that_cannot_be_imported_costs_its_commands_only(monkeypatch):
+    """A stale install or a missing extra must not take segment down with it."""
+    from brainsegfounder.cli import build_parser
+
+    monkeypatch.setenv("BRAINSEGFOUNDER_COMMANDS", "no_such_package.commands:register")
+    parser = build_parser()
+    assert "segment" in parser._subparsers._group_actions[0].choices
+    text = " ".join(parser.format_help().split())
+    assert "commands not loaded: no_such_package.commands (No module named 'no_such_package')" in text

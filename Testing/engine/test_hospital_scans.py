@@ -3,6 +3,7 @@ extraction, the QC picture and the warnings."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -263,3 +264,56 @@ def test_thick_slices_are_warned_about_and_isotropic_ones_are_not():
     warnings = input_warnings({"flair": image((0.9, 0.9, 5.0)), "t1": image((1, 1, 1)), "t2": image((1, 1, 3))})
     assert len(warnings) == 1
     assert warnings[0].startswith("thick slices: flair has 0.9x0.9x5 mm voxels (5.6 times")
+
+
+@pytest.mark.slow
+def test_a_batch_of_hospital_scans_is_preprocessed_and_segmented_on_the_flairs_grid(tmp_path, capsys):
+    """segment-batch on a study as a scanner gives it: skull and scalp, T1ce / T1 / T2 moved by
+    4-5 degree turns and 2-4 mm shifts, the FLAIR with 5 mm slices (the demo model, 2 mm). Each
+    contrast is co-registered, the skull stripped, the result written on the FLAIR's grid with a
+    QC picture (5 mm against 2 mm is under the thick-slice warning's ratio of 3). It matches the
+    truth (Dice >= 0.9 per region; measured 0.995 / 0.973 / 0.997); with --no-preprocess it does
+    not (0.11 / 0.16 / 0.13)."""
+    from brainsegfounder import brain_extraction
+    from brainsegfounder.demo import DEMO_MODEL, dice_per_region
+    from brainsegfounder.labels import schema
+    from brainsegfounder.synth import hospital
+
+    if hospital.colin27() is None:
+        pytest.skip(f"no Colin27 head here: {hospital.COLIN27_HINT}")
+    if not brain_extraction.available():
+        pytest.skip(f"deepbet is not installed: {brain_extraction.INSTALL_HINT}")
+    _, scans, truth_path = hospital.write_hospital_case(tmp_path / "case", 2.0)
+    cases = tmp_path / "cases" / "patient-1"
+    cases.mkdir(parents=True)
+    for name, path in scans.items():  # a folder of files named by their contrast, as a PACS export gives
+        path.rename(cases / f"patient-1_{name}.nii.gz")
+    runs = {}
+    for run, flags in (("pre", ["--qc"]), ("raw", ["--no-preprocess"])):
+        out = tmp_path / run
+        args = ["segment-batch", "--model", str(DEMO_MODEL), "--cases", str(cases.parent), "--out", str(out)]
+        code, _, err = run_cli([*args, "--device", "cpu", *flags], capsys)
+        assert code == 0, err
+        runs[run] = out / "patient-1"
+    summary = json.loads((runs["pre"] / "summary.json").read_text())
+    report = summary["preprocessing"]
+    assert report["reference"] == "flair"
+    assert set(report["registration"]) == {"t1ce", "t1", "t2"}
+    assert all(r["moved_mm_mean"] > 2 for r in report["registration"].values())  # the motion was found
+    assert report["brain_extraction"]["done"].startswith("deepbet")
+    assert (runs["pre"] / "qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (runs["raw"] / "qc.png").exists()
+    row = next(csv.DictReader((tmp_path / "pre" / "results.csv").open()))
+    assert (row["case_id"], row["status"]) == ("patient-1", "ok")
+
+    flair = sitk.ReadImage(str(cases / "patient-1_flair.nii.gz"))
+    truth = sitk.Resample(sitk.ReadImage(str(truth_path)), flair, sitk.Transform(), sitk.sitkNearestNeighbor)
+    dice = {}
+    for run, folder in runs.items():
+        result = sitk.ReadImage(str(folder / "labels.nii.gz"))
+        assert result.GetSize() == flair.GetSize()
+        assert result.GetSpacing() == pytest.approx(flair.GetSpacing())  # on the FLAIR's own 5 mm grid
+        dice[run] = dice_per_region(result, truth, schema("brats_regions"))
+    print("Dice TC/WT/ET with and without preprocessing:", dice)  # shown with -s
+    assert min(dice["pre"].values()) >= 0.9, dice
+    assert max(dice["raw"].values()) < 0.5, dice

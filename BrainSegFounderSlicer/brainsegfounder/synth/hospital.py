@@ -16,6 +16,8 @@ import SimpleITK as sitk
 
 COLIN27_DIR = Path("/usr/share/mricron/templates")
 COLIN27_HINT = "Colin27 comes with Debian's mricron-data: apt-get install mricron-data"
+# Motion of each contrast against the FLAIR in write_hospital_case: (turns in degrees, shifts in mm)
+MOTIONS = {"t1ce": ((3, -2, 3.5), (3, -2, 2)), "t1": ((-2, 2, -3), (-2, 3, -1.5)), "t2": ((2, 3, -2), (2.5, 1, -3))}
 # Scalp and skull brightness relative to the brain's median, per contrast: fat is bright on
 # T1 and T2, dimmer on FLAIR; cortical bone is dark everywhere (Colin27's T1 has it so).
 SCALP_GAIN = {"t1": 1.1, "t1ce": 1.1, "flair": 0.8, "t2": 1.0}
@@ -107,3 +109,30 @@ def with_skull(images: Dict[str, sitk.Image], seed: int = 0) -> Dict[str, sitk.I
         result.CopyInformation(image)
         out[name] = result
     return out
+
+
+def write_hospital_case(out: Path, spacing: float, seed: int = 777, thickness_mm: float = 5.0):
+    """A synthetic BraTS case as a hospital gives it: clean/ (the case, one grid, no skull) and
+    hospital/ (in Colin27's skull, T1ce / T1 / T2 moved by MOTIONS, the FLAIR with ``thickness_mm``
+    slices). Returns (clean inputs, hospital inputs, ground truth path), modality -> Path."""
+    from .cohort import case_files, write_cohort
+
+    out = Path(out)
+    root = out / "clean"
+    if not (root / "datalist.json").exists():
+        write_cohort(root, kind="brats", n=1, seed=seed, spacing=spacing, folds=1)
+    _, images, label = case_files("brats2021", 0)
+    clean = {m: root / p for m, p in images.items()}
+    heads = with_skull({m: sitk.ReadImage(str(p), sitk.sitkFloat32) for m, p in clean.items()})
+    center = center_of(heads["flair"])
+    folder = out / "hospital"
+    folder.mkdir(parents=True, exist_ok=True)
+    scans = {}
+    for name, image in heads.items():
+        if name == "flair":
+            image = sitk.Resample(slice_profile(image, thickness_mm), thick_grid(image, thickness_mm))
+        else:
+            image = moved(image, rigid(center, *MOTIONS[name]))
+        scans[name] = folder / f"{name}.nii.gz"
+        sitk.WriteImage(image, str(scans[name]))
+    return clean, scans, root / label
