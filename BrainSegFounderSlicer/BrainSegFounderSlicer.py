@@ -124,7 +124,7 @@ class BrainSegFounderSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._views = {"finetune": view(self.ui.finetuneProgressBar, self.ui.finetuneStatusLabel)}
         self._views["install"] = view(self.ui.progressBar, self.ui.dependencyLabel)
         self._views[None] = view(self.ui.progressBar, self.ui.statusLabel)  # segment and the rest
-        self._uncertainty = UncertaintyView(self.ui, self.logic)
+        self._uncertainty, self._study = UncertaintyView(self.ui, self.logic), StudyView(self)
         self.ui.modelSelector.currentIndexChanged.connect(lambda _index: self._comboChanged("model"))
         self.ui.deviceSelector.currentIndexChanged.connect(lambda _index: self._comboChanged("device"))
         for name in ("Download", "Import", "Segment", "RefreshVolumes", "SaveCase", "Finetune"):
@@ -402,6 +402,29 @@ class UncertaintyView:
                 if region is not None
                 else "Every uncertain region reviewed"
             )
+
+
+class StudyView:
+    """Load DICOM study: a folder dialog; the series the chosen model needs become its inputs
+    (the Logic picks them from their headers), and which series and why is shown under the button."""
+
+    def __init__(self, widget) -> None:
+        self.widget = widget
+        widget.ui.loadStudyButton.clicked.connect(self.onLoad)
+
+    def onLoad(self) -> None:
+        w, choice = self.widget, self.widget._choice()
+        folder = qt.QFileDialog.getExistingDirectory(w.parent, "Load DICOM study") if choice else ""
+        if not folder or w._parameterNode is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not load the DICOM study.", waitCursor=True):
+            loaded = w.logic.load_study(folder, choice)
+            for modality, node in loaded.nodes.items():
+                if modality in PANEL_INPUTS:
+                    setattr(w._parameterNode, modality, node)
+            w._parameterNode.caseId = loaded.case_id
+            w.ui.studyLabel.text = "\n".join(loaded.lines())
+            slicer.util.setSliceViewerLayers(background=loaded.nodes[choice.inputs[0]], fit=True)
 
 
 class JobStatusView:

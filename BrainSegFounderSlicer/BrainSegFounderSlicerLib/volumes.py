@@ -49,6 +49,26 @@ def volume_to_image(node, what: Optional[str] = None) -> sitk.Image:
     return image
 
 
+def image_to_volume(scene, image: sitk.Image, name: str):
+    """A SimpleITK image (LPS) as a new scalar volume node (RAS) of ``scene``, voxels copied."""
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image))  # (k, j, i)
+    image_data = vtk.vtkImageData()
+    image_data.SetDimensions(*image.GetSize())
+    image_data.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.ravel(), deep=True))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetSpacing(*image.GetSpacing())
+    node.SetOrigin(*(_RAS_TO_LPS @ np.array(image.GetOrigin())))
+    direction = _RAS_TO_LPS @ np.array(image.GetDirection()).reshape(3, 3)
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            matrix.SetElement(r, c, direction[r, c])
+    node.SetIJKToRASDirectionMatrix(matrix)
+    node.SetAndObserveImageData(image_data)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
 def write_volume(node, path: os.PathLike) -> Path:
     """Write a scalar volume to a file the engine reads (NRRD keeps NaN, which NIfTI would not)."""
     path = Path(path)

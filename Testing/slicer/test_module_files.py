@@ -29,7 +29,9 @@ def cmake_list(text: str, variable: str):
 
 def test_module_cmake_lists_every_file():
     text = (MODULE / "CMakeLists.txt").read_text()
-    scripts = set(cmake_list(text, "MODULE_PYTHON_SCRIPTS"))
+    listed = cmake_list(text, "MODULE_PYTHON_SCRIPTS")
+    scripts = set(listed)
+    assert len(scripts) == len(listed), "a file is listed twice"
     on_disk = {"BrainSegFounderSlicer.py"} | {str(p.relative_to(MODULE)) for p in MODULE.rglob("*.py")}
     assert scripts == on_disk
     for resource in cmake_list(text, "MODULE_PYTHON_RESOURCES"):

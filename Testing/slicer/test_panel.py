@@ -224,9 +224,21 @@ def test_the_uncertainty_map_is_asked_for_in_advanced_and_explored_from_results(
     assert "self.logic.set_uncertainty_threshold(value)" in calls(method(view, "onThreshold"))
     assert "self.logic.next_uncertain_region()" in calls(method(view, "onNext"))
     assert "self.show(job.result)" in calls(method(view, "onJobFinished"))
-    assert "self._uncertainty = UncertaintyView(self.ui, self.logic)" in ast.get_source_segment(
-        SOURCE, method(widget, "setup")
-    )
+    assert "UncertaintyView(self.ui, self.logic)" in ast.get_source_segment(SOURCE, method(widget, "setup"))
+
+
+def test_load_dicom_study_is_in_inputs_and_assigns_what_the_logic_loaded():
+    inputs = {w.get("name"): w for w in {w.get("name"): w for w in sections()}["inputsCollapsible"].iter("widget")}
+    assert inputs["loadStudyButton"].get("class") == "QPushButton"
+    assert inputs["studyLabel"].find("property[@name='wordWrap']/bool").text == "true"
+    view = top_class("StudyView")
+    assert "widget.ui.loadStudyButton.clicked.connect(self.onLoad)" in calls(method(view, "__init__"))
+    load = calls(method(view, "onLoad"))
+    assert "w.logic.load_study(folder, choice)" in load  # the Lib picks and loads the series
+    assert "setattr(w._parameterNode, modality, node)" in load  # ... and the panel's inputs follow
+    assert any(c.startswith("slicer.util.tryWithErrorDisplay(") for c in load)  # a refused study: one line
+    setup = ast.get_source_segment(SOURCE, method(top_class("BrainSegFounderSlicerWidget"), "setup"))
+    assert "StudyView(self)" in setup
 
 
 def test_a_model_whose_licence_must_be_accepted_is_asked_for_before_segment_or_fine_tune():
