@@ -32,7 +32,7 @@ from .models import ModelChoice, ModelManager
 from .results import fill_volume_table, label_image, load_segmentation, region_rows, show_in_3d
 from .runner import BackgroundProcess, engine_command
 from .setup_jobs import DevicesJob, DownloadJob, ImportJob, InstallJob
-from .studies import LoadedStudy, load_study
+from .studies import LoadedStudy, add_study, read_study_images
 from .training import case_id_from, default_cases_root, finetune_command, save_training_case, update_metrics_plot
 from .uncertain_regions import UncertainRegion, UncertainRegions, jump_to, load_uncertainty, set_threshold
 from .volumes import same_parent_transform, write_volume
@@ -187,10 +187,15 @@ class WorkflowLogic:
             filled["case_id"] = case_id_from(reference.GetName())
         return filled
 
-    def load_study(self, folder: os.PathLike, choice: ModelChoice) -> LoadedStudy:
+    def load_study(self, folder: os.PathLike, choice: ModelChoice, replace: bool = False) -> LoadedStudy:
         """The series ``choice`` needs from the DICOM study in ``folder``, loaded as volumes; the
-        front end assigns ``.nodes`` and shows ``.lines()`` (which series, and why)."""
-        return load_study(self.scene, folder, choice.inputs)
+        front end assigns ``.nodes`` and shows ``.lines()`` (which series, and why). ``replace``
+        clears the scene first (the web app holds one case), once the study has been accepted."""
+        images = read_study_images(folder, choice.inputs)
+        if replace:
+            self.jobs.cancel_all()
+            self.scene.Clear()
+        return add_study(self.scene, folder, images)
 
     def package_check(self, training: bool = False) -> Tuple[Optional[dependencies.InstallPlan], str]:
         """(what to install, or None; the one line a front end shows, "" when all is there).

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
-from brainsegfounder.dicom_study import read_study, study_inputs
+import SimpleITK as sitk
+
+from brainsegfounder.dicom_study import Choice, read_study, study_inputs
 from brainsegfounder.imageio import read_volume
 
 from .assignment import modality_label
@@ -36,16 +38,17 @@ class LoadedStudy:
         return [f"{modality_label(m)}: {reason}" for m, reason in self.reasons.items()]
 
 
-def load_study(scene, folder: os.PathLike, modalities: Sequence[str]) -> LoadedStudy:
-    """Every input of ``modalities`` from the study in ``folder``, as new volumes of ``scene``.
-    All series are chosen (or one clear error raised: no FLAIR, two T1 with equal evidence, a
-    corrupt file) before any volume is added, so a refused study leaves the scene as it was."""
-    study = read_study(folder)
-    inputs, _ = study_inputs(study, modalities)
-    images = {modality: (source.choice, read_volume(source, modality)) for modality, source in inputs}
+def read_study_images(folder: os.PathLike, modalities: Sequence[str]) -> Dict[str, Tuple[Choice, sitk.Image]]:
+    """The series of the study in ``folder`` for each of ``modalities``, chosen and read: every
+    refusal (no FLAIR, two T1 with equal evidence, a corrupt file) comes here, before the scene changes."""
+    inputs, _ = study_inputs(read_study(folder), modalities)
+    return {modality: (source.choice, read_volume(source, modality)) for modality, source in inputs}
+
+
+def add_study(scene, folder: os.PathLike, images: Dict[str, Tuple[Choice, sitk.Image]]) -> LoadedStudy:
+    """The chosen series as new volumes of ``scene``, named after contrast and series."""
     loaded = LoadedStudy(Path(folder))
     for modality, (choice, image) in images.items():
-        name = f"{modality} - {choice.series.name}"
-        loaded.nodes[modality] = image_to_volume(scene, image, name)
+        loaded.nodes[modality] = image_to_volume(scene, image, f"{modality} - {choice.series.name}")
         loaded.reasons[modality] = f"{choice.series.name}: {choice.reason}"
     return loaded

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .atomic import atomic_path, ensure_writable_dir
+from .dicom_study import holds_dicom
 from .errors import Cancelled, UserError
 from .imageio import IMAGE_SUFFIXES
 from .modalities import canonical, guess_from_text
@@ -72,21 +73,6 @@ def _is_label(name: str) -> bool:
     stem = name.lower().split(".")[0]
     tokens = stem.replace("-", "_").split("_")
     return any(t in LABEL_WORDS for t in tokens[-2:])
-
-
-def _has_dicom(folder: Path, limit: int = 200) -> bool:
-    from .dicom_study import _is_dicom_file
-
-    seen = 0
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in names:
-            if _is_dicom_file(os.path.join(root, name)):  # noqa: PTH118
-                return True
-            seen += 1
-            if seen >= limit:
-                return False
-    return False
 
 
 def _file_case(folder: Path, source: str = "brats") -> Optional[BatchCase]:
@@ -186,7 +172,7 @@ def find_cases(source: os.PathLike, exclude: Sequence[os.PathLike] = ()) -> List
             if folder.name.startswith(".") or folder.name in bids or folder.resolve() in skip:
                 continue
             case = _file_case(folder)
-            if case is None and _has_dicom(folder):
+            if case is None and holds_dicom(folder):
                 case = BatchCase(folder.name, "dicom", study=folder)
             if case is not None:
                 cases.append(case)

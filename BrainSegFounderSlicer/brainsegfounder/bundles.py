@@ -24,7 +24,6 @@ import os
 import shutil
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -395,22 +394,10 @@ def import_bundle(source: os.PathLike, name: Optional[str] = None, licence: Opti
 
 
 def _unpack(zip_path: Path, into: Path) -> Path:
-    """The bundle folder inside a zip, unpacked; a member that would land outside ``into`` or an
-    archive larger than MAX_UNPACKED unpacked is refused before anything is written."""
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile:
-        raise UserError(f"{zip_path} is neither a bundle folder nor a valid .zip") from None
-    with archive:
-        members = archive.infolist()
-        root = into.resolve()
-        for member in members:
-            target = (root / member.filename).resolve()
-            if member.filename.startswith(("/", "\\")) or root not in (target, *target.parents):
-                raise UserError(f"{zip_path} holds {member.filename!r}, which points outside the bundle; refused")
-        if sum(m.file_size for m in members) > MAX_UNPACKED:
-            raise UserError(f"{zip_path} unpacks to more than {MAX_UNPACKED // 2**30} GiB; refused")
-        archive.extractall(root)
+    """The bundle folder inside a zip, unpacked (archives.safe_extract: no zip slip, no zip bomb)."""
+    from .archives import safe_extract
+
+    root = safe_extract(zip_path, into, MAX_UNPACKED, str(zip_path))
     metas = sorted(root.glob("**/configs/metadata.json"), key=lambda p: len(p.parts))
     if not metas:
         raise UserError(f"{zip_path} holds no configs/metadata.json; it is not a MONAI bundle")

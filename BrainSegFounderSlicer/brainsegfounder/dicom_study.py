@@ -418,13 +418,28 @@ class Study:
         return lines
 
 
-def _is_dicom_file(path: str) -> bool:
+def is_dicom_file(path: str) -> bool:
+    """A DICOM Part 10 file: 'DICM' after its 128-byte preamble."""
     try:
         with open(path, "rb") as f:  # noqa: PTH123 (os.scandir gives str paths; this is the hot loop)
             head = f.read(132)
     except OSError:
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def holds_dicom(folder: os.PathLike, limit: int = 200) -> bool:
+    """Whether ``folder`` (or a folder below it) holds a DICOM file among its first ``limit`` files."""
+    seen = 0
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if is_dicom_file(os.path.join(root, name)):  # noqa: PTH118
+                return True
+            seen += 1
+            if seen >= limit:
+                return False
+    return False
 
 
 def _expected_pixel_bytes(ds) -> int:
@@ -471,7 +486,7 @@ def read_study(folder: os.PathLike, progress: ProgressCallback = null_progress) 
 
     folder = Path(folder)
     check_path(folder, "--study", kind="folder", hint="give the folder of a DICOM study")
-    files = [p for p in _files(folder) if _is_dicom_file(p)]
+    files = [p for p in _files(folder) if is_dicom_file(p)]
     by_uid: Dict[str, Series] = {}
     for i, path in enumerate(files):
         if i % 50 == 0:

@@ -218,7 +218,7 @@ def zip_escaping(folder):
         (lambda f: break_metadata(foreign_bundle(f)) or f, "does not follow the MONAI bundle specification"),
         (lambda f: foreign_bundle(f, weights={"net": torch.nn.Linear(2, 2)}), "pickled Python objects"),
         (lambda f: foreign_bundle(f, weights={"swinViT.patch_embed.proj.weight": torch.zeros(1)}), "model.pt"),
-        (lambda f: zip_escaping(foreign_bundle(f)), "points outside the bundle"),
+        (lambda f: zip_escaping(foreign_bundle(f)), "points outside the archive's folder"),
     ],
     ids=["not-our-network", "no-weights", "incomplete-metadata", "pickled-model", "wrong-weights", "zip-slip"],
 )

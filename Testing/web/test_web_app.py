@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from test_case_files import study_zip
 
 from helpers import ROOT, tree_state, wait_until
 
@@ -192,7 +193,7 @@ def test_a_case_is_segmented_corrected_and_saved_from_the_browser(server, page, 
     assert (server["saved"] / "datalist.json").is_file()
 
 
-def test_uploads_a_bad_one_refused_with_one_line_and_nothing_written_then_a_good_one_loaded(server, page, tmp_path):
+def test_uploads_a_bad_one_refused_with_one_line_and_nothing_written_then_good_ones_loaded(server, page, tmp_path):
     files = tmp_path / "upload"
     files.mkdir()
     (files / "case-t2f.nii.gz").write_text("this is a text file, not an image\n")
@@ -217,6 +218,17 @@ def test_uploads_a_bad_one_refused_with_one_line_and_nothing_written_then_a_good
     for modality, tag in INPUTS.items():
         assert f"BrainSegFounderGlioma-{tag}" in page.get_by_test_id(f"input-{modality}").inner_text()
     page.screenshot(path=str(tmp_path / "uploaded.png"))
+
+    # a DICOM study, zipped: the series the model needs are picked from their headers, and why is shown
+    archive, _ = study_zip(tmp_path)
+    chooser.set_input_files(str(archive))
+    message = page.get_by_test_id("message").filter(has_text="FLAIR (T2-FLAIR): series 1")
+    message.wait_for()
+    assert "Loaded 4 volumes." in message.inner_text()
+    assert error.count() == 0
+    for modality in INPUTS:
+        assert f"{modality} - series" in page.get_by_test_id(f"input-{modality}").inner_text()
+    page.screenshot(path=str(tmp_path / "uploaded-study.png"))
 
 
 def _load_sample(page) -> None:

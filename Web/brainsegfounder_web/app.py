@@ -144,7 +144,7 @@ class BrainSegFounderWebApp(TrameApp):
         self.state.has_uncertainty, self.state.uncertain_text = False, ""
         self.slicer_app.display_manager.show_volume(nodes[0], do_reset_views=True)
         self._refresh_inputs()
-        self.state.message = f"Loaded {len(nodes)} volumes."
+        self.state.message = "\n".join([f"Loaded {len(nodes)} volumes.", *self.session.study_lines])
 
     def _assign(self, modality: str, node_id: str) -> None:
         with self._one_line_errors():
@@ -245,7 +245,7 @@ class BrainSegFounderWebApp(TrameApp):
     def _case_card(self, chunk_trigger: str) -> None:
         html.Div("Case", classes="text-subtitle-2")
         v3.VFileInput(
-            label="Upload NIfTI / NRRD images",
+            label="Upload NIfTI / NRRD images, or a DICOM study (.zip, or its files)",
             multiple=True,
             density="compact",
             raw_attrs=['data-testid="upload"'],
@@ -260,7 +260,13 @@ class BrainSegFounderWebApp(TrameApp):
                 raw_attrs=['data-testid="case-pick"'],
             )
             v3.VBtn("Load", click=self._pick_case, classes="ml-2 mt-1", raw_attrs=['data-testid="load-case"'])
-        html.Div("{{ message }}", v_if="message", classes="text-body-2 my-1", raw_attrs=['data-testid="message"'])
+        html.Div(
+            "{{ message }}",
+            v_if="message",
+            classes="text-body-2 my-1",
+            style="white-space: pre-line;",
+            raw_attrs=['data-testid="message"'],
+        )
         with html.Div(v_if="error", classes="text-error text-body-2 my-1", raw_attrs=['data-testid="error"']):
             html.Span("{{ error }}")
             with v3.VExpansionPanels(v_if="details", variant="accordion", classes="mt-1"):

@@ -6,6 +6,7 @@ this class only keeps what the session chose. No trame here: the UI binds to it 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -44,6 +45,7 @@ class WebSession:
         self.assignment: Dict[str, object] = {}
         self.case_id = ""
         self.result: Optional[Segmented] = None
+        self.study_lines: List[str] = []  # for a DICOM study: which series went to which input, and why
 
     @property
     def scene(self):
@@ -89,22 +91,52 @@ class WebSession:
 
     # -- loading a case ----------------------------------------------------------------------
     def load_upload(self, files: Sequence[dict]) -> List[object]:
-        """Uploaded images (refused whole, with one line, if any is not a readable image)."""
+        """Uploaded images, or a DICOM study (a .zip or its files); refused whole, with one line,
+        if any image is not readable or the study lacks a series the model needs."""
+        if case_files.is_study_upload(files):
+            self._need_model()
+            folder = case_files.store_study_upload(files, self.upload_dir, self.max_upload_bytes)
+            try:
+                nodes = self._load_study(folder)
+            except UserError:
+                shutil.rmtree(folder, ignore_errors=True)  # a refused study leaves nothing behind
+                raise
+            name = str(files[0].get("name", ""))
+            if len(files) == 1 and name.lower().endswith(".zip"):  # the archive's name, not "study"
+                self.case_id = case_id_from(name[: -len(".zip")])
+            return nodes
         paths = case_files.store_upload(files, self.upload_dir, self.max_upload_bytes)
         return self._load(paths)
 
     def load_case(self, case_id: str) -> List[object]:
-        """A case of the server's cases folder."""
+        """A case of the server's cases folder: image files, or a DICOM study folder."""
         if self.cases_root is None:
             raise UserError("this server has no cases folder; start it with --cases DIR, or upload the images")
-        return self._load(case_files.case_images(case_files.case_folder(self.cases_root, case_id)))
+        folder = case_files.case_folder(self.cases_root, case_id)
+        images = case_files.case_images(folder)
+        return self._load(images) if images else self._load_study(folder)
+
+    def _need_model(self) -> None:
+        if self.choice is None:
+            raise UserError("choose a model first: its inputs say which series of the study to load")
+
+    def _load_study(self, folder: Path) -> List[object]:
+        self._need_model()
+        loaded = self.logic.load_study(folder, self.choice, replace=True)  # the scene is cleared once accepted
+        self._forget_case()
+        self.assignment.update(loaded.nodes)
+        self.case_id, self.study_lines = loaded.case_id, loaded.lines()
+        return list(loaded.nodes.values())
+
+    def _forget_case(self) -> None:
+        self.result = None
+        self.assignment, self.case_id, self.study_lines = {m: None for m in self.assignment}, "", []
 
     def _load(self, paths: Sequence[Path]) -> List[object]:
         """A new case replaces the previous one: the session holds one case at a time."""
         self.logic.jobs.cancel_all()
         self.scene.Clear()
-        self.result = None
-        self.assignment, self.case_id = {}, ""
+        self._forget_case()
         nodes = []
         for path in paths:
             node = self.volumes_logic.AddArchetypeVolume(str(path), case_files.image_stem(path.name))
