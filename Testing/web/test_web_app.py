@@ -8,6 +8,9 @@ each step goes to the test's folder.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import json
 import os
 import shutil
@@ -15,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import numpy as np
@@ -57,6 +61,37 @@ def _answers(url: str) -> bool:
         return False
 
 
+FINETUNE_QUICK = ("train.steps_per_epoch=1", "train.warmup_epochs=0", "validation.overlap=0", "data.cache=none")
+SERVED = ROOT / "Resources" / "Models" / "brats-synthetic-demo.pt"  # a real checkpoint to serve
+
+
+def _serve_model(folder):
+    """A loopback HTTP server holding a model file (nothing in the tests reaches out)."""
+    folder.mkdir()
+    shutil.copy(SERVED, folder / "served.pt")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/served.pt"
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def _registry_with_served(root, url):
+    """The shipped model list plus one model served from loopback, given with --registry."""
+    shipped = json.loads((ROOT / "Resources" / "models.json").read_text())
+    shipped["models"].append(
+        {
+            "id": "served", "name": "Served model", "version": "1", "task": "brats",
+            "inputs": ["flair", "t1ce", "t1", "t2"], "label_schema": "brats_regions", "file": "served.pt",
+            "url": url, "sha256": hashlib.sha256(SERVED.read_bytes()).hexdigest(),
+            "size_bytes": SERVED.stat().st_size, "license": "Apache-2.0",
+        }
+    )  # fmt: skip
+    path = root / "models.json"
+    path.write_text(json.dumps(shipped))
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``brainsegfounder web`` on a free loopback port, its folders in a temporary place."""
@@ -66,6 +101,7 @@ def server(tmp_path_factory):
     for tag in INPUTS.values():
         shutil.copy(SAMPLE / f"BrainSegFounderGlioma-{tag}.nii.gz", cases)
     (root / "tmp").mkdir()
+    served = _serve_model(root / "served")
     # BrainSegFounder's BraTS weights where a download puts them (a stand-in file: its licence,
     # the UK Biobank MTA, must be accepted before first use; it is never run here)
     (root / "home" / "downloads").mkdir(parents=True)
@@ -75,14 +111,18 @@ def server(tmp_path_factory):
     log = (root / "server.log").open("w")
     command = [sys.executable, "-m", "brainsegfounder", "web", "--port", str(port), "--device", "cpu"]
     command += ["--cases", str(root / "cases"), "--save-to", str(root / "saved"), "--max-upload-mb", "5"]
+    command += ["--registry", str(_registry_with_served(root, served.url))]
+    for setting in FINETUNE_QUICK:  # one step an epoch: a run takes seconds on a CPU
+        command += ["--finetune-set", setting]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until(lambda: process.poll() is not None or _answers(url), START_S, "the web app to answer", 0.5)
         if process.poll() is not None:
             pytest.fail(f"the web app stopped at start:\n{(root / 'server.log').read_text()[-3000:]}")
-        yield dict(url=url, root=root, saved=root / "saved", tmp=root / "tmp")
+        yield dict(url=url, root=root, saved=root / "saved", tmp=root / "tmp", served=served)
     finally:
+        served.shutdown()
         os.killpg(process.pid, signal.SIGTERM)  # its group: the engine processes it started go too
         try:
             process.wait(timeout=15)
@@ -192,6 +232,24 @@ def test_a_case_is_segmented_corrected_and_saved_from_the_browser(server, page, 
     assert painted_ml == pytest.approx(corrected[ncr], abs=0.01)
     assert (server["saved"] / "datalist.json").is_file()
 
+    # Fine-tune the demo model on the saved cases (a second one: training and validation need one
+    # each): a live plot, then the new version in the model list.
+    page.get_by_label("Case id").fill("web-sample-b")
+    page.get_by_test_id("save").click()
+    page.get_by_test_id("message").filter(has_text="Saved web-sample-b revision 1").wait_for()
+    page.get_by_test_id("ft-epochs").locator("input").fill("1")
+    page.get_by_test_id("ft-name").locator("input").fill("web-ft")
+    page.get_by_test_id("ft-start").click()
+    plot = page.get_by_test_id("ft-plot")
+    plot.locator("polyline[data-series=dice]").wait_for(state="attached", timeout=SEGMENT_S * 1000)  # may be flat
+    page.get_by_test_id("ft-text").filter(has_text="web-ft").wait_for(timeout=SEGMENT_S * 1000)  # done
+    picker = page.locator(".v-select").filter(has_text="Model").first
+    wait_until(lambda: "web-ft (local" in picker.inner_text(), STEP_S, "the new version chosen in the picker", 0.3)
+    screenshot("fine-tuned")
+    assert "held-out Dice" in plot.inner_text()
+    assert (server["root"] / "home" / "models" / "web-ft.pt").is_file()
+    assert page.get_by_test_id("error").count() == 0
+
 
 def test_uploads_a_bad_one_refused_with_one_line_and_nothing_written_then_good_ones_loaded(server, page, tmp_path):
     files = tmp_path / "upload"
@@ -268,3 +326,17 @@ def test_a_licence_that_needs_acceptance_is_asked_for_once_in_the_browser(server
     accepted = json.loads((server["root"] / "home" / "licences.json").read_text())
     assert "brainsegfounder-brats" in json.dumps(accepted)
     assert "must be accepted" not in page.get_by_test_id("model-text").inner_text()
+
+
+def test_a_model_is_downloaded_with_progress_and_its_checksum_checked(server, page, tmp_path):
+    """A registry model served from loopback: Download, its progress line, then the model ready."""
+    page.locator(".v-select").filter(has_text="Model").first.click()
+    page.get_by_role("option", name="Served model").click()
+    assert "not downloaded" in page.get_by_test_id("model-text").inner_text()
+    page.get_by_test_id("download").click()
+    page.get_by_test_id("download-text").filter(has_text="SHA-256 verified").wait_for()
+    page.get_by_test_id("model-text").filter(has_text="ready").wait_for()
+    page.screenshot(path=str(tmp_path / "downloaded.png"))
+    downloaded = server["root"] / "home" / "downloads" / "served.pt"
+    assert downloaded.read_bytes() == SERVED.read_bytes()
+    assert page.get_by_test_id("download").count() == 0  # nothing left to download

@@ -27,13 +27,15 @@ from brainsegfounder.uncertainty import UNCERTAIN_VARIANCE
 from BrainSegFounderSlicerLib.models import ModelManager
 
 from .case_files import check_upload_size, list_cases
+from .finetune_card import FinetuneCard
+from .job_line import JobLine
 from .session import WebSession
 
 POLL_S = 0.3  # how often running jobs are read: progress stays live, the event loop stays free
 
 
 class BrainSegFounderWebApp(TrameApp):
-    """Upload or pick a case, Segment (progress, Cancel), correct, save as a training case."""
+    """Upload or pick a case, Segment (progress, Cancel), correct, save as a training case, fine-tune."""
 
     def __init__(
         self,
@@ -43,6 +45,7 @@ class BrainSegFounderWebApp(TrameApp):
         models: Optional[ModelManager] = None,
         max_upload_mb: int = 1024,
         device: str = "auto",
+        finetune_overrides: Optional[dict] = None,
     ) -> None:
         super().__init__(server, client_type="vue3")
         self.server.enable_module(trame_slicer_module)
@@ -60,6 +63,7 @@ class BrainSegFounderWebApp(TrameApp):
             models,
             max_upload_mb * 10**6,
             device,
+            finetune_overrides,
         )
         self._job = None
         self._table_stale = False
@@ -67,6 +71,8 @@ class BrainSegFounderWebApp(TrameApp):
         self._upload_bytes = 0
         self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_segmentation_edited)
         self._init_state()
+        self._download = JobLine(self.state, "dl", self._downloaded)
+        self._finetune = FinetuneCard(self)
         self._build_ui()
         self.server.controller.on_server_ready.add(self._start_polling)
 
@@ -75,8 +81,9 @@ class BrainSegFounderWebApp(TrameApp):
         s = self.state
         s.trame__title = "BrainSegFounder"
         choices = self.session.model_choices()
-        s.models = [{"title": f"{c.title} ({c.status()})", "value": c.key} for c in choices]
+        s.models = self._model_items()
         s.model_key = next((c.key for c in choices if c.available), choices[0].key if choices else None)
+        s.can_download = False
         s.cases = list_cases(self.session.cases_root) if self.session.cases_root else []
         s.case_pick = None
         s.volumes, s.inputs, s.model_text = [], [], ""
@@ -89,6 +96,17 @@ class BrainSegFounderWebApp(TrameApp):
         self.state.change("model_key")(self._on_model_changed)
         self._on_model_changed(s.model_key)
 
+    def _model_items(self) -> list:
+        return [{"title": f"{c.title} ({c.status()})", "value": c.key} for c in self.session.model_choices()]
+
+    def refresh_models(self, select: Optional[str] = None) -> None:
+        """The model list read again (a download, a fine-tuned version); ``select`` becomes the chosen one."""
+        self.state.models = self._model_items()
+        if select and select != self.state.model_key:
+            self.state.model_key = select  # the change handler chooses it
+        else:
+            self._on_model_changed(self.state.model_key)
+
     def _refresh_inputs(self) -> None:
         self.state.volumes = self.session.volume_items()
         self.state.inputs = self.session.input_rows()
@@ -97,7 +115,7 @@ class BrainSegFounderWebApp(TrameApp):
     def _on_model_changed(self, model_key=None, **_) -> None:
         if not model_key:
             return
-        with self._one_line_errors():
+        with self.one_line_errors():
             self.session.choose_model(model_key)
             self._show_model()
             self._refresh_inputs()
@@ -106,14 +124,25 @@ class BrainSegFounderWebApp(TrameApp):
         choice = self.session.choice
         self.state.model_text = choice.panel_text(choice.inputs)
         self.state.licence_question = self.session.licence_question()
+        self.state.can_download = choice.can_download
+
+    def _start_download(self) -> None:
+        with self.one_line_errors():
+            self._download.start(self.session.start_download())
+
+    def _downloaded(self, job) -> None:
+        if job.status == "ok":
+            self.refresh_models(select=job.result)
+        elif job.status == "error":
+            self.state.error, self.state.details = job.message, job.details()
 
     def _accept_licence(self) -> None:
-        with self._one_line_errors():
+        with self.one_line_errors():
             self.session.accept_licence()
             self._show_model()
 
     @contextlib.contextmanager
-    def _one_line_errors(self):
+    def one_line_errors(self):
         """A user's mistake becomes the panel's one error line; nothing else changes."""
         self.state.error = ""
         try:
@@ -130,12 +159,12 @@ class BrainSegFounderWebApp(TrameApp):
                 self._upload_parts.extend(files)
             return
         parts, size, self._upload_parts, self._upload_bytes = self._upload_parts, self._upload_bytes, [], 0
-        with self.state, self._one_line_errors():
+        with self.state, self.one_line_errors():
             check_upload_size(size, self.session.max_upload_bytes)
             self._show_loaded(self.session.load_upload(parts))
 
     def _pick_case(self) -> None:
-        with self._one_line_errors():
+        with self.one_line_errors():
             self._show_loaded(self.session.load_case(self.state.case_pick or ""))
 
     def _show_loaded(self, nodes) -> None:
@@ -147,24 +176,24 @@ class BrainSegFounderWebApp(TrameApp):
         self.state.message = "\n".join([f"Loaded {len(nodes)} volumes.", *self.session.study_lines])
 
     def _assign(self, modality: str, node_id: str) -> None:
-        with self._one_line_errors():
+        with self.one_line_errors():
             self.session.assign(modality, node_id)
             self._refresh_inputs()
 
     def _segment(self, uncertainty=False) -> None:
         """Segment; ``uncertainty`` is the box's value as the page has it when the button is clicked."""
-        with self._one_line_errors():
+        with self.one_line_errors():
             self._job = self.session.start_segmentation(uncertainty=bool(uncertainty))
             self.state.busy, self.state.progress, self.state.progress_text = True, 0, "starting"
             self.state.details, self.state.message = "", ""
 
     def _on_threshold(self, uncertainty_threshold=None, **_) -> None:
         if self.state.has_uncertainty and uncertainty_threshold is not None:
-            with self._one_line_errors():
+            with self.one_line_errors():
                 self.session.logic.set_uncertainty_threshold(float(uncertainty_threshold))
 
     def _next_uncertain(self) -> None:
-        with self._one_line_errors():
+        with self.one_line_errors():
             self.state.uncertain_text = self.session.next_uncertain_region()
 
     def _cancel(self) -> None:
@@ -172,7 +201,7 @@ class BrainSegFounderWebApp(TrameApp):
             self._job.cancel()
 
     def _save(self) -> None:
-        with self._one_line_errors():
+        with self.one_line_errors():
             saved = self.session.save_training_case(self.state.case_id)
             self.state.message = f"Saved {saved.case_id} revision {saved.revision} in {saved.folder}"
 
@@ -190,6 +219,8 @@ class BrainSegFounderWebApp(TrameApp):
                 self._poll_once()
 
     def _poll_once(self) -> None:
+        self._download.poll()
+        self._finetune.poll()
         job = self._job
         if job is not None and job.running:
             job.poll()
@@ -200,7 +231,7 @@ class BrainSegFounderWebApp(TrameApp):
                 self._job_finished(job)
         if self._table_stale and self.session.result is not None and not self.state.busy:
             self._table_stale = False
-            with self._one_line_errors():
+            with self.one_line_errors():
                 self.state.volume_rows = self.session.volume_rows()
 
     def _job_finished(self, job) -> None:
@@ -235,6 +266,7 @@ class BrainSegFounderWebApp(TrameApp):
                 self._segment_card()
                 html.Div("Segments and correction", classes="text-subtitle-2 mt-3")
                 self._editor_ui = SegmentEditorUI(style="min-height: 420px;")
+                self._finetune.build()
             with self.ui.toolbar:
                 SegmentEditorToolbarUI(editor_ui=self._editor_ui)
             with self.ui.content:
@@ -280,6 +312,16 @@ class BrainSegFounderWebApp(TrameApp):
             classes="text-caption mb-2",
             style="white-space: pre-line;",
             raw_attrs=['data-testid="model-text"'],
+        )
+        with html.Div(v_if="can_download || dl_busy", classes="d-flex mb-1"):
+            v3.VBtn(
+                "Download", click=self._start_download, disabled=("dl_busy",), size="small",
+                raw_attrs=['data-testid="download"'],
+            )  # fmt: skip
+            v3.VBtn("Pause", click=self._download.cancel, disabled=("!dl_busy",), size="small", classes="ml-2")
+        v3.VProgressLinear(v_if="dl_busy", model_value=("dl_progress",), height=6, classes="mb-1")
+        html.Div(
+            "{{ dl_text }}", v_if="dl_text", classes="text-caption mb-1", raw_attrs=['data-testid="download-text"']
         )
         with html.Div(v_if="licence_question", classes="text-body-2 mb-2", raw_attrs=['data-testid="licence"']):
             html.Span("{{ licence_question }}")

@@ -34,7 +34,19 @@ def register(subparsers, add_common) -> dict:
     )
     web.add_argument("--save-to", help="where Save as training case writes (default ~/.brainsegfounder/cases)")
     web.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload accepted")
-    web.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for segmentation")
+    web.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for segmentation and fine-tuning")
+    web.add_argument(
+        "--registry",
+        help="the list of models to offer (a JSON like the shipped models.json, e.g. pointing at a hospital "
+        "mirror); its bundled files are looked for beside the shipped list",
+    )
+    web.add_argument(
+        "--finetune-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe setting for fine-tuning runs started from the page (e.g. train.steps_per_epoch=50); repeatable",
+    )
     add_common(web)
     return {"web": cmd_web}
 
@@ -44,6 +56,14 @@ def cmd_web(args, report, cancel) -> dict:
         raise UserError(f"--cases {args.cases} is not a folder; give the folder holding one sub-folder per case")
     if args.models:
         os.environ["BRAINSEGFOUNDER_HOME"] = str(Path(args.models).resolve())
+    overrides = {}
+    for item in args.finetune_set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--finetune-set {item}: give KEY=VALUE, e.g. train.steps_per_epoch=50")
+        overrides[key.strip()] = value.strip()
+    if args.registry and not Path(args.registry).is_file():
+        raise UserError(f"--registry {args.registry} is not a file; give a model list like the shipped models.json")
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", OFFSCREEN_WINDOW)
     try:
         from .app import BrainSegFounderWebApp
@@ -56,6 +76,8 @@ def cmd_web(args, report, cancel) -> dict:
         save_root=Path(args.save_to) if args.save_to else None,
         max_upload_mb=args.max_upload_mb,
         device=args.device,
+        finetune_overrides=overrides,
+        models=_model_manager(args.registry),
     )
     # The CLI's handlers turn SIGTERM into a cancel flag for batch work; a server just stops.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -64,3 +86,9 @@ def cmd_web(args, report, cancel) -> dict:
     print(f"BrainSegFounder web app on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
     app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False)
     return {"message": "web app stopped"}
+
+
+def _model_manager(registry_file):
+    from BrainSegFounderSlicerLib.models import REGISTRY_FILE, ModelManager
+
+    return ModelManager(Path(registry_file), resources=REGISTRY_FILE.parent) if registry_file else None

@@ -32,6 +32,7 @@ class WebSession:
         models: Optional[ModelManager] = None,
         max_upload_bytes: int = case_files.DEFAULT_MAX_UPLOAD_MB * 10**6,
         device: str = "auto",
+        finetune_overrides: Optional[Dict[str, str]] = None,
     ) -> None:
         self.logic = WorkflowLogic(scene, models)
         self.logic.show_3d = False  # surfaces cost seconds on a CPU server; the slice views show the result
@@ -41,6 +42,7 @@ class WebSession:
         self.save_root = Path(save_root) if save_root else default_cases_root()
         self.max_upload_bytes = max_upload_bytes
         self.device = device
+        self.finetune_overrides = dict(finetune_overrides or {})  # the server's recipe settings for runs
         self.choice: Optional[ModelChoice] = None
         self.assignment: Dict[str, object] = {}
         self.case_id = ""
@@ -202,4 +204,30 @@ class WebSession:
             raise UserError("there is no segmentation to save; run Segment first")
         return self.logic.save_training_case(
             self.assignment, self.result.segmentation, self.choice, case_id, root=self.save_root
+        )
+
+    # -- models: download, fine-tune ---------------------------------------------------------
+    def start_download(self):
+        """The chosen registry model into the download cache (resumable; kept only if its SHA-256 matches)."""
+        if self.choice is None:
+            raise UserError("choose a model first")
+        return self.logic.start_download(self.choice)
+
+    def start_finetune(self, epochs, name: str = ""):
+        """Fine-tune the chosen model on the cases saved from this server; the job's result is the new model's key."""
+        if self.choice is None:
+            raise UserError("choose the model to fine-tune first")
+        try:
+            epochs = int(epochs)
+        except (TypeError, ValueError):
+            epochs = 0
+        if not 1 <= epochs <= 1000:
+            raise UserError("epochs: give a whole number from 1 to 1000")
+        return self.logic.start_finetune(
+            self.choice,
+            self.save_root,
+            epochs,
+            name=(name or "").strip() or None,
+            device=self.device,
+            overrides=self.finetune_overrides,
         )
