@@ -239,14 +239,14 @@ def rows_to_run(args, device):
     from brainsegfounder.inference import cpu_has_native_bf16
 
     cpu = device.type == "cpu"
-    new_default = resolve_runtime("auto", device)
+    new_default = "torch" if args.no_cpu_runtimes else resolve_runtime("auto", device)
     exported_bf16 = cpu and new_default != "torch" and cpu_has_native_bf16()  # the exported default's precision
     rows = [("today's default (PyTorch fp32)", {"runtime": "torch"})] if new_default != "torch" else []
     precision = "bf16" if exported_bf16 else "fp32" if cpu else "autocast"
-    rows.append((f"new default ({new_default}, {precision})", {}))
+    rows.append((f"new default ({new_default}, {precision})", {"runtime": "torch"} if args.no_cpu_runtimes else {}))
     if exported_bf16:
         rows.append((f"{new_default} fp32 (--precision fp32)", {"precision": "fp32"}))
-    if cpu and installed("onnxruntime"):
+    if cpu and installed("onnxruntime") and not args.no_cpu_runtimes:
         rows.append(("ONNX Runtime fp32 (--runtime onnxruntime)", {"runtime": "onnxruntime"}))
     if cpu and cpu_has_native_bf16() and "torch-bf16" in args.rows:
         rows.append(("PyTorch bf16 (--runtime torch --precision bf16)", {"precision": "bf16", "runtime": "torch"}))
@@ -291,6 +291,12 @@ def main() -> int:
     # Testing/gpu/check.sh --dry-run: the script's own check on a CPU, a tiny model on a small case
     parser.add_argument("--case-spacing", type=float, default=1.0, help="voxel size of the case in mm (1: BraTS)")
     parser.add_argument("--any-size", action="store_true", help="take a BraTS model of any size, not only 62M")
+    parser.add_argument(
+        "--no-cpu-runtimes",
+        action="store_true",
+        help="leave out the exported CPU runtimes (OpenVINO, ONNX Runtime), their rows and exports: on a CPU, "
+        "the rows a GPU run has",
+    )
     parser.add_argument("--roi", type=int, default=128, help="window side of every row (128: the released weights')")
     args = parser.parse_args()
     REFERENCE["roi"] = (args.roi,) * 3
@@ -361,7 +367,8 @@ def main() -> int:
     window_flops = WindowFlops(checkpoint, device)
     window_flops(REFERENCE["roi"])
     bf16 = ("bf16",) if cpu_has_native_bf16() else ()
-    for runtime, seconds in prepare_exports(make, device, first.roi, ("fp32", *bf16)).items():
+    exports = {} if args.no_cpu_runtimes else prepare_exports(make, device, first.roi, ("fp32", *bf16))
+    for runtime, seconds in exports.items():
         print(f"  {runtime}: export, check against PyTorch and first compile (once per model and ROI): {seconds:.1f} s")
 
     results, compiled = {}, {}
