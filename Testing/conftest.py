@@ -18,6 +18,13 @@ sys.path.insert(0, str(ROOT / "Web"))  # the web app, likewise
 # (a minute or more per file on 2 cores). test_cpu_runtimes.py tests the default, with this unset.
 os.environ["BRAINSEGFOUNDER_CPU_RUNTIME"] = "torch"
 
+# Under pytest-xdist (pyproject's addopts: two workers, a file per worker at a time) the workers
+# share the cores: each one's PyTorch, and the processes it starts, take one thread. Two threads
+# each would oversubscribe the cores, which slows PyTorch's OpenMP loops threefold or more.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
+
 TEST_SPACING = 3.0  # mm: BraTS grid 80 x 80 x 52, a second or two per tiny-model case
 TEST_ROI = (64, 64, 64)
 

@@ -227,7 +227,8 @@ def test_thick_slices_are_warned_about_and_isotropic_ones_are_not():
 def test_a_batch_of_hospital_scans_is_preprocessed_and_segmented_on_the_flairs_grid(tmp_path, capsys):
     """segment-batch on a study as a scanner gives it: skull and scalp, T1ce / T1 / T2 moved by
     4-5 degree turns and 2-4 mm shifts, the FLAIR with 5 mm slices (the demo model, 2 mm), beside
-    the same case clean (one 2 mm grid, skull-stripped: taken as it is). Each contrast of the
+    the same case clean (one 2 mm grid, skull-stripped: taken as it is) and the hospital case as
+    a DICOM study. Each contrast of the
     hospital case is co-registered, the skull stripped, the result written on the FLAIR's own
     5 mm grid with a QC picture (5 mm against 2 mm is under the thick-slice warning's ratio of 3).
     It matches the clean case's result resampled there (Dice >= 0.9) and the truth (>= 0.9 per
@@ -241,8 +242,12 @@ def test_a_batch_of_hospital_scans_is_preprocessed_and_segmented_on_the_flairs_g
         pytest.skip(f"no Colin27 head here: {hospital.COLIN27_HINT}")
     if not brain_extraction.available():
         pytest.skip(f"deepbet is not installed: {brain_extraction.INSTALL_HINT}")
+    from brainsegfounder.synth.dicom import write_study
+
     clean, scans, truth_path = hospital.write_hospital_case(tmp_path / "case", 2.0)
     cases = tmp_path / "cases"
+    # the same scans as the scanner's DICOM study (GE's spellings, a localizer beside them)
+    write_study({m: _read(p) for m, p in scans.items()}, cases / "patient-1-dicom", "ge", extras=("localizer",))
     for case, files in (("patient-1", scans), ("clean-1", clean)):  # folders of files named by contrast
         (cases / case).mkdir(parents=True)
         for name, path in files.items():
@@ -267,7 +272,7 @@ def test_a_batch_of_hospital_scans_is_preprocessed_and_segmented_on_the_flairs_g
     assert (runs["pre"] / "patient-1" / "qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (runs["raw"] / "patient-1" / "qc.png").exists()
     rows = {r["case_id"]: r for r in csv.DictReader((runs["pre"] / "results.csv").open())}
-    assert {k: r["status"] for k, r in rows.items()} == {"patient-1": "ok", "clean-1": "ok"}
+    assert {k: r["status"] for k, r in rows.items()} == {"patient-1": "ok", "clean-1": "ok", "patient-1-dicom": "ok"}
 
     flair = sitk.ReadImage(str(cases / "patient-1" / "patient-1_flair.nii.gz"))
 
@@ -289,3 +294,11 @@ def test_a_batch_of_hospital_scans_is_preprocessed_and_segmented_on_the_flairs_g
     assert np.count_nonzero(theirs) > 100
     assert _dice(ours > 0, theirs > 0) >= 0.9  # whole tumour, against the clean case's result
     assert _dice(np.isin(ours, (1, 4)), np.isin(theirs, (1, 4))) >= 0.9  # tumour core
+    # the DICOM study: its series picked from the headers, the same preprocessing, the same result
+    study = json.loads((runs["pre"] / "patient-1-dicom" / "summary.json").read_text())
+    assert set(study["study"]["chosen"]) == {"flair", "t1ce", "t1", "t2"}
+    assert study["preprocessing"]["brain_extraction"]["done"].startswith("deepbet")
+    from_dicom = sitk.ReadImage(str(runs["pre"] / "patient-1-dicom" / "labels.nii.gz"))
+    assert from_dicom.GetSize() == flair.GetSize()
+    from_dicom = sitk.GetArrayFromImage(from_dicom)
+    assert _dice(from_dicom > 0, ours > 0) >= 0.97, _dice(from_dicom > 0, ours > 0)  # int16 voxels, not float
