@@ -138,7 +138,7 @@ setup() {
 
 gpu_tests() {
   if [ "$DRY" = 1 ]; then export BSF_GPU_TESTS_ON_CPU=1; fi
-  "$PY" -m pytest -q -p no:cacheprovider -m gpu -s Testing/gpu/test_gpu.py
+  "$PY" -m pytest -q -n 0 -p no:cacheprovider -m gpu -s Testing/gpu/test_gpu.py  # one process: one GPU, timed
 }
 
 model() {
