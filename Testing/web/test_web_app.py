@@ -332,7 +332,7 @@ def test_a_model_is_downloaded_with_progress_and_its_checksum_checked(server, pa
     """A registry model served from loopback: Download, its progress line, then the model ready."""
     page.locator(".v-select").filter(has_text="Model").first.click()
     page.get_by_role("option", name="Served model").click()
-    assert "not downloaded" in page.get_by_test_id("model-text").inner_text()
+    page.get_by_test_id("model-text").filter(has_text="version 1; licence: Apache-2.0; not downloaded").wait_for()
     page.get_by_test_id("download").click()
     page.get_by_test_id("download-text").filter(has_text="SHA-256 verified").wait_for()
     page.get_by_test_id("model-text").filter(has_text="ready").wait_for()
