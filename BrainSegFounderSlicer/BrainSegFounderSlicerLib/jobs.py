@@ -218,7 +218,10 @@ class ProcessJob(Job):
             return OK
         if not self.process.finished:
             return None
-        self.process.poll()  # the last lines, and the reaping of the process group
+        # The last lines (and the reaping of the process group): progress written just before the
+        # process ended is shown too, not dropped with the final line.
+        if self._read():
+            self.progress_changed.emit(self)
         return self.process.status
 
     def _error_line(self) -> str:

@@ -24,6 +24,7 @@ from BrainSegFounderSlicerLib.models import ModelManager  # noqa: E402
 from BrainSegFounderSlicerLib.runner import BackgroundProcess  # noqa: E402
 from BrainSegFounderSlicerLib.setup_jobs import InstallJob, device_choices  # noqa: E402
 
+from helpers import wait_until  # noqa: E402
 from scenes import DEMO, new_scene  # noqa: E402
 
 
@@ -74,6 +75,25 @@ def test_a_process_job_reports_progress_then_its_result_through_signals():
     assert seen.progress[-1] == Progress("count", 3, 3, 1)
     assert seen.progress[-1].text() == "count 3/3, about 1 s left"
     assert jobs.busy("count") is None  # the slot is free again
+
+
+def test_progress_written_just_before_the_process_ended_is_not_lost():
+    """The first poll comes after the process has ended (a busy machine): its progress still shows."""
+    jobs = Jobs()
+    seen = Recorder(jobs)
+    job = jobs.run(Counting(standin(PROTOCOL)))
+    wait_until(lambda: job.process.finished, 60, "the process to end", 0.05)
+    read = job.process.poll
+    calls = []
+
+    def late_lines():  # the first read finds nothing yet: the lines arrive as the process ends
+        calls.append(1)
+        return [] if len(calls) == 1 else read()
+
+    job.process.poll = late_lines
+    assert job.poll()
+    assert job.status == "ok"
+    assert seen.progress[-1] == Progress("count", 3, 3, 1)
 
 
 def test_a_failing_process_gives_one_line_and_details():
