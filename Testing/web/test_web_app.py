@@ -8,6 +8,7 @@ each step goes to the test's folder.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -107,29 +109,42 @@ def server(tmp_path_factory):
     (root / "home" / "downloads").mkdir(parents=True)
     torch.save({"w": torch.zeros(2)}, root / "home" / "downloads" / "model_weights_BRATS-finetune.pt")
     env = dict(PRODUCT_ENV, BRAINSEGFOUNDER_HOME=str(root / "home"), TMPDIR=str(root / "tmp"))
-    port = _free_port()
-    log = (root / "server.log").open("w")
-    command = [sys.executable, "-m", "brainsegfounder", "web", "--port", str(port), "--device", "cpu"]
-    command += ["--cases", str(root / "cases"), "--save-to", str(root / "saved"), "--max-upload-mb", "5"]
-    command += ["--registry", str(_registry_with_served(root, served.url))]
+    command = ["--device", "cpu", "--cases", str(root / "cases"), "--save-to", str(root / "saved")]
+    command += ["--max-upload-mb", "5", "--registry", str(_registry_with_served(root, served.url))]
     for setting in FINETUNE_QUICK:  # one step an epoch: a run takes seconds on a CPU
         command += ["--finetune-set", setting]
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
     try:
-        wait_until(lambda: process.poll() is not None or _answers(url), START_S, "the web app to answer", 0.5)
-        if process.poll() is not None:
-            pytest.fail(f"the web app stopped at start:\n{(root / 'server.log').read_text()[-3000:]}")
-        yield dict(url=url, root=root, saved=root / "saved", tmp=root / "tmp", served=served)
+        with _web_app(command, env, root / "server.log") as front:
+            # One session (its own app process and scene, behind the front) that every test here goes back to
+            with urllib.request.urlopen(front, timeout=START_S) as answer:
+                url = answer.geturl()
+            assert url.startswith(front + "s/")
+            assert url.endswith("/")
+            yield dict(url=url, root=root, saved=root / "saved", tmp=root / "tmp", served=served)
     finally:
         served.shutdown()
-        os.killpg(process.pid, signal.SIGTERM)  # its group: the engine processes it started go too
+
+
+@contextlib.contextmanager
+def _web_app(options, env, log_path):
+    """``brainsegfounder web OPTIONS`` on a free loopback port, until its /status answers: its address."""
+    port = _free_port()
+    command = [sys.executable, "-m", "brainsegfounder", "web", "--port", str(port), *options]
+    front = f"http://127.0.0.1:{port}/"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+            wait_until(lambda: process.poll() is not None or _answers(front + "status"), START_S, "the web app", 0.5)
+            if process.poll() is not None:
+                pytest.fail(f"the web app stopped at start:\n{log_path.read_text()[-3000:]}")
+            yield front
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)  # its group: the sessions' apps and their engine runs too
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 @pytest.fixture
@@ -340,3 +355,62 @@ def test_a_model_is_downloaded_with_progress_and_its_checksum_checked(server, pa
     downloaded = server["root"] / "home" / "downloads" / "served.pt"
     assert downloaded.read_bytes() == SERVED.read_bytes()
     assert page.get_by_test_id("download").count() == 0  # nothing left to download
+
+
+def _status(front) -> dict:
+    with urllib.request.urlopen(front + "status", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def _refusal(url) -> tuple:
+    """The HTTP status and text of a request the front refuses."""
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=START_S)
+    return refused.value.code, refused.value.read().decode()
+
+
+def test_each_browser_session_has_its_own_scene_up_to_the_limit_and_ends_when_closed(tmp_path):
+    """Two visitors, two app processes: a case loaded in one is not in the other; a third is told
+    that every session is in use; a closed page's session ends after --session-idle and frees its place."""
+    (tmp_path / "cases" / "sample").mkdir(parents=True)
+    for tag in INPUTS.values():
+        shutil.copy(SAMPLE / f"BrainSegFounderGlioma-{tag}.nii.gz", tmp_path / "cases" / "sample")
+    env = dict(PRODUCT_ENV, BRAINSEGFOUNDER_HOME=str(tmp_path / "home"))
+    options = ["--device", "cpu", "--cases", str(tmp_path / "cases"), "--sessions", "2", "--session-idle", "3"]
+    with _web_app(options, env, tmp_path / "server.log") as front, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            first, second = (browser.new_page(viewport={"width": 1400, "height": 900}) for _ in range(2))
+            for page in (first, second):
+                page.set_default_timeout(STEP_S * 1000)
+                page.goto(front, timeout=START_S * 1000)
+                page.get_by_test_id("segment").wait_for(timeout=START_S * 1000)
+            assert first.url != second.url
+            assert first.url.startswith(front + "s/")
+            assert _status(front)["sessions"] == 2
+            code, text = _refusal(front)
+            assert code == 503
+            assert text.strip().splitlines() == [text.strip()]
+            assert "all 2 sessions" in text
+
+            first.get_by_test_id("case-pick").click()
+            first.get_by_role("option", name="sample").click()
+            first.get_by_test_id("load-case").click()
+            first.get_by_test_id("message").filter(has_text="Loaded 4 volumes").wait_for()
+            assert "BrainSegFounderGlioma-t2f" in first.get_by_test_id("input-flair").inner_text()
+            second.reload()  # what the second visitor's page shows after the first one's load
+            second.get_by_test_id("segment").wait_for(timeout=START_S * 1000)
+            assert "BrainSegFounderGlioma" not in second.get_by_test_id("input-flair").inner_text()
+            assert second.get_by_test_id("message").count() == 0  # no "Loaded ..." there: nothing was loaded
+
+            ended = first.url
+            first.close()
+            wait_until(lambda: _status(front)["sessions"] == 1, START_S, "the closed page's session to end", 0.5)
+            code, text = _refusal(ended)
+            assert code == 404
+            assert "session has ended" in text
+            with urllib.request.urlopen(front, timeout=START_S) as answer:  # its place is free again
+                assert answer.status == 200
+                assert answer.geturl() not in (ended, second.url)
+        finally:
+            browser.close()

@@ -3,10 +3,12 @@ engine's CLI offers it without importing trame (imported only when the command r
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import List
 
 from brainsegfounder.errors import UserError
 
@@ -47,8 +49,37 @@ def register(subparsers, add_common) -> dict:
         metavar="KEY=VALUE",
         help="a recipe setting for fine-tuning runs started from the page (e.g. train.steps_per_epoch=50); repeatable",
     )
+    web.add_argument(
+        "--sessions",
+        type=int,
+        default=4,
+        help="each browser session gets its own app process and scene, at most this many at once (default 4); "
+        "0: one scene in this process, shared by every tab",
+    )
+    web.add_argument(
+        "--session-idle",
+        type=int,
+        default=900,
+        metavar="SECONDS",
+        help="a session whose page has been closed this long ends, unsaved corrections with it (default 900)",
+    )
+    web.add_argument("--idle-exit", type=int, default=0, help=argparse.SUPPRESS)  # a session's app, from the front
     add_common(web)
     return {"web": cmd_web}
+
+
+def _app_args(args) -> List[str]:
+    """The options every session's app process gets from the front's command line."""
+    out = []
+    for flag, value in (("--cases", args.cases), ("--models", args.models), ("--save-to", args.save_to)):
+        if value:
+            out += [flag, str(Path(value).resolve())]
+    if args.registry:
+        out += ["--registry", str(Path(args.registry).resolve())]
+    out += ["--max-upload-mb", str(args.max_upload_mb), "--device", args.device, "--sessions", "0"]
+    for item in args.finetune_set:
+        out += ["--finetune-set", item]
+    return out
 
 
 def cmd_web(args, report, cancel) -> dict:
@@ -64,6 +95,10 @@ def cmd_web(args, report, cancel) -> dict:
         overrides[key.strip()] = value.strip()
     if args.registry and not Path(args.registry).is_file():
         raise UserError(f"--registry {args.registry} is not a file; give a model list like the shipped models.json")
+    if args.sessions < 0 or args.session_idle < 1:
+        raise UserError("--sessions must be 0 or more and --session-idle 1 or more (seconds)")
+    if args.sessions:
+        return _serve_sessions(args)
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", OFFSCREEN_WINDOW)
     try:
         from .app import BrainSegFounderWebApp
@@ -84,7 +119,23 @@ def cmd_web(args, report, cancel) -> dict:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.argv = sys.argv[:1]  # trame reads the command line too; ours is parsed already
     print(f"BrainSegFounder web app on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
-    app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False)
+    # timeout: trame's default (300 s) would stop a shared server five minutes after its last tab closed;
+    # a session's app stops after the front's --session-idle
+    app.server.start(
+        host=args.host, port=args.port, open_browser=False, show_connection_info=False, timeout=args.idle_exit
+    )
+    return {"message": "web app stopped"}
+
+
+def _serve_sessions(args) -> dict:
+    from .session_front import serve  # aiohttp's run_app turns SIGTERM and SIGINT into a clean stop
+
+    print(
+        f"BrainSegFounder web app on http://{args.host}:{args.port}/ (a scene per session, at most {args.sessions})",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve(_app_args(args), args.host, args.port, args.sessions, args.session_idle)
     return {"message": "web app stopped"}
 
 
