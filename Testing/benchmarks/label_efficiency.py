@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "BrainSegFounderSlicer"), str(ROOT / "Training"), str(Path(__file__).parent)]
@@ -38,6 +39,7 @@ from label_efficiency_plan import ARMS, FRACTIONS, SEEDS, SIZES, Unit, plan  # n
 
 from brainsegfounder.atomic import atomic_path  # noqa: E402 (after the path)
 from brainsegfounder.errors import UserError  # noqa: E402
+from brainsegfounder.resources import usable_cpus  # noqa: E402
 
 ENV = {
     **os.environ,
@@ -59,11 +61,6 @@ def command_line(args, run: Path, unit: Path, device: str) -> list:
     return [*filled, "--progress", "none", *extra]
 
 
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 # A unit's commands run one after the other in one child process, through the CLI's own entry
 # point: each ``python -m brainsegfounder`` start costs ~5 CPU-s of imports (measured here), as
 # much as a tiny fine-tuning's steps, and a study at the small size runs 96 fine-tunings.
@@ -78,18 +75,23 @@ for command in json.loads(sys.argv[1]):
 """
 
 
-def run_commands(commands: list, log: Path) -> dict:
+def run_commands(commands: list, log: Path, threads: Optional[int] = None) -> dict:
     """``brainsegfounder COMMAND`` for each command, in a child process whose output is appended to
-    ``log``: its wall and CPU seconds."""
+    ``log`` (``threads``: its PyTorch threads, else its own default): its wall and CPU seconds."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    cpu, t0 = children_cpu_s(), time.perf_counter()
+    env = ENV if threads is None else {**ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
     with log.open("a") as out:
-        code = subprocess.call([sys.executable, "-c", RUNNER, json.dumps(commands)], env=ENV, stdout=out, stderr=out)
+        child = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(commands)], env=env, stdout=out, stderr=out)
+        # this child's own CPU time: getrusage(RUSAGE_CHILDREN) would mix in the units running beside it
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = code = os.waitstatus_to_exitcode(status)
     if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
         raise UserError(f"a brainsegfounder command failed (exit {code}): {tail[0]} (log: {log})")
     names = "+".join(c[0] for c in commands)
-    return {"commands": names, "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(children_cpu_s() - cpu, 1)}
+    cpu_s = usage.ru_utime + usage.ru_stime
+    return {"commands": names, "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_s, 1)}
 
 
 def write_stage2_datalist(cohort: Path) -> None:
@@ -100,7 +102,7 @@ def write_stage2_datalist(cohort: Path) -> None:
     write_json(cohort / "stage2.json", {"description": datalist["description"], "training": training})
 
 
-def run_unit(unit: Unit, run: Path, device: str, keep_models: bool) -> None:
+def run_unit(unit: Unit, run: Path, device: str, keep_models: bool, threads: Optional[int] = None) -> None:
     folder = run / unit.key
     log = run / "logs" / (unit.key.replace("/", "--") + ".log")
     commands = []
@@ -116,7 +118,7 @@ def run_unit(unit: Unit, run: Path, device: str, keep_models: bool) -> None:
     attempt = {"commands": "", "wall_s": 0.0, "cpu_s": 0.0}  # killed after its last step: nothing to redo
     if commands:
         print(f"  {unit.key}: {' + '.join(c[0] for c in commands)}", flush=True)
-        attempt = run_commands(commands, log)
+        attempt = run_commands(commands, log, threads)
     record = {"key": unit.key, "kind": unit.kind, **unit.info, "attempts": [attempt]}
     if unit.key == "data/glioma":
         write_stage2_datalist(folder)
@@ -129,6 +131,43 @@ def run_unit(unit: Unit, run: Path, device: str, keep_models: bool) -> None:
             for name in ("best.pt", "state.pt"):
                 (folder / "run" / name).unlink(missing_ok=True)
     write_json(folder / "done.json", record)
+
+
+def run_units(units: List[Unit], run: Path, args) -> None:
+    """Every unit not done before, up to ``args.jobs`` at once, each started once the units it needs
+    are done. A failure lets the running units finish (their work is kept), starts no more, and is
+    raised."""
+    done = set()
+    for i, unit in enumerate(units, 1):
+        if (run / unit.key / "done.json").exists():
+            print(f"[{i}/{len(units)}] {unit.key}: done before, kept", flush=True)
+            done.add(unit.key)
+    waiting = [(i, u) for i, u in enumerate(units, 1) if u.key not in done]
+    threads = None if args.jobs == 1 else max(1, usable_cpus() // args.jobs)
+    failure = None
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        running = {}
+        while waiting or running:
+            while failure is None and len(running) < args.jobs:
+                ready = next(((i, u) for i, u in waiting if all(n in done for n in u.needs)), None)
+                if ready is None:
+                    break
+                waiting.remove(ready)
+                i, unit = ready
+                print(f"[{i}/{len(units)}] {unit.key}", flush=True)
+                running[pool.submit(run_unit, unit, run, args.device, args.keep_models, threads)] = unit
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                unit = running.pop(future)
+                try:
+                    future.result()
+                    done.add(unit.key)
+                except UserError as error:
+                    failure = failure or error
+    if failure is not None:
+        raise failure
 
 
 def parse_list(text: str, allowed, what: str, cast=str) -> list:
@@ -151,6 +190,13 @@ def parse_args(argv=None):
     parser.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="units run side by side, each with the usable CPUs / JOBS PyTorch threads (default 1; on a "
+        "small CPU 2 keeps both cores busier than one unit with two threads)",
+    )
     parser.add_argument("--keep-models", action="store_true", help="keep each fine-tuned best.pt")
     parser.add_argument("--estimate", action="store_true", help="print the plan and its cost; run nothing")
     parser.add_argument(
@@ -166,6 +212,8 @@ def parse_args(argv=None):
     if any(not 0 < f <= 1 for f in args.fractions):
         raise UserError(f"--fractions {args.fractions}: each must be in (0, 1]")
     args.seeds = parse_list(args.seeds, None, "seeds", int)
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give 1 or more")
     args.out = Path(args.out or f"runs/label-efficiency-{args.size}")
     return args
 
@@ -205,12 +253,7 @@ def main(argv=None) -> int:
         start_or_continue(run, settings_of(args))
         from label_efficiency_report import write_outputs
 
-        for i, unit in enumerate(units, 1):
-            if (run / unit.key / "done.json").exists():
-                print(f"[{i}/{len(units)}] {unit.key}: done before, kept", flush=True)
-                continue
-            print(f"[{i}/{len(units)}] {unit.key}", flush=True)
-            run_unit(unit, run, args.device, args.keep_models)
+        run_units(units, run, args)
         written = write_outputs(run, size, units, args)
         print("wrote " + ", ".join(str(p) for p in written))
         return 0

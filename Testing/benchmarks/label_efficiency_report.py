@@ -156,15 +156,16 @@ def report(run: Path, size: Size, units: List[Unit], args, rows: List[dict], tab
     batch = budget.get("train.batch_size", "the recipe's")
     study = ["python", "Testing/benchmarks/label_efficiency.py", "--size", args.size, "--out", str(args.out)]
     study += ["--arms", ",".join(args.arms), "--fractions", ",".join(f"{f:g}" for f in args.fractions)]
-    study += ["--seeds", ",".join(map(str, args.seeds))]
+    study += ["--seeds", ",".join(map(str, args.seeds))] + (["--jobs", str(args.jobs)] if args.jobs > 1 else [])
     total_cpu = sum(r["finetune_cpu_s"] for r in rows)
     models = ", ".join(f"{k} {v}" for k, v in size.models.items())
     return f"""# Label-efficiency study ({args.size})
 
 Pretraining cohort: {size.healthy} healthy synthetic subjects (t1, flair); fine-tuning cohort: {size.glioma}
 synthetic glioma cases in {size.folds} folds (fold 0 held out for model selection, the label fraction
-taken from the rest with the seed); test: {size.test} glioma cases of another seed, never seen. All at
-{size.spacing:g} mm, crops {"x".join(map(str, size.roi))}, models {models}.
+taken from the rest with the seed); test: {size.test} glioma cases of another seed, never seen. All
+drawn from the realistic synthetic world (`synth --world realistic`) at {size.spacing:g} mm; crops
+{"x".join(map(str, size.roi))}, models {models}.
 
 **One fine-tuning budget for every arm:** recipe `{size.finetune_config}` with
 {" ".join(f"`{k}={v}`" for k, v in budget.items())}: {steps} optimiser steps of {batch} crop(s)
@@ -173,7 +174,7 @@ pretraining runs once (its recipe's seed); the seeds vary the labelled subset, t
 initial weights and the crops. Scores: the test cohort's mean Dice per region (thresholded
 sigmoid, the `segment` path) and BraTS 2023's lesion-wise Dice (glioma rules), per fine-tuning;
 the table gives the mean ± SD over seeds. CPU seconds are those of the child processes
-(`getrusage`), of the attempts that finished (a killed attempt's are not counted).
+(each child's own rusage), of the attempts that finished (a killed attempt's are not counted).
 
 {table_text}
 ![Dice against label fraction](dice_vs_fraction.png)
