@@ -49,6 +49,12 @@ ENV = {
 }
 
 
+def say(line: str) -> None:
+    """A line of progress in one write: units running side by side do not interleave their lines."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -117,9 +123,9 @@ def run_unit(unit: Unit, run: Path, device: str, keep_models: bool, threads: Opt
         commands.append(command_line(args, run, folder, device))
     attempt = {"commands": "", "wall_s": 0.0, "cpu_s": 0.0}  # killed after its last step: nothing to redo
     if commands:
-        print(f"  {unit.key}: {' + '.join(c[0] for c in commands)}", flush=True)
+        say(f"  {unit.key}: {' + '.join(c[0] for c in commands)}")
         attempt = run_commands(commands, log, threads)
-    record = {"key": unit.key, "kind": unit.kind, **unit.info, "attempts": [attempt]}
+    record = {"key": unit.key, "kind": unit.kind, **unit.info, "attempts": [attempt], "plan": plan_of(unit)}
     if unit.key == "data/glioma":
         write_stage2_datalist(folder)
     if unit.kind == "pretrain":
@@ -133,15 +139,32 @@ def run_unit(unit: Unit, run: Path, device: str, keep_models: bool, threads: Opt
     write_json(folder / "done.json", record)
 
 
+def plan_of(unit: Unit) -> list:
+    return [step.args for step in unit.steps]
+
+
+def kept_units(units: List[Unit], run: Path) -> set:
+    """The units done before that stand: made by the same commands as now, from units that stand
+    (a study's code or an earlier unit changed since: the unit is made again)."""
+    kept = set()
+    for i, unit in enumerate(units, 1):
+        done = run / unit.key / "done.json"
+        if not done.exists():
+            continue
+        if json.loads(done.read_text()).get("plan") == plan_of(unit) and all(n in kept for n in unit.needs):
+            say(f"[{i}/{len(units)}] {unit.key}: done before, kept")
+            kept.add(unit.key)
+        else:
+            say(f"[{i}/{len(units)}] {unit.key}: done before by other commands or from other inputs, made again")
+            shutil.rmtree(run / unit.key)
+    return kept
+
+
 def run_units(units: List[Unit], run: Path, args) -> None:
     """Every unit not done before, up to ``args.jobs`` at once, each started once the units it needs
     are done. A failure lets the running units finish (their work is kept), starts no more, and is
     raised."""
-    done = set()
-    for i, unit in enumerate(units, 1):
-        if (run / unit.key / "done.json").exists():
-            print(f"[{i}/{len(units)}] {unit.key}: done before, kept", flush=True)
-            done.add(unit.key)
+    done = kept_units(units, run)
     waiting = [(i, u) for i, u in enumerate(units, 1) if u.key not in done]
     threads = None if args.jobs == 1 else max(1, usable_cpus() // args.jobs)
     failure = None
@@ -154,7 +177,7 @@ def run_units(units: List[Unit], run: Path, args) -> None:
                     break
                 waiting.remove(ready)
                 i, unit = ready
-                print(f"[{i}/{len(units)}] {unit.key}", flush=True)
+                say(f"[{i}/{len(units)}] {unit.key}")
                 running[pool.submit(run_unit, unit, run, args.device, args.keep_models, threads)] = unit
             if not running:
                 break
@@ -223,18 +246,18 @@ def settings_of(args) -> dict:
 
 
 def start_or_continue(run: Path, settings: dict) -> None:
-    """The run folder's study.json: written on the first start, and a later start must ask for
-    the same study (another one is refused before anything is written)."""
+    """The run folder's study.json: its size, fixed at the first start (another size is refused
+    before anything is written), and the arms, fractions and seeds of the latest start: a study
+    continues with more (or fewer) of them, its finished units kept."""
     saved = run / "study.json"
     if saved.exists():
         before = json.loads(saved.read_text())
-        if before != settings:
+        if before.get("size") != settings["size"]:
             raise UserError(
-                f"{run} holds another study ({before}); continue it with the same --size, --arms, --fractions and "
-                "--seeds, or give another --out"
+                f"{run} holds another study (--size {before.get('size')}); continue it with that size, or give "
+                "another --out"
             )
-        return
-    if run.exists() and any(run.iterdir()):
+    elif run.exists() and any(run.iterdir()):
         raise UserError(f"{run} is not empty and holds no study; give another --out")
     write_json(saved, settings)
 

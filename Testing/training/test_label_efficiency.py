@@ -19,8 +19,8 @@ ARMS = "scratch-resenc,mae-resenc"  # the cheapest backbone, from scratch and fr
 SMOKE = ["--size", "smoke", "--arms", ARMS, "--seeds", "0", "--fractions", "0.25,1", "--device", "cpu"]
 
 
-def study(out, **kwargs):
-    return subprocess.Popen([sys.executable, str(SCRIPT), *SMOKE, "--out", str(out)], text=True, **kwargs)
+def study(out, *options, **kwargs):
+    return subprocess.Popen([sys.executable, str(SCRIPT), *SMOKE, "--out", str(out), *options], text=True, **kwargs)
 
 
 def finished(run):
@@ -47,7 +47,8 @@ def test_a_smoke_study_writes_its_table_plot_and_report_and_continues_after_a_ki
     before = finished(run)
     assert {p.relative_to(run).parts[0] for p in before} == {"data", "pretrain", "finetune"}
 
-    resumed = study(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # continued two units at a time: the rest of the fine-tunings side by side, each after what it needs
+    resumed = study(run, "--jobs", "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, err[-2000:]
     assert out.count("done before, kept") == len(before)
@@ -71,6 +72,8 @@ def test_a_smoke_study_writes_its_table_plot_and_report_and_continues_after_a_ki
     assert "label_efficiency.py --size smoke" in report
     assert "brainsegfounder pretrain --config mae-tiny" in report
     assert json.loads((run / "study.json").read_text())["arms"] == ARMS.split(",")
+    cohort = json.loads((run / "data" / "glioma" / "datalist.json").read_text())["description"]
+    assert {"texture", "infiltration", "contrast"} <= set(cohort["world"])  # the realistic world
 
 
 def test_a_study_with_bad_arms_or_another_study_in_its_folder_is_one_line_and_writes_nothing(tmp_path, capsys):
@@ -83,5 +86,29 @@ def test_a_study_with_bad_arms_or_another_study_in_its_folder_is_one_line_and_wr
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "study.json").write_text(json.dumps({"size": "small"}))
     assert main([*SMOKE, "--out", str(tmp_path / "b")]) == 2
-    assert "holds another study" in capsys.readouterr().err
+    assert "holds another study (--size small)" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["study.json"]
+
+
+def test_a_unit_made_by_other_commands_is_made_again_with_the_units_that_need_it(tmp_path, capsys):
+    """A study continued with more arms keeps what stands; a unit whose commands changed since (the
+    study's code) is redone, and so is every unit made from it."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from label_efficiency import kept_units, plan_of
+    from label_efficiency_plan import SIZES, plan
+
+    units = plan(SIZES["smoke"], ["scratch-resenc", "mae-resenc"], [1.0], [0])
+    by_key = {u.key: u for u in units}
+    for unit in units:
+        (tmp_path / unit.key).mkdir(parents=True)
+        (tmp_path / unit.key / "done.json").write_text(json.dumps({"plan": plan_of(unit)}))
+    assert kept_units(units, tmp_path) == set(by_key)
+    stale = json.loads((tmp_path / "pretrain/mae-resenc/done.json").read_text())
+    stale["plan"][0][-1] += "x"  # the pretraining was made by another command
+    (tmp_path / "pretrain/mae-resenc/done.json").write_text(json.dumps(stale))
+    kept = kept_units(units, tmp_path)
+    assert set(by_key) - kept == {"pretrain/mae-resenc", "finetune/mae-resenc/f1-s0"}
+    assert not (tmp_path / "pretrain/mae-resenc").exists()  # cleared, to be made again
+    assert not (tmp_path / "finetune/mae-resenc/f1-s0").exists()
+    assert (tmp_path / "finetune/scratch-resenc/f1-s0/done.json").exists()
+    assert "made again" in capsys.readouterr().out
