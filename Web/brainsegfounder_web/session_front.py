@@ -134,7 +134,7 @@ class SessionFront:
 
     def application(self) -> web.Application:
         application = web.Application(client_max_size=0)  # uploads are limited by the app itself
-        application.router.add_get("/", self.new_session)
+        application.router.add_get("/", self.new_session, allow_head=False)  # a HEAD starts nothing
         application.router.add_get("/status", self.status)
         application.router.add_get("/s/{token}", self.add_slash)
         application.router.add_route("*", "/s/{token}/{tail:.*}", self.route)
