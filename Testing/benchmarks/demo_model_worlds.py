@@ -5,7 +5,7 @@ for a model that has not seen it. Dice per region (TC, WT, ET) per case, and the
     .venv/bin/python Testing/benchmarks/demo_model_worlds.py [--n 5] [--seed 777] [--spacing 2] [--model PATH]
 
 The demo model was trained on seed 100 (Training/README.md); the default seed here is another.
-A real scan is scored with ``brainsegfounder evaluate`` (README, "Synthetic data").
+A real scan is scored with ``brainsegfounder evaluate`` (README, "Synthetic cohorts").
 """
 
 from __future__ import annotations
