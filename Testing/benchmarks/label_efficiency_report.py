@@ -191,7 +191,7 @@ The study (resumable: the same command continues after a kill):
 
 What it runs, in order (RUN is the run folder; `--progress none` and, but for `synth`, `--device
 {args.device}` added; a unit's commands, e.g. a fine-tuning and its test, in one child process
-through the CLI's entry point):
+through the CLI's entry point; memory allocator: {args.allocator}):
 
 ```bash
 {_commands(run, units)}
