@@ -7,6 +7,11 @@ the same run took 1.75x less CPU time, with the same result to the last digit
 (``Testing/benchmarks/allocator.py`` measures it). An allocator must be chosen before the process
 starts, so it applies to the children a runner starts: ``LD_PRELOAD`` in their environment.
 Set ``BRAINSEGFOUNDER_ALLOCATOR=system`` to keep glibc's.
+
+OpenVINO does not live with a preloaded tcmalloc: ``evaluate`` through it died of "double free
+or corruption" in one run and hung in another (OpenVINO 2025, Debian 12's tcmalloc 2.10). So the
+children get PyTorch as their CPU runtime for inference, and where the environment names another
+runtime, no preload.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import ctypes.util
 import sys
 from pathlib import Path
 from typing import Dict, Mapping, Optional
+
+from .cpu_runtimes import SITE_DEFAULT_VARIABLE as CPU_RUNTIME
 
 CHOICE = "BRAINSEGFOUNDER_ALLOCATOR"
 
@@ -32,14 +39,16 @@ def tcmalloc_library() -> Optional[str]:
 
 
 def with_fast_allocator(env: Mapping[str, str]) -> Dict[str, str]:
-    """``env`` with tcmalloc added to ``LD_PRELOAD`` when it is installed and ``env`` does not
-    ask for the system allocator."""
+    """``env`` with tcmalloc added to ``LD_PRELOAD`` and PyTorch as the CPU runtime, when tcmalloc
+    is installed and ``env`` asks neither for the system allocator nor for another runtime."""
     env = dict(env)
-    choice = env.get(CHOICE, "auto")
-    library = tcmalloc_library() if choice != "system" else None
+    if env.get(CHOICE, "auto") == "system" or env.get(CPU_RUNTIME, "torch") != "torch":
+        return env
+    library = tcmalloc_library()
     preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
     if library and not any("tcmalloc" in p or "jemalloc" in p for p in preload):
         env["LD_PRELOAD"] = ":".join([library, *preload])
+        env[CPU_RUNTIME] = "torch"
     return env
 
 

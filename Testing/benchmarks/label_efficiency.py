@@ -39,6 +39,7 @@ from label_efficiency_plan import ARMS, FRACTIONS, SEEDS, SIZES, Unit, plan  # n
 
 from brainsegfounder.allocator import allocator_in, with_fast_allocator  # noqa: E402 (after the path)
 from brainsegfounder.atomic import atomic_path  # noqa: E402
+from brainsegfounder.cpu_runtimes import SITE_DEFAULT_VARIABLE as CPU_RUNTIME  # noqa: E402
 from brainsegfounder.errors import UserError  # noqa: E402
 from brainsegfounder.resources import usable_cpus  # noqa: E402
 
@@ -243,7 +244,7 @@ def parse_args(argv=None):
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: give 1 or more")
     args.out = Path(args.out or f"runs/label-efficiency-{args.size}")
-    args.allocator = allocator_in(ENV)
+    args.allocator = f"{allocator_in(ENV)}, CPU inference runtime {ENV.get(CPU_RUNTIME, 'auto')}"
     return args
 
 
