@@ -349,6 +349,7 @@ def cmd_demo(args, report, cancel) -> dict:
         progress=report,
         cancel=cancel,
         overwrite=args.overwrite,
+        world=args.world,
     )
 
 
@@ -644,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output", help="output folder (default ./demo_output)")
     demo.add_argument("--spacing", type=float, default=2.0, help="voxel size of the synthetic case (mm)")
     demo.add_argument("--seed", type=int, default=2026)
+    demo.add_argument(
+        "--world",
+        choices=("classic", "realistic"),
+        default="classic",
+        help="synthetic world of the case, segmented by the demo model trained on it (default classic)",
+    )
     demo.add_argument("--device", default="auto")
     demo.add_argument("--overwrite", action="store_true", help="replace output files an earlier run did not write")
     _add_common(demo)

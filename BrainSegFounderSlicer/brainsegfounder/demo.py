@@ -3,7 +3,8 @@
 The model is the demo model shipped in ``Resources/Models``: a tiny SwinUNETR trained with
 this project's fine-tuning pipeline on synthetic cases only (the exact command is in
 Training/README.md). The case the demo makes comes from a seed the model never saw, and the
-demo reports the Dice against its synthetic ground truth.
+demo reports the Dice against its synthetic ground truth. ``world="realistic"`` makes the case
+in the realistic synthetic world and segments it with the model trained on that world.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from .labels import schema
 from .metrics import region_dice
 from .progress import CancelToken, ProgressCallback, null_progress
 
-DEMO_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "brats-synthetic-demo.pt"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+DEMO_MODEL = MODELS_DIR / "brats-synthetic-demo.pt"
+# each synthetic world with the demo model trained on it
+DEMO_MODELS = {"classic": DEMO_MODEL, "realistic": MODELS_DIR / "brats-synthetic-realistic.pt"}
 
 
 def dice_per_region(prediction, truth, label_schema, convention: str = "brats2021") -> dict:
@@ -37,13 +41,17 @@ def run_demo(
     progress: ProgressCallback = null_progress,
     cancel: Optional[CancelToken] = None,
     overwrite: bool = False,
+    world: str = "classic",
 ) -> dict:
     from .outputs import output_files
     from .segment import segment_files
     from .synth.cohort import case_files, write_cohort
+    from .synth.world import world_named
 
     out = Path(out)
-    model = DEMO_MODEL
+    if world not in DEMO_MODELS:
+        raise UserError(f"unknown synthetic world {world!r}; choose {' or '.join(DEMO_MODELS)}")
+    model = DEMO_MODELS[world]
     if not model.is_file():
         raise UserError(
             f"the demo model {model} is missing; use a full clone of the repository (the model "
@@ -51,10 +59,20 @@ def run_demo(
         )
     files = {name: out / name for name in ("labels.nii.gz", "labels.seg.nrrd", "summary.json", "preview.png")}
     output_files(*files.values(), overwrite=overwrite)  # before the synthetic case is made
-    data = out / f"synthetic_brats_seed{seed}"
+    data = out / ("synthetic_brats" + ("" if world == "classic" else f"_{world}") + f"_seed{seed}")
     folder, images, label = case_files("brats2021", 0)
     if not (data / folder).exists():
-        write_cohort(data, kind="brats", n=1, seed=seed, spacing=spacing, folds=1, progress=progress, cancel=cancel)
+        write_cohort(
+            data,
+            kind="brats",
+            n=1,
+            seed=seed,
+            spacing=spacing,
+            folds=1,
+            progress=progress,
+            cancel=cancel,
+            world=world_named(world),
+        )
     inputs = [(modality, str(data / rel)) for modality, rel in images.items()]
     summary = segment_files(
         str(model),
