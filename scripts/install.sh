@@ -4,7 +4,8 @@
 #   bash scripts/install.sh          # .venv with the brainsegfounder command
 #   bash scripts/install.sh --test   # the same, plus pytest, the web app (trame-slicer), Playwright,
 #                                    # and (apt-get, as root) Debian's Chromium for the browser test and
-#                                    # mricron-data's Colin27 head for the brain-extraction test
+#                                    # mricron-data's Colin27 head for the brain-extraction test and
+#                                    # tcmalloc (libtcmalloc-minimal4) for the study's training children
 # Uses the active virtual environment if there is one, else ./.venv (made with access to the
 # system's packages, so a CUDA PyTorch already installed there is used as is). PyTorch is
 # installed only when none is importable, pinned to the CPU build this machine kind carries.
@@ -26,10 +27,13 @@ extras="[training]"
 [ "${1:-}" = "--test" ] && extras="[training,test,web]"
 "$py" -m pip install --quiet -e ".${extras}"
 "$py" -m pip install --quiet --no-deps -r BrainSegFounderSlicer/brainsegfounder/requirements-nodeps.txt
-# The test suite's system packages: Chromium (browser test), Colin27 with skull (brain extraction test).
+# The test suite's system packages: Chromium (browser test), Colin27 with skull (brain extraction test), tcmalloc.
 missing=""
 [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1 && missing="chromium"
 [ "${1:-}" = "--test" ] && [ ! -f /usr/share/mricron/templates/ch2.nii.gz ] && missing="$missing mricron-data"
+# tcmalloc: the label-efficiency study's training children run with it (brainsegfounder/allocator.py)
+[ "${1:-}" = "--test" ] && ! "$py" -c "import ctypes.util, sys; sys.exit(not ctypes.util.find_library('tcmalloc_minimal'))" &&
+  missing="$missing libtcmalloc-minimal4"
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     # shellcheck disable=SC2086  # two package names

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "BrainSegFounderSlicer"))
 
-from brainsegfounder.atomic import atomic_path  # noqa: E402 (after the path)
-from brainsegfounder.checkpoints import read_checkpoint_file  # noqa: E402
-from brainsegfounder.errors import UserError  # noqa: E402
+from brainsegfounder.atomic import atomic_path
+from brainsegfounder.checkpoints import read_checkpoint_file
+from brainsegfounder.errors import UserError
 
 
 def main(argv=None) -> int:

@@ -80,7 +80,11 @@ def test_shipped_registry_lists_the_released_and_demo_models(home, tmp_path):
     demo = manager.choice("registry:brats-synthetic-demo")
     assert demo.available
     assert demo.status() == "ready"
-    assert hashlib.sha256(demo.path.read_bytes()).hexdigest() == entries["brats-synthetic-demo"].sha256
+    for shipped in ("brats-synthetic-demo", "brats-synthetic-realistic"):  # every model in Resources/Models
+        choice = manager.choice(f"registry:{shipped}")
+        assert choice.status() == "ready", shipped
+        assert hashlib.sha256(choice.path.read_bytes()).hexdigest() == entries[shipped].sha256
+        assert choice.path.stat().st_size == entries[shipped].size_bytes
     atlas = manager.choice("registry:brainsegfounder-atlas")
     assert not atlas.available
     assert not atlas.can_download

@@ -44,7 +44,10 @@ def test_module_cmake_lists_every_file():
         str(p.relative_to(training)) for p in (training / "configs").rglob("*.yaml")
     }
     shared = set(cmake_list(text, "EXTENSION_SHARED_RESOURCES"))
-    assert {"models.json", "Models/brats-synthetic-demo.pt", "SampleData/sample.json"} <= shared
+    assert {"models.json", "SampleData/sample.json"} <= shared
+    registry = json.loads((ROOT / "Resources" / "models.json").read_text())["models"]
+    bundled = {e["bundled"] for e in registry if e.get("bundled")}
+    assert {"Models/brats-synthetic-demo.pt", "Models/brats-synthetic-realistic.pt"} <= bundled <= shared
     assert all((ROOT / "Resources" / r).is_file() for r in shared)
     top = (ROOT / "CMakeLists.txt").read_text()
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
