@@ -21,6 +21,7 @@ slicer = pytest.importorskip("slicer")
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("slicer-core is not installed", allow_module_level=True)
 
+from brainsegfounder.allocator import tcmalloc_library  # noqa: E402
 from brainsegfounder.errors import UserError  # noqa: E402
 from BrainSegFounderSlicerLib.assignment import check_assignment, guess_assignment  # noqa: E402
 from BrainSegFounderSlicerLib.logic import WorkflowLogic  # noqa: E402
@@ -314,6 +315,8 @@ def test_finetune_from_the_panel_plots_and_adds_a_version(segmented, train_root,
     assert job.wait(timeout=600) == "ok", job.error or job.details()
     assert job.registered
     assert job.registered.endswith("demo-ft.pt")
+    # it trained with tcmalloc where one is installed (brainsegfounder.allocator)
+    assert ("tcmalloc" in job.process.env.get("LD_PRELOAD", "")) == (tcmalloc_library() is not None)
     # the plot: a table of epochs (0 = the base model's score, 1 = after training) and two series
     table = job.chart.GetScene().GetFirstNode("Fine-tuning metrics", "vtkMRMLTableNode").GetTable()
     assert table.GetNumberOfRows() == 2
