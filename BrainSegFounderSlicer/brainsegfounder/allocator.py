@@ -1,15 +1,15 @@
 """tcmalloc for child processes that train on the CPU.
 
 glibc's malloc hands each large tensor's pages back to the kernel when it is freed and faults
-them in again at the next step: a tiny SwinUNETR fine-tuning on one CPU thread spent 39% of its
-CPU time in the kernel (17.8 M page faults). With tcmalloc preloaded, which keeps freed pages,
-the same run took 1.75x less CPU time, with the same result to the last digit
-(``Testing/benchmarks/allocator.py`` measures it). An allocator must be chosen before the process
-starts, so it applies to the children a runner starts: ``LD_PRELOAD`` in their environment.
-Set ``BRAINSEGFOUNDER_ALLOCATOR=system`` to keep glibc's.
+them in again at the next step: a tiny SwinUNETR fine-tuning on one CPU thread spent 36% of its
+CPU time in the kernel (16.5 M page faults). With tcmalloc preloaded, which keeps freed pages,
+the same run took 1.6x less CPU time (98 s against 156 s), with the same Dice to the last digit
+(``Testing/benchmarks/allocator.py``); the label-efficiency study's whole small grid, 1.75x.
+An allocator must be chosen before the process starts, so it applies to the children a runner
+starts: ``LD_PRELOAD`` in their environment. ``BRAINSEGFOUNDER_ALLOCATOR=system`` keeps glibc's.
 
 OpenVINO does not live with a preloaded tcmalloc: ``evaluate`` through it died of "double free
-or corruption" in one run and hung in another (OpenVINO 2025, Debian 12's tcmalloc 2.10). So the
+or corruption" in one run and hung in another (OpenVINO 2026.4, Debian 12's tcmalloc 2.10). So the
 children get PyTorch as their CPU runtime for inference, and where the environment names another
 runtime, no preload.
 """

@@ -56,7 +56,8 @@ def test_demo_in_the_realistic_world_uses_the_model_trained_on_it(tmp_path, caps
 
 
 def test_demo_refuses_an_unknown_world(tmp_path, capsys):
-    code, _, err = run_cli(["demo", "--world", "dreamy", "--out", tmp_path / "demo"], capsys)
-    assert code != 0
-    assert "invalid choice: 'dreamy'" in err
+    with pytest.raises(SystemExit) as exit:
+        run_cli(["demo", "--world", "dreamy", "--out", tmp_path / "demo"], capsys)
+    assert exit.value.code == 2
+    assert "invalid choice: 'dreamy' (choose from 'classic', 'realistic')" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
