@@ -35,6 +35,8 @@ def main(argv=None) -> int:
 
         if args.target.exists():
             raise UserError(f"{args.target} exists; give a new file name")
+        if not args.target.parent.is_dir():
+            raise UserError(f"no folder {args.target.parent}; create it or give another target")
         payload = read_checkpoint_file(args.source)
         if payload.get("format") != "brainsegfounder":
             raise UserError(f"{args.source} is not a checkpoint of ours (no metadata to rename)")

@@ -24,6 +24,7 @@ from typing import Dict, Mapping, Optional
 from .cpu_runtimes import SITE_DEFAULT_VARIABLE as CPU_RUNTIME
 
 CHOICE = "BRAINSEGFOUNDER_ALLOCATOR"
+GLIBC = "glibc malloc"
 
 
 def tcmalloc_library() -> Optional[str]:
@@ -45,9 +46,8 @@ def with_fast_allocator(env: Mapping[str, str]) -> Dict[str, str]:
     if env.get(CHOICE, "auto") == "system" or env.get(CPU_RUNTIME, "torch") != "torch":
         return env
     library = tcmalloc_library()
-    preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
-    if library and not any("tcmalloc" in p or "jemalloc" in p for p in preload):
-        env["LD_PRELOAD"] = ":".join([library, *preload])
+    if library and allocator_in(env) == GLIBC:
+        env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD")) if p)
         env[CPU_RUNTIME] = "torch"
     return env
 
@@ -57,4 +57,4 @@ def allocator_in(env: Mapping[str, str]) -> str:
     for path in env.get("LD_PRELOAD", "").split(":"):
         if "tcmalloc" in path or "jemalloc" in path:
             return Path(path).name
-    return "glibc malloc"
+    return GLIBC
